@@ -1,0 +1,30 @@
+# `make test` and `make demo` create (or refresh) .venv/ at the repo root, install the CPU
+# build of torch first (an unpinned torch would pull a multi-GB CUDA build), then the package.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.matpac-installed
+
+.PHONY: venv test demo bench clean
+
+$(STAMP): pyproject.toml setup.cfg
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+demo: $(STAMP)
+	$(PY) examples/run_pretraining.py --preset tiny --output_dir demo_output
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_dataloader.py
+
+clean:
+	rm -rf $(VENV) demo_output build src/*.egg-info
