@@ -1,0 +1,379 @@
+# Copyright 2026 The matpac-hf developers.
+# Licensed under the MIT License.
+"""MATPAC audio front end: raw 16 kHz mono waveform -> normalised log-mel spectrogram (method spec, section 1).
+
+This file is shipped as remote code next to the model, so it only imports the standard library, numpy, torch and
+transformers.
+"""
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from transformers.audio_utils import mel_filter_bank, window_function
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import TensorType, logging
+
+
+logger = logging.get_logger(__name__)
+
+# Attributes derived from the constructor arguments; rebuilt on load, never written to preprocessor_config.json.
+_DERIVED_ATTRIBUTES = ("mel_filters", "window", "_torch_constants")
+
+
+class MatpacFeatureExtractor(SequenceFeatureExtractor):
+    r"""
+    Turns raw 16 kHz mono audio into the normalised log-mel spectrogram MATPAC was trained on.
+
+    Per clip of `n` samples:
+
+    1. STFT with a periodic Hann window of `win_length` samples, `n_fft`-point FFT, hop `hop_length`, no centre
+       padding, so the clip gives `1 + (n - n_fft) // hop_length` frames (6.08 s = 97 280 samples -> 606 frames).
+    2. Power spectrum (magnitude squared), projected on `num_mel_bins` Slaney-scale, Slaney-area-normalised mel
+       filters between `f_min` and `f_max` (the filters of `librosa.filters.mel(..., htk=False, norm="slaney")`).
+    3. `log(mel + log_offset)` (natural log), then `(log_mel - spectrogram_mean) / spectrogram_std`.
+
+    The result has layout `(num_mel_bins, frames)`: frequency first, time second. All the maths runs in float32 with
+    torch, batched over clips of equal length (never a Python loop over frames), on CPU or on any torch device
+    (`device="cuda"`). Clips of different lengths are each computed alone and then padded in the *frame* domain with
+    `padding_value` up to the longest clip; `attention_mask` marks the valid frames. Long audio is never truncated:
+    the model splits it into chunks itself.
+
+    Accepted input:
+
+    - one clip: a 1-D numpy array, 1-D torch tensor or a list of numbers;
+    - a batch: a list of 1-D arrays / tensors (any lengths), or a 2-D numpy array / torch tensor of shape
+      `(batch, samples)`.
+
+    Floating-point audio is expected in [-1, 1] and is converted to float32 (float64 included). Integer PCM is scaled
+    to [-1, 1) by the range of its dtype: signed `intN` is divided by `2 ** (N - 1)` (int16 / 32768, int32 / 2**31,
+    int8 / 128), unsigned `uintN` becomes `(x - 2 ** (N - 1)) / 2 ** (N - 1)` (uint8: `(x - 128) / 128`). Boolean,
+    complex and object arrays are refused. The audio must be mono at 16 kHz, at least `n_fft` (400) samples long and
+    finite; anything else raises a `ValueError` saying how to fix it.
+
+    Args:
+        sampling_rate (`int`, *optional*, defaults to 16000): sampling rate the audio must have, in Hz.
+        n_fft (`int`, *optional*, defaults to 400): FFT size in samples (25 ms).
+        win_length (`int`, *optional*, defaults to 400): periodic Hann window length in samples (<= `n_fft`).
+        hop_length (`int`, *optional*, defaults to 160): hop between frames in samples (10 ms).
+        num_mel_bins (`int`, *optional*, defaults to 80): number of mel bands; also exposed as `feature_size`.
+        f_min (`float`, *optional*, defaults to 50.0): lowest mel filter edge in Hz.
+        f_max (`float`, *optional*, defaults to 8000.0): highest mel filter edge in Hz.
+        log_offset (`float`, *optional*, defaults to float32 machine epsilon): added to the mel power before the log.
+        spectrogram_mean (`float`, *optional*, defaults to -7.056): AudioSet mean of the log-mel, subtracted.
+        spectrogram_std (`float`, *optional*, defaults to 4.193): AudioSet standard deviation of the log-mel, divided.
+        padding_value (`float`, *optional*, defaults to 0.0): value of padded frames in `input_values`.
+        return_attention_mask (`bool`, *optional*): default for the call argument of the same name. `None` returns
+            a mask only when a batch holds clips of different lengths.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> import torch
+    >>> from matpac_hf.feature_extraction_matpac import MatpacFeatureExtractor
+
+    >>> feature_extractor = MatpacFeatureExtractor()
+    >>> audio = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)  # 1 s at 16 kHz
+    >>> features = feature_extractor(audio, sampling_rate=16000, return_tensors="pt")
+    >>> features["input_values"].shape  # (batch, num_mel_bins, frames)
+    torch.Size([1, 80, 98])
+
+    >>> batch = [audio, audio[:8000]]  # different lengths -> padded, with a mask
+    >>> features = feature_extractor(batch, sampling_rate=16000, return_tensors="pt")
+    >>> features["input_values"].shape, features["attention_mask"].sum(-1).tolist()
+    (torch.Size([2, 80, 98]), [98, 48])
+
+    >>> # GPU front end for a training loop: (batch, samples) tensor in, (batch, 80, frames) tensor out
+    >>> log_mel = feature_extractor.extract_log_mel(torch.from_numpy(audio)[None])  # same device as the input
+    ```
+    """
+
+    model_input_names = ["input_values", "attention_mask"]
+
+    def __init__(
+        self,
+        sampling_rate: int = 16000,
+        n_fft: int = 400,
+        win_length: int = 400,
+        hop_length: int = 160,
+        num_mel_bins: int = 80,
+        f_min: float = 50.0,
+        f_max: float = 8000.0,
+        log_offset: float = float(np.finfo(np.float32).eps),
+        spectrogram_mean: float = -7.056,
+        spectrogram_std: float = 4.193,
+        padding_value: float = 0.0,
+        return_attention_mask: bool | None = None,
+        **kwargs,
+    ):
+        feature_size = kwargs.pop("feature_size", num_mel_bins)
+        if feature_size != num_mel_bins:
+            raise ValueError(
+                f"feature_size ({feature_size}) and num_mel_bins ({num_mel_bins}) name the same number (mel bands); "
+                "give only num_mel_bins."
+            )
+        if win_length > n_fft:
+            raise ValueError(f"win_length ({win_length}) must be <= n_fft ({n_fft}).")
+        if hop_length <= 0:
+            raise ValueError(f"hop_length must be positive, got {hop_length}.")
+        if not 0 <= f_min < f_max <= sampling_rate / 2:
+            raise ValueError(
+                f"Mel range [{f_min}, {f_max}] Hz must satisfy 0 <= f_min < f_max <= sampling_rate / 2 "
+                f"({sampling_rate / 2})."
+            )
+        if spectrogram_std <= 0:
+            raise ValueError(f"spectrogram_std must be positive, got {spectrogram_std}.")
+        super().__init__(
+            feature_size=num_mel_bins,
+            sampling_rate=sampling_rate,
+            padding_value=padding_value,
+            return_attention_mask=return_attention_mask,
+            **kwargs,
+        )
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}.")
+        self.n_fft = n_fft
+        self.win_length = win_length
+        self.hop_length = hop_length
+        self.num_mel_bins = num_mel_bins
+        self.f_min = f_min
+        self.f_max = f_max
+        self.log_offset = log_offset
+        self.spectrogram_mean = spectrogram_mean
+        self.spectrogram_std = spectrogram_std
+
+        # (n_fft // 2 + 1, num_mel_bins); float32 is bit-exact with librosa.filters.mel(..., norm="slaney").T
+        self.mel_filters = mel_filter_bank(
+            num_frequency_bins=n_fft // 2 + 1,
+            num_mel_filters=num_mel_bins,
+            min_frequency=f_min,
+            max_frequency=f_max,
+            sampling_rate=sampling_rate,
+            norm="slaney",
+            mel_scale="slaney",
+            dtype=np.float32,
+        )
+        # (win_length,) periodic Hann window
+        self.window = window_function(win_length, "hann", periodic=True).astype(np.float32)
+        # device string -> (mel filters (num_mel_bins, n_fft // 2 + 1), window (win_length,)) as float32 tensors
+        self._torch_constants: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialisable constructor arguments (the mel filters, window and tensor cache are rebuilt on load)."""
+        output = {key: copy.deepcopy(value) for key, value in self.__dict__.items() if key not in _DERIVED_ATTRIBUTES}
+        output["feature_extractor_type"] = self.__class__.__name__
+        return output
+
+    def num_frames(self, num_samples: int) -> int:
+        """Number of log-mel frames of a clip of `num_samples` samples (no centre padding)."""
+        return 1 + (num_samples - self.n_fft) // self.hop_length
+
+    def _constants_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(device)
+        if key not in self._torch_constants:
+            mel_filters = torch.from_numpy(np.ascontiguousarray(self.mel_filters.T)).to(device)
+            window = torch.from_numpy(self.window).to(device)
+            self._torch_constants[key] = (mel_filters, window)
+        return self._torch_constants[key]
+
+    def extract_log_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """
+        Batched torch front end: normalised log-mel of equal-length clips, on the device of `waveforms`.
+
+        Computed in float32 even inside `torch.autocast` (autocast is switched off here). No input checks beyond
+        shape (no NaN scan, which would force a device sync): use `__call__` for untrusted audio.
+
+        Args:
+            waveforms (`torch.Tensor` of shape `(batch, samples)`): 16 kHz mono audio in [-1, 1], floating point.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, num_mel_bins, frames)`, float32, with
+            `frames = 1 + (samples - n_fft) // hop_length`.
+        """
+        if not isinstance(waveforms, torch.Tensor):
+            raise ValueError(
+                f"extract_log_mel expects a torch.Tensor of shape (batch, samples), got {type(waveforms).__name__}; "
+                "wrap it with torch.as_tensor(...) or call the feature extractor itself."
+            )
+        if waveforms.ndim != 2:
+            raise ValueError(
+                f"extract_log_mel expects a (batch, samples) tensor, got shape {tuple(waveforms.shape)}; "
+                "use waveform[None] for a single clip."
+            )
+        if not (waveforms.is_floating_point()):
+            raise ValueError(
+                f"extract_log_mel expects floating-point audio in [-1, 1], got dtype {waveforms.dtype}; "
+                "call the feature extractor itself to scale integer PCM."
+            )
+        if waveforms.shape[-1] < self.n_fft:
+            raise ValueError(
+                f"Audio is {waveforms.shape[-1]} samples long; the minimum is {self.n_fft} samples "
+                f"({1000 * self.n_fft / self.sampling_rate:g} ms, one STFT window)."
+            )
+        mel_filters, window = self._constants_on(waveforms.device)
+        with torch.autocast(device_type=waveforms.device.type, enabled=False):
+            waveforms = waveforms.float()
+            spectrum = torch.stft(
+                waveforms,
+                n_fft=self.n_fft,
+                hop_length=self.hop_length,
+                win_length=self.win_length,
+                window=window,
+                center=False,
+                return_complex=True,
+            )  # (batch, n_fft // 2 + 1, frames)
+            power = spectrum.real.square() + spectrum.imag.square()  # (batch, n_fft // 2 + 1, frames)
+            mel_power = torch.matmul(mel_filters, power)  # (batch, num_mel_bins, frames)
+            log_mel = torch.log(mel_power + self.log_offset)
+            return (log_mel - self.spectrogram_mean) / self.spectrogram_std
+
+    def _to_float32_clip(self, clip: Any, position: str) -> np.ndarray:
+        """One clip -> checked 1-D float32 numpy array."""
+        if isinstance(clip, torch.Tensor):
+            clip = clip.detach()
+            if clip.dtype == torch.bfloat16 or clip.dtype == torch.float16:
+                clip = clip.float()
+            clip = clip.cpu().numpy()
+        else:
+            clip = np.asarray(clip)
+        if clip.ndim == 2:
+            raise ValueError(
+                f"{position} is 2-D with shape {clip.shape}: MATPAC takes mono audio. Down-mix a "
+                "(channels, samples) clip with `audio.mean(axis=0)` (or `audio.mean(axis=1)` for "
+                "(samples, channels)) before calling the feature extractor."
+            )
+        if clip.ndim != 1:
+            raise ValueError(
+                f"{position} has shape {clip.shape}; each clip must be a 1-D array of mono samples."
+            )
+        kind = clip.dtype.kind
+        if kind in "iu":
+            bits = 8 * clip.dtype.itemsize
+            half_range = float(2 ** (bits - 1))
+            offset = half_range if kind == "u" else 0.0
+            clip = ((clip.astype(np.float64) - offset) / half_range).astype(np.float32)
+        elif kind == "f":
+            clip = clip.astype(np.float32, copy=False)
+        else:
+            raise ValueError(
+                f"{position} has dtype {clip.dtype}; audio must be real floating-point samples in [-1, 1] or "
+                "integer PCM (e.g. int16). Convert it, e.g. `audio.astype(np.float32)`."
+            )
+        if clip.size == 0:
+            raise ValueError(f"{position} is empty (0 samples); give at least {self.n_fft} samples of audio.")
+        if clip.shape[0] < self.n_fft:
+            raise ValueError(
+                f"{position} has {clip.shape[0]} samples; the minimum is {self.n_fft} samples "
+                f"({1000 * self.n_fft / self.sampling_rate:g} ms at {self.sampling_rate} Hz, one STFT window). "
+                "Pad it (e.g. `np.pad(audio, (0, 400 - len(audio)))`) or drop it."
+            )
+        if not np.isfinite(clip).all():
+            raise ValueError(
+                f"{position} contains NaN or Inf samples; clean the audio first (e.g. `np.nan_to_num(audio)`)."
+            )
+        return clip
+
+    def _split_clips(self, raw_speech: Any) -> list[np.ndarray]:
+        """Any accepted input -> list of checked 1-D float32 clips."""
+        if isinstance(raw_speech, (np.ndarray, torch.Tensor)):
+            if raw_speech.ndim == 1:
+                return [self._to_float32_clip(raw_speech, "The audio")]
+            if raw_speech.ndim == 2:
+                if raw_speech.shape[0] == 0:
+                    raise ValueError("The batch is empty (shape (0, samples)); give at least one clip.")
+                return [self._to_float32_clip(row, f"Clip {i}") for i, row in enumerate(raw_speech)]
+            raise ValueError(
+                f"Audio has shape {tuple(raw_speech.shape)} ({raw_speech.ndim}-D); expected a 1-D clip (samples,) or "
+                "a 2-D batch (batch, samples) of mono audio. Down-mix channels with `.mean(axis=...)` and give a "
+                "list of clips."
+            )
+        if isinstance(raw_speech, (list, tuple)):
+            if len(raw_speech) == 0:
+                raise ValueError("The audio is empty (an empty list); give at least one clip of 400+ samples.")
+            if all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in raw_speech):
+                return [self._to_float32_clip(np.asarray(raw_speech, dtype=np.float32), "The audio")]
+            return [self._to_float32_clip(clip, f"Clip {i}") for i, clip in enumerate(raw_speech)]
+        raise ValueError(
+            f"Audio of type {type(raw_speech).__name__} is not supported; give a 1-D numpy array / torch tensor, "
+            "a list of them, or a 2-D (batch, samples) array / tensor."
+        )
+
+    def __call__(
+        self,
+        raw_speech: np.ndarray | torch.Tensor | list[float] | list[np.ndarray] | list[torch.Tensor],
+        sampling_rate: int | None = None,
+        return_tensors: str | TensorType | None = None,
+        return_attention_mask: bool | None = None,
+        device: str | torch.device | None = None,
+    ) -> BatchFeature:
+        """
+        Featurise one clip or a batch of clips.
+
+        Args:
+            raw_speech: a 1-D clip, a list of 1-D clips, or a 2-D `(batch, samples)` array / tensor of 16 kHz mono
+                audio (see the class docstring for dtypes).
+            sampling_rate (`int`, *optional*): sampling rate of `raw_speech`. Strongly recommended: a mismatch
+                raises an error instead of silently producing wrong features.
+            return_tensors (`str` or [`~utils.TensorType`], *optional*): `"pt"` for torch tensors (left on
+                `device`), `"np"` or `None` for numpy arrays.
+            return_attention_mask (`bool`, *optional*): return `attention_mask` (batch, frames), 1 on valid frames.
+                Defaults to the constructor value; `None` there returns it only when clips have different lengths.
+            device (`str` or `torch.device`, *optional*, defaults to CPU): torch device the log-mel is computed on.
+
+        Returns:
+            [`BatchFeature`] with `input_values` of shape `(batch, num_mel_bins, frames)` (float32) and, when asked
+            for, `attention_mask` of shape `(batch, frames)` (int32).
+        """
+        if sampling_rate is None:
+            logger.warning_once(
+                f"No sampling_rate was passed to {self.__class__.__name__}; assuming {self.sampling_rate} Hz. "
+                "Pass `sampling_rate=...` so that audio at another rate raises an error instead of giving wrong "
+                "features."
+            )
+        elif sampling_rate != self.sampling_rate:
+            raise ValueError(
+                f"Audio sampled at {sampling_rate} Hz was given, but MATPAC expects {self.sampling_rate} Hz. "
+                f"Resample first, e.g. `soxr.resample(audio, {sampling_rate}, {self.sampling_rate})` or "
+                f"`librosa.resample(audio, orig_sr={sampling_rate}, target_sr={self.sampling_rate})`."
+            )
+        if return_tensors is not None:
+            return_tensors = TensorType(return_tensors)  # unknown names raise a ValueError listing the valid ones
+            if return_tensors not in (TensorType.PYTORCH, TensorType.NUMPY):
+                raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors.value!r}.")
+
+        clips = self._split_clips(raw_speech)
+        device = torch.device("cpu") if device is None else torch.device(device)
+
+        lengths = [clip.shape[0] for clip in clips]
+        frames = [self.num_frames(n) for n in lengths]
+        max_frames = max(frames)
+        # (batch, num_mel_bins, max_frames), filled clip-length group by clip-length group
+        input_values = torch.full(
+            (len(clips), self.num_mel_bins, max_frames), float(self.padding_value), dtype=torch.float32, device=device
+        )
+        attention_mask = torch.zeros((len(clips), max_frames), dtype=torch.int32, device=device)
+        for length in sorted(set(lengths)):
+            rows = [i for i, n in enumerate(lengths) if n == length]
+            waveforms = torch.from_numpy(np.stack([clips[i] for i in rows])).to(device)  # (group, samples)
+            log_mel = self.extract_log_mel(waveforms)  # (group, num_mel_bins, num_frames)
+            num_frames = log_mel.shape[-1]
+            start = 0 if self.padding_side == "right" else max_frames - num_frames
+            index = torch.tensor(rows, device=device)
+            input_values[index, :, start : start + num_frames] = log_mel
+            attention_mask[index, start : start + num_frames] = 1
+
+        if return_attention_mask is None:
+            return_attention_mask = self.return_attention_mask
+        if return_attention_mask is None:
+            return_attention_mask = len(set(frames)) > 1
+
+        data = {"input_values": input_values}
+        if return_attention_mask:
+            data["attention_mask"] = attention_mask
+        if return_tensors != TensorType.PYTORCH:
+            data = {key: value.cpu().numpy() for key, value in data.items()}
+        return BatchFeature(data=data)
