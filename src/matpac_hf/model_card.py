@@ -1,0 +1,133 @@
+# Copyright 2026 The matpac-hf developers.
+# Licensed under the MIT License.
+"""Model cards (Hub README.md) for MATPAC checkpoints, rendered from the Jinja2 templates in `model_cards/`.
+
+```python
+>>> from matpac_hf.model_card import render_model_card
+>>> text = render_model_card("pretrained_encoder", repo_id="me/matpac-vitb", license="mit", datasets="agkphysics/AudioSet")
+>>> (folder / "README.md").write_text(text)  # push_to_hub / upload_folder then publishes it
+```
+
+Metadata (the card's YAML header) is built here with `huggingface_hub.ModelCardData`: `library_name: transformers`,
+the template's `pipeline_tag`, `license`, `base_model`, `datasets`, `metrics`, `language`, `model_name` and `tags`
+(always including `audio`, `matpac`, `self-supervised`). Every other keyword fills a variable of the template; a
+keyword that is neither metadata nor used by the template raises a `ValueError` (nothing is silently dropped).
+"""
+
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+
+TEMPLATES_DIR = Path(__file__).parent / "model_cards"
+
+MATPAC_CITATION = """@inproceedings{quelennec2025matpac,
+  title={Masked Latent Prediction and Classification for Self-Supervised Audio Representation Learning},
+  author={Quelennec, Aurian and Chouteau, Pierre and Peeters, Geoffroy and Essid, Slim},
+  booktitle={ICASSP 2025 - 2025 IEEE International Conference on Acoustics, Speech and Signal Processing (ICASSP)},
+  year={2025},
+  doi={10.1109/ICASSP49660.2025.10887666},
+  url={https://ieeexplore.ieee.org/document/10887666}
+}"""
+
+BASE_TAGS = ("audio", "matpac", "self-supervised")
+
+# pipeline_tag of each shipped template (a template given by path needs `pipeline_tag=...`)
+TEMPLATE_PIPELINE_TAGS = {
+    "pretrained_encoder": "feature-extraction",
+    "audio_classification": "audio-classification",
+}
+
+# keywords that go to the YAML metadata (ModelCardData); they are visible to the template as well
+METADATA_FIELDS = (
+    "license",
+    "license_name",
+    "license_link",
+    "base_model",
+    "datasets",
+    "metrics",
+    "language",
+    "model_name",
+    "tags",
+    "pipeline_tag",
+    "library_name",
+)
+
+
+def _template_path(template_name_or_path: str | Path) -> tuple[Path, str | None]:
+    """Resolves a shipped template name (`"pretrained_encoder"`, with or without `.md`) or a file path."""
+    name = str(template_name_or_path)
+    stem = name[:-3] if name.endswith(".md") else name
+    if stem in TEMPLATE_PIPELINE_TAGS:
+        return TEMPLATES_DIR / f"{stem}.md", TEMPLATE_PIPELINE_TAGS[stem]
+    path = Path(name)
+    if path.is_file():
+        return path, None
+    raise ValueError(
+        f"Unknown model card template {name!r}: give one of {sorted(TEMPLATE_PIPELINE_TAGS)} or the path of a "
+        "Jinja2 markdown file whose YAML header is `{{ card_data }}`."
+    )
+
+
+def template_fields(template_name_or_path: str | Path) -> set[str]:
+    """The variables a template uses (besides `card_data` and `citation`, which the renderer fills)."""
+    import jinja2
+    from jinja2 import meta
+
+    path, _ = _template_path(template_name_or_path)
+    parsed = jinja2.Environment().parse(path.read_text(encoding="utf-8"))
+    return meta.find_undeclared_variables(parsed) - {"card_data", "citation"}
+
+
+def _as_list(value) -> list | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+def render_model_card(template_name_or_path: str | Path, **fields) -> str:
+    """Renders a model card (the text of a Hub `README.md`).
+
+    Args:
+        template_name_or_path: `"pretrained_encoder"`, `"audio_classification"` or the path of a template file.
+        fields: metadata (`license` (default `"other"`), `license_name`, `license_link`, `base_model`, `datasets`,
+            `metrics`, `language`, `model_name`, extra `tags`, `pipeline_tag` to override the template's,
+            `library_name` (default `"transformers"`)) and template variables (see [`template_fields`]), e.g.
+            `repo_id`, `model_summary`, `training_summary`, `training_hyperparameters` (a dict), `evaluation_results`
+            (markdown), `labels` (a list), `license_note`.
+
+    Returns:
+        The card as a string: YAML metadata between `---` lines, then the markdown body.
+    """
+    path, default_pipeline_tag = _template_path(template_name_or_path)
+    unknown = set(fields) - set(METADATA_FIELDS) - template_fields(path)
+    if unknown:
+        raise ValueError(
+            f"Field(s) {sorted(unknown)} are neither card metadata {list(METADATA_FIELDS)} nor used by the template "
+            f"{path.name} (it uses {sorted(template_fields(path))}); remove them or use a template that shows them."
+        )
+    pipeline_tag = fields.get("pipeline_tag") or default_pipeline_tag
+    if pipeline_tag is None:
+        raise ValueError(f"Template {path} is not a shipped one: pass pipeline_tag=... (e.g. 'feature-extraction').")
+    tags = list(BASE_TAGS) + [tag for tag in _as_list(fields.get("tags")) or [] if tag not in BASE_TAGS]
+    card_data = ModelCardData(
+        library_name=fields.get("library_name", "transformers"),
+        pipeline_tag=pipeline_tag,
+        license=fields.get("license", "other"),
+        license_name=fields.get("license_name"),
+        license_link=fields.get("license_link"),
+        base_model=fields.get("base_model"),
+        datasets=_as_list(fields.get("datasets")),
+        metrics=_as_list(fields.get("metrics")),
+        language=fields.get("language"),
+        model_name=fields.get("model_name"),
+        tags=tags,
+    )
+    template_kwargs = {key: value for key, value in fields.items() if key not in METADATA_FIELDS}
+    card = ModelCard.from_template(
+        card_data, template_str=path.read_text(encoding="utf-8"), citation=MATPAC_CITATION, **template_kwargs
+    )
+    return str(card)
+
+
+__all__ = ["render_model_card", "template_fields", "MATPAC_CITATION", "TEMPLATES_DIR"]

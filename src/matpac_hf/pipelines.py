@@ -1,0 +1,199 @@
+# Copyright 2026 The matpac-hf developers.
+# Licensed under the MIT License.
+"""`pipeline("audio-feature-extraction")`: audio in, clip and frame embeddings out.
+
+transformers' own `"feature-extraction"` pipeline is text-only; `import matpac_hf` registers this audio one:
+
+```python
+>>> import matpac_hf
+>>> from transformers import pipeline
+>>> extractor = pipeline("audio-feature-extraction", model="path/or/hub-id")
+>>> out = extractor("clip.wav")                                   # or an array, or {"raw": array, "sampling_rate": sr}
+>>> out["clip_embedding"].shape, out["frame_embeddings"].shape, out["timestamps_ms"][:2]
+((3840,), (63, 3840), array([ 87.5, 247.5]))
+>>> outs = extractor([audio_1, audio_2, "clip.wav"], batch_size=8)  # a list in, a list of dicts out
+```
+"""
+
+import inspect
+import io
+import os
+
+import numpy as np
+import torch
+
+from transformers import AutoModel, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+
+from .hear import frame_timestamps_ms
+
+
+TASK_NAME = "audio-feature-extraction"
+
+
+def decode_audio_file(path_or_bytes: str | os.PathLike | bytes, sampling_rate: int) -> np.ndarray:
+    """Reads an audio file (any format libsndfile reads: wav, flac, ogg, mp3...) as float32 mono at `sampling_rate`:
+    channels are averaged, other rates are resampled with soxr."""
+    import soundfile as sf
+    import soxr
+
+    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes)
+    if isinstance(source, str):
+        if source.startswith(("http://", "https://")):
+            raise ValueError(f"{source!r} is a URL; download the file first and pass its local path.")
+        if not os.path.isfile(source):
+            raise ValueError(f"Audio file {source!r} does not exist.")
+    try:
+        audio, file_rate = sf.read(source, dtype="float32", always_2d=True)  # (samples, channels)
+    except sf.LibsndfileError as error:
+        raise ValueError(f"Could not decode audio {source if isinstance(source, str) else '<bytes>'}: {error}") from error
+    audio = audio.mean(axis=1)
+    if file_rate != sampling_rate:
+        audio = soxr.resample(audio, file_rate, sampling_rate).astype(np.float32)
+    return audio
+
+
+class AudioFeatureExtractionPipeline(Pipeline):
+    """Embeds audio with a MATPAC encoder (or any `AutoModel` audio encoder and its feature extractor).
+
+    Inputs (one, or a list of them):
+        - a 1-D numpy array / torch tensor of mono samples at the feature extractor's rate (16 kHz for MATPAC), or at
+          `sampling_rate=...` given to the call (then resampled with soxr);
+        - a dict `{"raw": array, "sampling_rate": int}` (or `"array"` instead of `"raw"`, as `datasets` gives);
+        - a local file path or the bytes of a file, decoded with soundfile (channels averaged, resampled with soxr).
+
+    Output per input, a dict of float32 numpy arrays (torch tensors with `return_tensors=True`):
+        - `clip_embedding`: `(hidden,)`, the model's `pooler_output` (mean of the frame embeddings for MATPAC), or the
+          mean of `last_hidden_state` over time for a model without a pooler;
+        - `frame_embeddings`: `(num_frames, hidden)`, one row per 160 ms for MATPAC (padding of a batch removed);
+        - `timestamps_ms`: `(num_frames,)` centre of each frame embedding in milliseconds (MATPAC: see
+          `matpac_hf.hear`), `None` for models whose frame rate is unknown here.
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = True
+    _load_tokenizer = False
+
+    def _sanitize_parameters(self, sampling_rate=None, return_tensors=None, **kwargs):
+        if kwargs:
+            raise ValueError(
+                f"Unknown argument(s) {sorted(kwargs)} for the {TASK_NAME} pipeline; it accepts `sampling_rate` "
+                "(of raw array inputs), `return_tensors`, `batch_size` and `num_workers`."
+            )
+        preprocess_params = {} if sampling_rate is None else {"sampling_rate": sampling_rate}
+        postprocess_params = {} if return_tensors is None else {"return_tensors": return_tensors}
+        return preprocess_params, {}, postprocess_params
+
+    # -- preprocess ---------------------------------------------------------------------------------------------------
+    def _to_waveform(self, inputs, sampling_rate: int | None) -> np.ndarray:
+        target_rate = self.feature_extractor.sampling_rate
+        if isinstance(inputs, (str, os.PathLike, bytes)):
+            return decode_audio_file(inputs, target_rate)
+        if isinstance(inputs, dict):
+            if "sampling_rate" not in inputs or not ("raw" in inputs or "array" in inputs):
+                raise ValueError(
+                    'A dict input needs the audio under "raw" (or "array") and its rate under "sampling_rate", got '
+                    f"keys {sorted(inputs)}."
+                )
+            sampling_rate = inputs["sampling_rate"]
+            inputs = inputs["raw"] if "raw" in inputs else inputs["array"]
+        if isinstance(inputs, torch.Tensor):
+            inputs = inputs.detach().float().cpu().numpy()
+        if not isinstance(inputs, np.ndarray):
+            raise ValueError(
+                f"Unsupported input of type {type(inputs).__name__}: give a 1-D numpy array / torch tensor, a dict "
+                '{"raw": array, "sampling_rate": int}, a file path or the bytes of an audio file.'
+            )
+        if sampling_rate is not None and sampling_rate != target_rate:
+            import soxr
+
+            if inputs.ndim != 1:
+                raise ValueError(f"Audio must be 1-D (mono) to be resampled, got shape {inputs.shape}.")
+            inputs = soxr.resample(inputs.astype(np.float32), sampling_rate, target_rate).astype(np.float32)
+        return inputs
+
+    def preprocess(self, inputs, sampling_rate: int | None = None):
+        waveform = self._to_waveform(inputs, sampling_rate)
+        extractor_kwargs = {"sampling_rate": self.feature_extractor.sampling_rate, "return_tensors": "pt"}
+        if "attention_mask" in inspect.signature(self.model.forward).parameters:
+            extractor_kwargs["return_attention_mask"] = True  # lets clips of different lengths share a batch
+        model_inputs = self.feature_extractor(waveform, **extractor_kwargs)
+        if self.dtype is not None:
+            model_inputs = model_inputs.to(dtype=self.dtype)
+        model_inputs = dict(model_inputs)
+        model_inputs["num_samples"] = torch.tensor([waveform.shape[-1]])
+        return model_inputs
+
+    def _collate(self, items: list[dict]) -> dict:
+        """Stacks preprocessed inputs, right-padding every tensor along its last (time) axis."""
+        padding_value = float(getattr(self.feature_extractor, "padding_value", 0.0))
+        batch = {}
+        for key in items[0]:
+            tensors = [item[key] for item in items]
+            length = max(t.shape[-1] for t in tensors)
+            value = padding_value if key != "attention_mask" and tensors[0].is_floating_point() else 0
+            batch[key] = torch.cat(
+                [torch.nn.functional.pad(t, (0, length - t.shape[-1]), value=value) for t in tensors], dim=0
+            )
+        return batch
+
+    def get_iterator(
+        self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
+    ):
+        # As Pipeline.get_iterator, with a collate function that pads spectrograms along time (the default one pads
+        # the second axis, which is the mel axis here).
+        if isinstance(inputs, (list, tuple)):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+            num_workers = min(num_workers, 1)
+        collate_fn = (lambda items: items[0]) if batch_size == 1 else self._collate
+        dataloader = torch.utils.data.DataLoader(
+            dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate_fn
+        )
+        model_iterator = PipelineIterator(dataloader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    # -- forward ------------------------------------------------------------------------------------------------------
+    def _forward(self, model_inputs):
+        num_samples = model_inputs.pop("num_samples")  # (batch,)
+        outputs = self.model(**model_inputs)
+        frame_embeddings = outputs.last_hidden_state  # (batch, frames, hidden)
+        clip_embedding = getattr(outputs, "pooler_output", None)
+        frame_mask = getattr(outputs, "frame_mask", None)
+        if frame_mask is None:
+            frame_mask = torch.ones(frame_embeddings.shape[:2], dtype=torch.long, device=frame_embeddings.device)
+        if clip_embedding is None:
+            clip_embedding = frame_embeddings.mean(1)
+        return {
+            "frame_embeddings": frame_embeddings,
+            "clip_embedding": clip_embedding,  # (batch, hidden)
+            "frame_mask": frame_mask,  # (batch, frames)
+            "num_samples": num_samples,
+        }
+
+    # -- postprocess --------------------------------------------------------------------------------------------------
+    def postprocess(self, model_outputs, return_tensors: bool = False):
+        num_frames = int(model_outputs["frame_mask"][0].sum())
+        frame_embeddings = model_outputs["frame_embeddings"][0, :num_frames].float()  # (frames, hidden)
+        clip_embedding = model_outputs["clip_embedding"][0].float()  # (hidden,)
+        timestamps = None
+        if getattr(self.model.config, "model_type", None) == "matpac":
+            timestamps = frame_timestamps_ms(int(model_outputs["num_samples"].reshape(-1)[0]), self.model.config)
+            timestamps = timestamps.float()
+        if not return_tensors:
+            frame_embeddings, clip_embedding = frame_embeddings.numpy(), clip_embedding.numpy()
+            timestamps = None if timestamps is None else timestamps.numpy()
+        return {"clip_embedding": clip_embedding, "frame_embeddings": frame_embeddings, "timestamps_ms": timestamps}
+
+
+def register_pipelines() -> None:
+    """Registers `"audio-feature-extraction"` with transformers' `pipeline()` (done by `import matpac_hf`)."""
+    PIPELINE_REGISTRY.register_pipeline(
+        TASK_NAME, pipeline_class=AudioFeatureExtractionPipeline, pt_model=AutoModel, type="audio"
+    )
+
+
+__all__ = ["AudioFeatureExtractionPipeline", "register_pipelines", "decode_audio_file", "TASK_NAME"]

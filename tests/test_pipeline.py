@@ -1,0 +1,79 @@
+"""pipeline("audio-feature-extraction") registered by `import matpac_hf`."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import pipeline
+
+import matpac_hf  # noqa: F401  (registers the task)
+from matpac_hf.pipelines import AudioFeatureExtractionPipeline
+
+
+@pytest.fixture(scope="module")
+def extractor(tiny_matpac_folder):
+    return pipeline("audio-feature-extraction", model=str(tiny_matpac_folder))
+
+
+@pytest.fixture(scope="module")
+def audio():
+    return np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)  # 1 s -> 98 frames -> 7 columns
+
+
+def _reference(extractor, waveform):
+    features = extractor.feature_extractor(waveform, sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        return extractor.model(**features)
+
+
+def test_array_input(extractor, audio):
+    assert isinstance(extractor, AudioFeatureExtractionPipeline)
+    out = extractor(audio)
+    reference = _reference(extractor, audio)
+    assert out["clip_embedding"].shape == (160,) and out["clip_embedding"].dtype == np.float32
+    assert out["frame_embeddings"].shape == (7, 160)
+    np.testing.assert_allclose(out["timestamps_ms"], [87.5, 247.5, 407.5, 567.5, 727.5, 887.5, 977.5])
+    np.testing.assert_allclose(out["clip_embedding"], reference.pooler_output[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["frame_embeddings"], reference.last_hidden_state[0].numpy(), atol=1e-5)
+    tensors = extractor(torch.from_numpy(audio), return_tensors=True)
+    assert isinstance(tensors["clip_embedding"], torch.Tensor)
+    torch.testing.assert_close(tensors["clip_embedding"].numpy(), out["clip_embedding"])
+
+
+def test_dict_input_and_resampling(extractor, audio):
+    same = extractor({"raw": audio, "sampling_rate": 16000})
+    np.testing.assert_array_equal(same["clip_embedding"], extractor(audio)["clip_embedding"])
+    # "array" key (datasets layout) at 8 kHz: resampled to 16 kHz, so 0.5 s of 8 kHz audio gives 0.5 s of frames
+    resampled = extractor({"array": audio[:4000], "sampling_rate": 8000})
+    assert resampled["frame_embeddings"].shape == (3, 160)  # 8000 samples at 16 kHz -> 48 frames -> 3 columns
+    np.testing.assert_allclose(resampled["timestamps_ms"], [87.5, 247.5, 407.5])
+    with pytest.raises(ValueError, match="sampling_rate"):
+        extractor({"raw": audio})
+
+
+def test_wav_path_is_decoded_mixed_and_resampled(extractor, audio, tmp_path):
+    stereo = np.stack([audio, audio], axis=1)
+    sf.write(tmp_path / "clip.wav", stereo, 16000, subtype="FLOAT")
+    from_file = extractor(str(tmp_path / "clip.wav"))
+    np.testing.assert_allclose(from_file["clip_embedding"], extractor(audio)["clip_embedding"], atol=1e-5)
+    sf.write(tmp_path / "clip_44k.wav", np.zeros(44100, dtype=np.float32), 44100)
+    assert extractor(str(tmp_path / "clip_44k.wav"))["frame_embeddings"].shape == (7, 160)  # 1 s at 16 kHz
+    with pytest.raises(ValueError, match="does not exist"):
+        extractor(str(tmp_path / "missing.wav"))
+
+
+def test_batch_of_mixed_inputs_matches_one_by_one(extractor, audio, tmp_path):
+    sf.write(tmp_path / "clip.wav", audio, 16000, subtype="FLOAT")
+    inputs = [audio, audio[:8000], str(tmp_path / "clip.wav"), {"array": audio[:5000], "sampling_rate": 16000}]
+    batched = extractor(inputs, batch_size=3)
+    single = [extractor(x) for x in inputs]
+    assert [b["frame_embeddings"].shape[0] for b in batched] == [7, 3, 7, 2]
+    for b, s in zip(batched, single):
+        np.testing.assert_allclose(b["frame_embeddings"], s["frame_embeddings"], atol=1e-5)
+        np.testing.assert_allclose(b["clip_embedding"], s["clip_embedding"], atol=1e-5)
+        np.testing.assert_array_equal(b["timestamps_ms"], s["timestamps_ms"])
+
+
+def test_unknown_argument_raises(extractor, audio):
+    with pytest.raises(ValueError, match="top_k"):
+        extractor(audio, top_k=3)
