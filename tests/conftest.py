@@ -26,18 +26,26 @@ def tiny_matpac_folder(tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def hub_stub(monkeypatch):
-    """A Hugging Face Hub API stub on 127.0.0.1 (see tests/hub_stub.py).
+@pytest.fixture(scope="module")
+def hub_stub(tmp_path_factory):
+    """A Hugging Face Hub API stub on 127.0.0.1 (see tests/hub_stub.py), shared by the tests of a module, for code run
+    in a *subprocess*.
 
-    Sets HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE=0 in `os.environ` (inherited by subprocesses, which is where
-    huggingface_hub reads them at import time) and yields the running `HubStub` (`.endpoint`, `.storage`).
+    Sets in `os.environ` (inherited by subprocesses; huggingface_hub reads it at import time): HF_ENDPOINT, a fake
+    HF_TOKEN, HF_HUB_OFFLINE=0, HF_HUB_DISABLE_XET=1 (the stub speaks basic LFS, not Xet) and a fresh HF_HOME (empty
+    download and remote-code caches); all restored afterwards. Yields the running `HubStub` (`.endpoint`,
+    `.files(repo_id)`, `.read_blob(sha256)`, `.requests`, `.unhandled`).
     """
     from hub_stub import HubStub
 
-    with HubStub() as stub:
+    with HubStub() as stub, pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("HF_ENDPOINT", stub.endpoint)
         monkeypatch.setenv("HF_TOKEN", stub.token)
         monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+        monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+        monkeypatch.delenv("HF_MODULES_CACHE", raising=False)
         yield stub
