@@ -22,7 +22,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .configuration_matpac import MatpacConfig
@@ -318,6 +318,28 @@ class MatpacEncoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+# Auto class of each MATPAC model class. `MatpacPreTrainedModel.save_pretrained` writes every one defined in this file
+# into `config.auto_map`, whichever class is saved: a folder saved from the encoder alone also loads with
+# `AutoModelForAudioClassification` (new head) through remote code.
+AUTO_CLASS_OF_MODEL_CLASS = {
+    "MatpacModel": "AutoModel",
+    "MatpacForPreTraining": "AutoModelForPreTraining",
+    "MatpacForAudioClassification": "AutoModelForAudioClassification",
+}
+
+
+def matpac_auto_map() -> dict[str, str]:
+    """`auto_map` for `config.json`: AutoConfig and the Auto class of every model class defined in this file, as
+    `"<file>.<class>"` references into the code files that `save_pretrained` copies next to the weights. (The feature
+    extractor's entry lives in `preprocessor_config.json`, written by `MatpacFeatureExtractor.save_pretrained`.)"""
+    module_file = __name__.rsplit(".", 1)[-1]  # "modeling_matpac", also when this file runs as remote code
+    auto_map = {"AutoConfig": f"{MatpacConfig.__module__.rsplit('.', 1)[-1]}.{MatpacConfig.__name__}"}
+    for class_name, auto_class in AUTO_CLASS_OF_MODEL_CLASS.items():
+        if class_name in globals():
+            auto_map[auto_class] = f"{module_file}.{class_name}"
+    return auto_map
+
+
 class MatpacPreTrainedModel(PreTrainedModel):
     config: MatpacConfig
     config_class = MatpacConfig
@@ -331,6 +353,15 @@ class MatpacPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """[`~PreTrainedModel.save_pretrained`] with the full remote-code wiring: when the class is registered for an
+        Auto class (importing `matpac_hf` does it; so does loading with `trust_remote_code=True`), transformers copies
+        `modeling_matpac.py` and `configuration_matpac.py` into the folder, and `config.auto_map` lists AutoConfig
+        plus every MATPAC model Auto class, so the folder loads where `matpac_hf` is not installed."""
+        if self.is_remote_code():
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **matpac_auto_map()}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def _init_weights(self, module):
         """Official initialisation: xavier-uniform linears with zero bias, LayerNorm (1, 0), patch embedding
         xavier-uniform on its flattened `(hidden, patch_size**2)` view, CLS / mask tokens normal(0.02)."""
@@ -342,10 +373,12 @@ class MatpacPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, MatpacPatchEmbeddings):
-            weight = module.projection.weight
-            init.xavier_uniform_(weight.view(weight.shape[0], -1))
-            init.zeros_(module.projection.bias)
+        elif isinstance(module, nn.Conv2d):  # the patch embedding's projection
+            # Branch on the Conv2d itself: transformers skips modules that own no tensor (as MatpacPatchEmbeddings)
+            # for custom-code models. The view does not carry the "already loaded" flag, so check it on the weight.
+            if not getattr(module.weight, "_is_hf_initialized", False):
+                init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+            init.zeros_(module.bias)
         elif isinstance(module, MatpacEmbeddings):
             init.normal_(module.cls_token, std=std)
             init.copy_(
@@ -557,4 +590,774 @@ class MatpacModel(MatpacPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["MatpacPreTrainedModel", "MatpacModel"]
+# ==== pretraining ====
+# ----------------------------------------------------------------------------------------------------------------------
+# MatpacForPreTraining: student, predictor, EMA teachers, classification heads and center (method sections 3-5)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def linear_schedule(start: float, end: float, step: int, num_steps: int) -> float:
+    """Linear ramp: `start` at step 0, `end` at step `num_steps` and after (the official `get_annealed_rate`)."""
+    if num_steps <= 0 or step >= num_steps:
+        return float(end)
+    return float(start + (end - start) * step / num_steps)
+
+
+def teacher_temperature_at(config: MatpacConfig, step: int) -> float:
+    """Teacher softmax temperature tau_t at optimiser step `step`: linear from `teacher_temperature_start` to
+    `teacher_temperature_end` over `teacher_temperature_warmup_steps`, then constant (0.04 -> 0.07 over 9827 steps)."""
+    return linear_schedule(
+        config.teacher_temperature_start,
+        config.teacher_temperature_end,
+        step,
+        config.teacher_temperature_warmup_steps,
+    )
+
+
+def ema_decays_at(config: MatpacConfig, step: int) -> tuple[float, float]:
+    """`(encoder_decay, head_decay)` of the EMA teachers at optimiser step `step`, both annealed linearly over
+    `config.total_steps` (0.99995 -> 0.99999 for the teacher encoder, 0.998 -> 1.0 for the teacher head)."""
+    encoder_decay = linear_schedule(config.ema_decay_start, config.ema_decay_end, step, config.total_steps)
+    head_decay = linear_schedule(config.head_ema_decay_start, config.head_ema_decay_end, step, config.total_steps)
+    return encoder_decay, head_decay
+
+
+def mcl_temperature_at(config: MatpacConfig, step: int) -> float:
+    """MATPAC++ soft winner-takes-all temperature `T = mcl_temperature_start * mcl_temperature_decay**step`. The loss
+    switches to the hard minimum once `T <= mcl_temperature_min` (see [`MatpacForPreTraining`])."""
+    return float(config.mcl_temperature_start * config.mcl_temperature_decay**step)
+
+
+def _check_step(step) -> int:
+    if isinstance(step, torch.Tensor) and step.numel() == 1:
+        step = step.item()
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(
+            f"`step` must be a non-negative int (the number of optimiser updates done so far), got {step!r}."
+        )
+    return step
+
+
+@dataclass
+class MatpacForPreTrainingOutput(ModelOutput):
+    """
+    Output of [`MatpacForPreTraining`]. With `B` = batch, `L` = patches per clip (190), `M` = masked patches (133).
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            `prediction_loss_weight * prediction_loss + classification_loss_weight * classification_loss`.
+        prediction_loss (`torch.FloatTensor` of shape `()`):
+            Mean over the masked tokens of `2 - 2 cos(prediction, teacher target)` (MATPAC++: the soft
+            winner-takes-all combination of the candidates' losses).
+        classification_loss (`torch.FloatTensor` of shape `()`):
+            Mean over the masked tokens of the cross-entropy between the centred, sharpened teacher probabilities and
+            the student head's log-probabilities.
+        mask (`torch.BoolTensor` of shape `(B, L)`):
+            True for masked patches (seen by the teacher, predicted by the student), False for the visible ones, in
+            frequency-major patch order.
+        predictions (`torch.FloatTensor` of shape `(B, M, hidden_size)`):
+            The predictor's outputs for the masked patches, in the order of the random permutation (MATPAC++: the best
+            candidate of each token, the one fed to the student head).
+        candidate_predictions (`torch.FloatTensor` of shape `(B, M, mcl_num_heads, hidden_size)`, MATPAC++ only):
+            Every head's candidate.
+        prediction_std, target_std (`torch.FloatTensor` of shape `()`):
+            Mean over channels of the per-channel std (over this process's masked tokens) of the L2-normalised
+            predictions and teacher targets; collapse shows as std -> 0.
+        teacher_perplexity (`torch.FloatTensor` of shape `()`):
+            `exp(entropy)` of the batch-mean teacher probabilities; collapse shows as perplexity -> 1.
+        num_teacher_classes (`torch.LongTensor` of shape `()`):
+            Number of distinct teacher argmax classes in the batch.
+        student_teacher_agreement (`torch.FloatTensor` of shape `()`):
+            Fraction of masked tokens whose student and teacher argmax classes agree.
+        teacher_temperature, ema_decay, head_ema_decay (`torch.FloatTensor` of shape `()`):
+            Schedule values at this `step` (the two decays are the ones [`~MatpacForPreTraining.update_teachers`]
+            applies at this step).
+        mcl_temperature (`torch.FloatTensor` of shape `()`, MATPAC++ only):
+            Soft winner-takes-all temperature at this step (`mcl_temperature_min` once the hard minimum is used).
+    """
+
+    loss: torch.FloatTensor | None = None
+    prediction_loss: torch.FloatTensor | None = None
+    classification_loss: torch.FloatTensor | None = None
+    mask: torch.BoolTensor | None = None
+    predictions: torch.FloatTensor | None = None
+    candidate_predictions: torch.FloatTensor | None = None
+    prediction_std: torch.FloatTensor | None = None
+    target_std: torch.FloatTensor | None = None
+    teacher_perplexity: torch.FloatTensor | None = None
+    num_teacher_classes: torch.LongTensor | None = None
+    student_teacher_agreement: torch.FloatTensor | None = None
+    teacher_temperature: torch.FloatTensor | None = None
+    ema_decay: torch.FloatTensor | None = None
+    head_ema_decay: torch.FloatTensor | None = None
+    mcl_temperature: torch.FloatTensor | None = None
+
+
+class MatpacPredictor(nn.Module):
+    """The M2D predictor ("decoder"): student tokens of the visible patches -> predictions for the masked patches.
+
+    `decoder_embed` (hidden -> decoder width), a learned `mask_token` at every masked position, a fixed 2-D sin-cos
+    table of the decoder width (with a CLS slot; non-persistent, filled in `_init_weights`), `decoder_num_hidden_layers`
+    pre-norm blocks, `decoder_norm`, then `decoder_pred` (decoder width -> hidden), or with `config.use_mcl` the
+    MATPAC++ `mcl_heads`: `mcl_num_heads` parallel linear heads, each giving a candidate.
+    """
+
+    def __init__(self, config: MatpacConfig):
+        super().__init__()
+        self.config = config
+        width = config.decoder_hidden_size
+        self.decoder_embed = nn.Linear(config.hidden_size, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.register_buffer("position_embeddings", torch.zeros(1 + config.num_patches, width), persistent=False)
+        self.layers = nn.ModuleList(
+            [
+                MatpacLayer(config, width, config.decoder_num_attention_heads, config.decoder_intermediate_size)
+                for _ in range(config.decoder_num_hidden_layers)
+            ]
+        )
+        self.decoder_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        if config.use_mcl:
+            self.mcl_heads = nn.ModuleList([nn.Linear(width, config.hidden_size) for _ in range(config.mcl_num_heads)])
+        else:
+            self.decoder_pred = nn.Linear(width, config.hidden_size)
+
+    def forward(
+        self, student_hidden_states: torch.Tensor, ids_restore: torch.Tensor, ids_masked: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Args:
+            student_hidden_states: `(batch, 1 + num_visible, hidden)` student encoder output, CLS first, visible
+                tokens in the order of the random permutation.
+            ids_restore: `(batch, num_patches)` rank of each patch in the permutation (un-shuffles it).
+            ids_masked: `(batch, num_masked)` indices of the masked patches, in permutation order.
+
+        Returns:
+            `(batch, num_masked, hidden)` predictions, or `(batch, num_masked, mcl_num_heads, hidden)` candidates.
+        """
+        hidden_states = self.decoder_embed(student_hidden_states)  # (batch, 1 + num_visible, width)
+        batch_size, num_patches = ids_restore.shape
+        width = hidden_states.shape[-1]
+        num_masked = num_patches - (hidden_states.shape[1] - 1)
+
+        mask_tokens = self.mask_token.to(hidden_states.dtype).expand(batch_size, num_masked, -1)
+        shuffled = torch.cat([hidden_states[:, 1:], mask_tokens], dim=1)  # (batch, num_patches, width), permuted
+        patch_states = torch.gather(shuffled, 1, ids_restore[..., None].expand(-1, -1, width))  # original order
+
+        num_frequency_patches = self.config.num_frequency_patches
+        cls_position, patch_positions = crop_position_table(
+            self.position_embeddings, num_frequency_patches, num_patches // num_frequency_patches
+        )
+        hidden_states = torch.cat(
+            [
+                hidden_states[:, :1] + cls_position.to(hidden_states.dtype),
+                patch_states + patch_positions.to(hidden_states.dtype),
+            ],
+            dim=1,
+        )  # (batch, 1 + num_patches, width)
+        for layer in self.layers:
+            hidden_states, _ = layer(hidden_states)
+        hidden_states = self.decoder_norm(hidden_states)
+
+        masked_states = torch.gather(hidden_states[:, 1:], 1, ids_masked[..., None].expand(-1, -1, width))
+        if self.config.use_mcl:
+            return torch.stack([head(masked_states) for head in self.mcl_heads], dim=2)  # (batch, M, K, hidden)
+        return self.decoder_pred(masked_states)  # (batch, num_masked, hidden)
+
+
+class MatpacClassificationHead(nn.Module):
+    """DINO-style classification head (student and teacher): MLP hidden -> 2048 -> GELU -> 2048 -> GELU -> 256,
+    L2-normalise, then a weight-normalised linear 256 -> 2048 prototypes without bias.
+
+    The prototype layer `last_layer` uses `torch.nn.utils.parametrizations.weight_norm`: its weights are stored as
+    `last_layer.parametrizations.weight.original0` (the gain g, `(num_prototypes, 1)`) and `.original1` (the direction
+    v), the names transformers itself maps the official `last_layer.weight_g` / `weight_v` to. The gain starts at 1
+    and is trained unless `config.head_freeze_weight_norm_gain`.
+    """
+
+    def __init__(self, config: MatpacConfig):
+        super().__init__()
+        sizes = [config.hidden_size] + [config.head_hidden_size] * (config.head_num_layers - 1)
+        sizes.append(config.head_bottleneck_size)
+        layers = []
+        for index, (size_in, size_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            if index > 0:
+                layers.append(nn.GELU())
+            layers.append(nn.Linear(size_in, size_out))
+        self.mlp = nn.Sequential(*layers)  # linears at indices 0, 2, 4 as the official `mlp.{0,2,4}`
+        self.last_layer = nn.utils.parametrizations.weight_norm(
+            nn.Linear(config.head_bottleneck_size, config.head_num_prototypes, bias=False)
+        )
+
+    @property
+    def weight_norm_gain(self) -> nn.Parameter:
+        """`(num_prototypes, 1)` gain g of the prototype layer."""
+        return self.last_layer.parametrizations.weight.original0
+
+    @property
+    def weight_norm_direction(self) -> nn.Parameter:
+        """`(num_prototypes, bottleneck)` direction v of the prototype layer."""
+        return self.last_layer.parametrizations.weight.original1
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(..., hidden)` -> `(..., num_prototypes)` logits."""
+        bottleneck = self.mlp(hidden_states)
+        eps = 1e-6 if bottleneck.dtype == torch.float16 else 1e-12
+        bottleneck = nn.functional.normalize(bottleneck, dim=-1, p=2, eps=eps)
+        return self.last_layer(bottleneck)
+
+
+class MatpacForPreTraining(MatpacPreTrainedModel):
+    """MATPAC / MATPAC++ pretraining: masked latent prediction (M2D) plus DINO-style classification.
+
+    Modules: `matpac` (the student [`MatpacModel`]: patch embedding, CLS, position table, encoder; so
+    `MatpacModel.from_pretrained(folder)` on a saved pretraining folder gives the student), `predictor`,
+    `student_head`, and the EMA teachers `teacher_encoder` (blocks + final norm; it shares the student's patch
+    embedding, CLS token and positions, used under no-grad) and `teacher_head`, plus the `center` buffer
+    `(1, 1, num_prototypes)`. Teacher weights and the center are saved and restored with `save_pretrained` /
+    `from_pretrained`; teacher parameters have `requires_grad=False` (also after loading), so
+    `[p for p in model.parameters() if p.requires_grad]` is exactly what the optimiser must train.
+
+    One training step (the official order; see [`~MatpacForPreTraining.update_teachers`] for the loop):
+
+    1. `forward(input_values, step=step)`: masking, student, predictor, teacher (no-grad), both losses. In training
+       mode (`model.train()`) the forward also updates `center` with this batch's teacher output, averaged over all
+       processes with `torch.distributed.all_reduce` when a process group is initialised (every process must run
+       the forward the same number of times, as under DDP). In eval mode the center is left untouched.
+    2. backward of `outputs.loss`, then `update_teachers(step)` (EMA), then the optimiser step.
+
+    Teacher initialisation (`config.teacher_init`): `"independent"` (default, the official code) gives the teacher
+    encoder its own random draw (same distribution as the student), the teacher head's MLP a trunc-normal(0.02) draw
+    with zero biases, and the teacher head's prototype layer the student's initial one (gain 1, the same direction,
+    which keeps `nn.Linear`'s default init: the official xavier re-initialisation does not reach a weight-normed
+    layer). `"copy_student"` copies the student encoder blocks + norm and the student head into the teachers
+    (DINO, data2vec). Either way the init never overwrites teacher weights loaded by `from_pretrained`, and a folder
+    holding only a student (e.g. saved from [`MatpacModel`]) gets its teachers initialised from the loaded student
+    with `"copy_student"`.
+    """
+
+    def __init__(self, config: MatpacConfig):
+        super().__init__(config)
+        self.config = config
+        self.matpac = MatpacModel(config)
+        self.predictor = MatpacPredictor(config)
+        self.student_head = MatpacClassificationHead(config)
+        self.teacher_encoder = MatpacEncoder(config)
+        self.teacher_head = MatpacClassificationHead(config)
+        self.register_buffer("center", torch.zeros(1, 1, config.head_num_prototypes))
+        self._freeze_non_trainable_parameters()
+        self.post_init()
+
+    def get_input_embeddings(self) -> MatpacPatchEmbeddings:
+        return self.matpac.embeddings.patch_embeddings
+
+    # -- frozen parameters --------------------------------------------------------------------------------------------
+    def _freeze_non_trainable_parameters(self):
+        """Teachers never train (EMA only); the prototype gain is frozen with `head_freeze_weight_norm_gain`."""
+        self.teacher_encoder.requires_grad_(False)
+        self.teacher_head.requires_grad_(False)
+        if self.config.head_freeze_weight_norm_gain:
+            self.student_head.weight_norm_gain.requires_grad_(False)
+
+    def tie_weights(self, *args, **kwargs):
+        """No tied weights; re-applies `requires_grad=False` to the teachers (and a frozen gain). transformers calls
+        this at the end of `__init__` and of `from_pretrained`, whose loader re-creates every loaded tensor as a
+        trainable `nn.Parameter`."""
+        super().tie_weights(*args, **kwargs)
+        self._freeze_non_trainable_parameters()
+
+    # -- initialisation -----------------------------------------------------------------------------------------------
+    def _init_weights(self, module):
+        """Base initialisation plus the predictor, the heads, the center and the teachers (see the class docstring).
+
+        Every write goes through `transformers.initialization`, which skips tensors `from_pretrained` has loaded. The
+        model itself is visited last (children first), so the teacher init sees the student's final weights. (It owns
+        the `center` buffer, so transformers skips it only when `from_pretrained` loaded the center, i.e. a full
+        pretraining folder whose teachers were loaded too.)"""
+        std = self.config.initializer_range
+        if isinstance(module, MatpacPredictor):
+            init.normal_(module.mask_token, std=std)
+            init.copy_(
+                module.position_embeddings,
+                build_2d_sincos_position_table(
+                    self.config.num_frequency_patches, self.config.max_time_patches, self.config.decoder_hidden_size
+                ),
+            )
+        elif isinstance(module, nn.utils.parametrize.ParametrizationList):
+            # The weight-normalised prototype layer of a classification head (the only parametrised module; its MLP
+            # linears are xavier / zero-bias in the base branch). It keeps nn.Linear's default init for the direction v
+            # (kaiming-uniform, a=sqrt(5)) and gain g = 1, as officially. The branch is on the module that owns g and
+            # v: transformers skips modules that own no tensor for custom-code models.
+            init.kaiming_uniform_(module.original1, a=math.sqrt(5))
+            init.ones_(module.original0)
+        elif isinstance(module, nn.Linear) and nn.utils.parametrize.is_parametrized(module):
+            pass  # the prototype layer itself: initialised through its parametrisation above
+        elif module is self:
+            init.zeros_(self.center)
+            self._init_teachers()
+        else:
+            super()._init_weights(module)
+
+    def _init_teachers(self):
+        student_encoder = dict(self.matpac.encoder.named_parameters())
+        student_head = dict(self.student_head.named_parameters())
+        if self.config.teacher_init == "copy_student":
+            for name, teacher_parameter in self.teacher_encoder.named_parameters():
+                init.copy_(teacher_parameter, student_encoder[name])
+            for name, teacher_parameter in self.teacher_head.named_parameters():
+                init.copy_(teacher_parameter, student_head[name])
+            return
+        # "independent": the teacher encoder keeps its own draw (base init). Teacher head: trunc-normal MLP weights
+        # (official `Cls_Head` init, std = initializer_range = 0.02), zero biases, the student's initial prototypes.
+        for layer in self.teacher_head.mlp:
+            if isinstance(layer, nn.Linear):
+                init.trunc_normal_(layer.weight, std=self.config.initializer_range)
+                init.zeros_(layer.bias)
+        init.copy_(self.teacher_head.weight_norm_gain, self.student_head.weight_norm_gain)
+        init.copy_(self.teacher_head.weight_norm_direction, self.student_head.weight_norm_direction)
+
+    # -- schedules (pure functions of the step) -----------------------------------------------------------------------
+    def teacher_temperature(self, step: int) -> float:
+        """Teacher softmax temperature at `step` (see [`teacher_temperature_at`])."""
+        return teacher_temperature_at(self.config, _check_step(step))
+
+    def ema_decays(self, step: int) -> tuple[float, float]:
+        """`(encoder_decay, head_decay)` at `step` (see [`ema_decays_at`])."""
+        return ema_decays_at(self.config, _check_step(step))
+
+    def mcl_temperature(self, step: int) -> float:
+        """MATPAC++ soft winner-takes-all temperature at `step` (see [`mcl_temperature_at`])."""
+        return mcl_temperature_at(self.config, _check_step(step))
+
+    # -- EMA teachers -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_teachers(self, step: int) -> tuple[float, float]:
+        """EMA update of both teachers: `teacher <- d * teacher + (1 - d) * student`, for the teacher encoder (from
+        the student encoder's blocks + final norm, decay `ema_decays(step)[0]`) and the teacher head (from the
+        student head, decay `ema_decays(step)[1]`). A no-op at `step == 0`, and for a decay >= 1.
+
+        When to call it: once per optimiser update, AFTER the forward (and backward) of update `step` and BEFORE
+        `optimizer.step()`, with the same `step` that was passed to `forward` (`step` = number of optimiser updates
+        completed so far: 0, 1, 2, ...). Call it on the unwrapped model (`accelerator.unwrap_model(model)`); with
+        gradient accumulation, only on the micro-batch that steps the optimiser (`accelerator.sync_gradients`):
+
+        ```python
+        for step, batch in enumerate(train_dataloader):  # step = optimiser updates done so far
+            outputs = model(batch["input_values"], step=step)
+            accelerator.backward(outputs.loss)
+            accelerator.unwrap_model(model).update_teachers(step)
+            accelerator.clip_grad_norm_(model.parameters(), 3.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        ```
+
+        This is the official order: the fairseq model runs its EMA step at the end of its forward with
+        `num_updates` = updates completed so far (no-op at 0), i.e. with the student weights that forward used, and
+        fairseq's trainer calls `set_num_updates(num_updates + 1)` only after `optimizer.step()`. (The teachers take
+        no part in the backward, so calling it between forward and backward is equivalent.) Calling it after
+        `optimizer.step()` instead would pull the teachers towards the already-updated student.
+
+        Returns the `(encoder_decay, head_decay)` that were applied (`(1.0, 1.0)` at step 0).
+        """
+        step = _check_step(step)
+        if step == 0:
+            return 1.0, 1.0
+        encoder_decay, head_decay = ema_decays_at(self.config, step)
+        _ema_update(self.teacher_encoder, self.matpac.encoder, encoder_decay)
+        _ema_update(self.teacher_head, self.student_head, head_decay)
+        return encoder_decay, head_decay
+
+    @torch.no_grad()
+    def _update_center(self, teacher_output: torch.Tensor):
+        """`center <- m * center + (1 - m) * mean(teacher_output)` over batch and tokens of all processes."""
+        teacher_output = teacher_output.float().reshape(-1, teacher_output.shape[-1])  # (tokens, num_prototypes)
+        total = torch.cat(
+            [teacher_output.sum(0), teacher_output.new_tensor([teacher_output.shape[0]])]
+        )  # (num_prototypes + 1,): sum, then count
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(total)
+        batch_mean = total[:-1] / total[-1]
+        momentum = self.config.center_momentum
+        self.center.copy_(self.center * momentum + batch_mean.view_as(self.center) * (1 - momentum))
+
+    # -- masking ------------------------------------------------------------------------------------------------------
+    def _check_pretraining_inputs(self, input_values) -> int:
+        """Validates `(batch, num_mel_bins, num_frames)` and returns the number of time patches."""
+        config = self.config
+        expected = f"(batch, {config.num_mel_bins}, {config.max_frames})"
+        if not isinstance(input_values, torch.Tensor) or input_values.dim() != 3:
+            shape = tuple(input_values.shape) if isinstance(input_values, torch.Tensor) else type(input_values)
+            raise ValueError(
+                f"`input_values` must be a tensor of normalised log-mel spectrograms of shape {expected}, got "
+                f"{shape}. Use MatpacFeatureExtractor(..., return_tensors='pt') on {config.max_frames}-frame crops."
+            )
+        batch_size, num_mel_bins, num_frames = input_values.shape
+        if num_mel_bins != config.num_mel_bins:
+            raise ValueError(
+                f"`input_values` must have shape {expected} (log-mel, frequency first), got "
+                f"{tuple(input_values.shape)}. A spectrogram laid out (batch, frames, mel) needs `.transpose(1, 2)`."
+            )
+        samples = (config.max_frames - 1) * config.hop_length + config.win_length
+        if num_frames > config.max_frames or num_frames % config.patch_size != 0 or batch_size == 0:
+            raise ValueError(
+                f"Pretraining needs crops of exactly max_frames={config.max_frames} frames ({samples} samples at "
+                f"{config.sampling_rate} Hz), or of a shorter multiple of patch_size={config.patch_size} frames; "
+                f"got `input_values` of shape {tuple(input_values.shape)}. Crop or pad the log-mel to "
+                f"{config.max_frames} frames."
+            )
+        num_patches = config.num_frequency_patches * (num_frames // config.patch_size)
+        num_visible = int(num_patches * (1 - config.mask_ratio))
+        if num_visible < 1 or num_visible >= num_patches:
+            raise ValueError(
+                f"{num_frames} frames give {num_patches} patches, of which mask_ratio={config.mask_ratio} leaves "
+                f"{num_visible} visible; pretraining needs at least one visible and one masked patch. Use longer "
+                f"crops (up to {config.max_frames} frames)."
+            )
+        return num_frames // config.patch_size
+
+    @staticmethod
+    def _patch_order(
+        batch_size: int,
+        num_patches: int,
+        device: torch.device,
+        generator: torch.Generator | None,
+        noise: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`(batch, num_patches)` per-sample uniformly random permutation: argsort of uniform noise (MAE / M2D)."""
+        if noise is None:
+            generator_device = generator.device if generator is not None else device
+            noise = torch.rand((batch_size, num_patches), generator=generator, device=generator_device)
+        elif not isinstance(noise, torch.Tensor) or noise.shape != (batch_size, num_patches):
+            shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise)
+            raise ValueError(
+                f"`noise` must be a tensor of shape (batch, num_patches) = {(batch_size, num_patches)}: one score per "
+                f"patch, the lowest scores are the visible patches. Got {shape}."
+            )
+        return torch.argsort(noise.to(device), dim=1)
+
+    # -- forward ------------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        step: int = 0,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> MatpacForPreTrainingOutput | tuple:
+        r"""
+        input_values (`torch.FloatTensor` of shape `(batch_size, num_mel_bins, max_frames)`):
+            Normalised log-mel crops of `max_frames` (608) frames, i.e. 97 520 samples. Shorter crops whose frame count
+            is a multiple of `patch_size` also work (the position tables are cut per frequency row).
+        step (`int`, defaults to 0):
+            Optimiser updates completed so far; drives the teacher temperature, the MATPAC++ temperature and the
+            reported EMA decays. Pass the same value to [`~MatpacForPreTraining.update_teachers`].
+        generator (`torch.Generator`, *optional*):
+            Random source of the masking (for reproducible masks).
+        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Explicit masking scores instead of random ones: per sample, the `int(num_patches * (1 - mask_ratio))`
+            patches with the lowest scores are visible, the others masked.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        step = _check_step(step)
+        num_time_patches = self._check_pretraining_inputs(input_values)
+        batch_size = input_values.shape[0]
+        hidden_size = config.hidden_size
+        num_patches = config.num_frequency_patches * num_time_patches
+        num_visible = int(num_patches * (1 - config.mask_ratio))
+        device = input_values.device
+
+        # Masking: per sample, a random permutation; its first `num_visible` patches are visible, the rest masked.
+        ids_shuffle = self._patch_order(batch_size, num_patches, device, generator, noise)  # (B, L)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
+        ids_visible, ids_masked = ids_shuffle[:, :num_visible], ids_shuffle[:, num_visible:]  # (B, V), (B, M)
+        mask = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=device)
+        mask.scatter_(1, ids_masked, True)  # (B, L), True = masked
+
+        embeddings = self.matpac.embeddings
+        patch_tokens = embeddings.embed_patches(input_values)  # (B, L, hidden), positions added
+        visible_tokens = torch.gather(patch_tokens, 1, ids_visible[..., None].expand(-1, -1, hidden_size))
+
+        # Student on CLS + visible tokens, then the predictor.
+        student_hidden_states = self.matpac.encoder(embeddings.prepend_cls(visible_tokens)).last_hidden_state
+        predictions = self.predictor(student_hidden_states, ids_restore, ids_masked)  # (B, M, [K,] hidden)
+
+        # Teacher on CLS + masked tokens (the shared embedding, no gradient).
+        with torch.no_grad():
+            masked_tokens = torch.gather(patch_tokens, 1, ids_masked[..., None].expand(-1, -1, hidden_size))
+            targets = self.teacher_encoder(embeddings.prepend_cls(masked_tokens)).last_hidden_state[:, 1:]
+            normalized_targets = nn.functional.normalize(targets.float(), dim=-1)  # (B, M, hidden)
+
+        # Prediction loss per masked token: 2 - 2 cos (losses in float32).
+        normalized_predictions = nn.functional.normalize(predictions.float(), dim=-1)
+        candidate_predictions, mcl_temperature = None, None
+        if config.use_mcl:
+            candidate_losses = 2 - 2 * (normalized_predictions * normalized_targets[:, :, None]).sum(-1)  # (B, M, K)
+            best_candidate = candidate_losses.argmin(dim=-1)  # (B, M)
+            mcl_temperature = mcl_temperature_at(config, step)
+            if mcl_temperature > config.mcl_temperature_min:
+                weights = torch.softmax(-candidate_losses.detach() / mcl_temperature, dim=-1)  # soft WTA, no gradient
+                prediction_losses = (weights * candidate_losses).sum(-1)  # (B, M)
+            else:
+                mcl_temperature = config.mcl_temperature_min
+                prediction_losses = candidate_losses.min(dim=-1).values  # hard winner-takes-all
+            candidate_predictions = predictions
+            predictions = torch.gather(
+                candidate_predictions, 2, best_candidate[..., None, None].expand(-1, -1, 1, hidden_size)
+            ).squeeze(2)  # (B, M, hidden): the best candidate feeds the classification head
+            normalized_predictions = torch.gather(
+                normalized_predictions, 2, best_candidate[..., None, None].expand(-1, -1, 1, hidden_size)
+            ).squeeze(2)
+        else:
+            prediction_losses = 2 - 2 * (normalized_predictions * normalized_targets).sum(-1)  # (B, M)
+
+        # Classification: centred, sharpened teacher probabilities vs student log-probabilities.
+        teacher_temperature = teacher_temperature_at(config, step)
+        student_logits = self.student_head(predictions).float()  # (B, M, num_prototypes)
+        with torch.no_grad():
+            teacher_logits = self.teacher_head(targets).float()  # (B, M, num_prototypes)
+            teacher_probs = torch.softmax((teacher_logits - self.center) / teacher_temperature, dim=-1)
+        student_log_probs = torch.log_softmax(student_logits / config.student_temperature, dim=-1)
+        classification_losses = -(teacher_probs * student_log_probs).sum(-1)  # (B, M)
+        if self.training:
+            self._update_center(teacher_probs if config.center_update == "probabilities" else teacher_logits)
+
+        prediction_loss = prediction_losses.mean()
+        classification_loss = classification_losses.mean()
+        loss = (
+            config.prediction_loss_weight * prediction_loss + config.classification_loss_weight * classification_loss
+        )
+
+        # Monitors (this process's batch).
+        with torch.no_grad():
+            mean_teacher_probs = teacher_probs.reshape(-1, teacher_probs.shape[-1]).mean(0)  # (num_prototypes,)
+            teacher_classes = teacher_probs.argmax(-1)  # (B, M)
+            encoder_decay, head_decay = ema_decays_at(config, step)
+            as_tensor = lambda value: torch.tensor(value, dtype=torch.float32, device=device)  # noqa: E731
+            monitors = dict(
+                prediction_std=_mean_channel_std(normalized_predictions),
+                target_std=_mean_channel_std(normalized_targets),
+                teacher_perplexity=torch.exp(-(mean_teacher_probs * torch.log(mean_teacher_probs + 1e-7)).sum()),
+                num_teacher_classes=torch.tensor(teacher_classes.unique().numel(), device=device),
+                student_teacher_agreement=(student_logits.argmax(-1) == teacher_classes).float().mean(),
+                teacher_temperature=as_tensor(teacher_temperature),
+                ema_decay=as_tensor(encoder_decay),
+                head_ema_decay=as_tensor(head_decay),
+                mcl_temperature=as_tensor(mcl_temperature) if mcl_temperature is not None else None,
+            )
+
+        output = MatpacForPreTrainingOutput(
+            loss=loss,
+            prediction_loss=prediction_loss,
+            classification_loss=classification_loss,
+            mask=mask,
+            predictions=predictions,
+            candidate_predictions=candidate_predictions,
+            **monitors,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _mean_channel_std(vectors: torch.Tensor) -> torch.Tensor:
+    """Mean over channels of the per-channel std over tokens (official `compute_var`, without its x1000)."""
+    vectors = vectors.reshape(-1, vectors.shape[-1]).float()
+    if vectors.shape[0] < 2:
+        return vectors.new_zeros(())
+    return torch.sqrt(vectors.var(dim=0) + 1e-6).mean()
+
+
+def _ema_update(teacher: nn.Module, student: nn.Module, decay: float):
+    """`teacher <- decay * teacher + (1 - decay) * student`, parameter by parameter (matched by name)."""
+    if decay >= 1.0:
+        return
+    student_parameters = dict(student.named_parameters())
+    for name, teacher_parameter in teacher.named_parameters():
+        student_parameter = student_parameters[name]
+        teacher_parameter.lerp_(student_parameter.detach().to(teacher_parameter.dtype), 1.0 - decay)
+
+
+# ==== end pretraining ====
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# MatpacForAudioClassification: the student encoder plus a linear classifier
+# ----------------------------------------------------------------------------------------------------------------------
+
+_PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+class MatpacForAudioClassification(MatpacPreTrainedModel):
+    """MATPAC encoder with a linear classification (or regression) head on a pooled clip embedding.
+
+    Two heads, chosen by `config.classifier_pooling`:
+
+    * `"concat"` (official downstream probes): `classifier` is a linear layer on the 3840-d clip embedding
+      ([`MatpacModel`]'s `pooler_output`: mean over time of the frame embeddings).
+    * `"mean"` (official AudioSet-fine-tuned head): mean over frequency and time of the 768-d tokens, `head_norm`
+      (BatchNorm1d without affine parameters), then `classifier`, a linear layer 768 -> `num_labels`.
+
+    `config.classifier_dropout` is applied just before `classifier`. With `config.freeze_encoder=True` (or after
+    [`~MatpacForAudioClassification.freeze_encoder`]) only the head trains: a linear probe.
+
+    The loss follows transformers' sequence-classification convention, chosen by `config.problem_type` (set from the
+    first labels seen when it is `None`): `"single_label_classification"` (cross-entropy on class indices),
+    `"multi_label_classification"` (BCE-with-logits on multi-hot targets) or `"regression"` (mean squared error).
+    """
+
+    def __init__(self, config: MatpacConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.matpac = MatpacModel(config)
+        if config.classifier_pooling == "mean":
+            self.head_norm = nn.BatchNorm1d(config.hidden_size, affine=False)
+            classifier_input_size = config.hidden_size
+        else:
+            classifier_input_size = config.frame_embedding_size
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(classifier_input_size, config.num_labels)
+        self.post_init()
+        if config.freeze_encoder:
+            self.freeze_encoder()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, nn.BatchNorm1d):
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """[`PreTrainedModel.from_pretrained`], then re-applies `config.freeze_encoder` (loading creates fresh
+        parameters, all trainable)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if model.config.freeze_encoder:
+            model.freeze_encoder()
+        return loaded
+
+    def freeze_encoder(self):
+        """Stop gradients into the encoder (patch embedding, CLS token, blocks, final norm): only the head trains.
+
+        Also sets `config.freeze_encoder = True`, so the choice is saved with the model."""
+        for parameter in self.matpac.parameters():
+            parameter.requires_grad_(False)
+        self.config.freeze_encoder = True
+
+    def pool(self, encoder_outputs: MatpacModelOutput) -> torch.Tensor:
+        """Clip vector fed to the classifier: `(batch, frame_embedding_size)` for `"concat"`, `(batch, hidden_size)`
+        (after `head_norm`) for `"mean"`."""
+        if self.config.classifier_pooling == "concat":
+            return encoder_outputs.pooler_output  # (batch, F * hidden)
+
+        frames = encoder_outputs.last_hidden_state  # (batch, T', F * hidden)
+        batch_size, num_frames, _ = frames.shape
+        tokens = frames.view(batch_size, num_frames, self.config.num_frequency_patches, self.config.hidden_size)
+        column_means = tokens.mean(dim=2)  # (batch, T', hidden): mean over the frequency tokens of each column
+        frame_mask = encoder_outputs.frame_mask.to(column_means.dtype)  # (batch, T')
+        clip_means = (column_means * frame_mask[..., None]).sum(1) / frame_mask.sum(1, keepdim=True)  # (batch, hidden)
+        if self.training and batch_size == 1:
+            raise ValueError(
+                "classifier_pooling='mean' normalises with BatchNorm1d, which needs at least 2 clips per batch in "
+                "training mode. Use a batch size >= 2 (with the Trainer, also `dataloader_drop_last=True` when the "
+                "last batch could hold a single clip), or call `model.eval()` for inference."
+            )
+        return self.head_norm(clip_means)
+
+    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Sets `config.problem_type` when it is `None` (transformers' rule) and checks the labels fit it. Returns the
+        labels in the dtype the loss needs (float for BCE and MSE)."""
+        if not isinstance(labels, torch.Tensor):
+            labels = torch.as_tensor(labels)
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        problem_type = self.config.problem_type
+        if problem_type not in _PROBLEM_TYPES:
+            raise ValueError(f"config.problem_type must be one of {_PROBLEM_TYPES} or None, got {problem_type!r}.")
+
+        if labels.shape[0] != batch_size:
+            raise ValueError(f"`labels` holds {labels.shape[0]} rows for a batch of {batch_size} clips.")
+        if problem_type == "single_label_classification":
+            if labels.dim() != 1 or labels.is_floating_point():
+                hint = (
+                    " Multi-hot targets need config.problem_type='multi_label_classification'."
+                    if labels.dim() == 2 and labels.shape[1] == self.num_labels
+                    else ""
+                )
+                raise ValueError(
+                    "single_label_classification expects integer class indices of shape (batch,), got "
+                    f"{labels.dtype} labels of shape {tuple(labels.shape)}.{hint}"
+                )
+            valid = labels != -100  # the ignore index of the cross-entropy
+            if ((labels[valid] < 0) | (labels[valid] >= self.num_labels)).any():
+                raise ValueError(
+                    f"Class indices must lie in [0, {self.num_labels - 1}] (num_labels={self.num_labels}) or be -100 "
+                    f"(ignored); got values {sorted(set(labels[valid].tolist()))[:10]}. Set num_labels / id2label in "
+                    "the config to cover every class."
+                )
+            return labels
+        if problem_type == "multi_label_classification" and labels.shape[1:] != (self.num_labels,):
+            raise ValueError(
+                f"multi_label_classification expects multi-hot targets of shape (batch, {self.num_labels}), got "
+                f"{tuple(labels.shape)}."
+            )
+        if problem_type == "regression" and labels.numel() != batch_size * self.num_labels:
+            raise ValueError(
+                f"regression expects targets of shape (batch, {self.num_labels}) (or (batch,) for one output), got "
+                f"{tuple(labels.shape)}."
+            )
+        return labels.float()
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        input_values (`torch.FloatTensor` of shape `(batch_size, num_mel_bins, num_frames)`):
+            Normalised log-mel spectrograms from [`MatpacFeatureExtractor`]; clips of any length.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*):
+            1 for valid frames, 0 for padding.
+        labels (`torch.Tensor`, *optional*):
+            `(batch_size,)` class indices in `[0, num_labels - 1]` (single-label), `(batch_size, num_labels)` multi-hot
+            targets (multi-label), or `(batch_size,)` / `(batch_size, num_labels)` real targets (regression).
+
+        Returns:
+            [`~modeling_outputs.SequenceClassifierOutput`]: `loss` (when `labels` are given), `logits` of shape
+            `(batch_size, num_labels)`, and the encoder's frame-layout `hidden_states` / `attentions` when asked for.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        encoder_outputs = self.matpac(
+            input_values,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        clip_embedding = self.pool(encoder_outputs)  # (batch, classifier input size)
+        logits = self.classifier(self.dropout(clip_embedding))  # (batch, num_labels)
+
+        loss = None
+        if labels is not None:
+            labels = self._check_labels(labels, logits.shape[0])
+            loss = self.loss_function(labels, logits, self.config)
+
+        output = SequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["MatpacPreTrainedModel", "MatpacModel", "MatpacForPreTraining", "MatpacForAudioClassification"]

@@ -1,0 +1,52 @@
+"""Worker for test_pretraining_model.py::test_two_processes_match_one_process_on_the_concatenated_batch.
+
+Launched by the test with `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo). Every process builds the same
+tiny MatpacForPreTraining and the same full batch and masking noise, takes its own half of the batch, runs two training
+steps (forward, backward, update_teachers, SGD step) and saves the gradients of the first step, the center after each
+step and the final teachers to `<out_dir>/rank<i>.pt`.
+
+The single-process reference in the test runs the same two steps on the whole batch; the two must agree.
+"""
+
+import sys
+
+import torch
+from accelerate import Accelerator
+
+from matpac_hf import MatpacForPreTraining
+
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from test_pretraining_model import ddp_reference_setup  # noqa: E402
+
+
+def main(out_dir: str):
+    accelerator = Accelerator()
+    model, batches, noises = ddp_reference_setup()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+
+    rank, world_size = accelerator.process_index, accelerator.num_processes
+    record = {"centers": [], "grads": None}
+    for step, (batch, noise) in enumerate(zip(batches, noises)):
+        local = slice(rank * batch.shape[0] // world_size, (rank + 1) * batch.shape[0] // world_size)
+        outputs = model(batch[local], step=step, noise=noise[local])
+        accelerator.backward(outputs.loss)
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.update_teachers(step)
+        if step == 0:
+            record["grads"] = {n: p.grad.clone() for n, p in unwrapped.named_parameters() if p.grad is not None}
+        optimizer.step()
+        optimizer.zero_grad()
+        record["centers"].append(unwrapped.center.clone())
+    record["teacher_state"] = {
+        k: v.clone() for k, v in accelerator.unwrap_model(model).state_dict().items() if k.startswith("teacher")
+    }
+    torch.save(record, f"{out_dir}/rank{rank}.pt")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
