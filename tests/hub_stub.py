@@ -15,7 +15,8 @@ Endpoints (model and dataset repos):
     POST /api/validate-yaml                                 -> {"errors": [], "warnings": []}
     GET  /api/whoami-v2                                     -> {"name": "stub-user", ...}
     GET  /api/agent-harnesses                               -> empty agent registry
-    POST /api/{type}s/{repo}/preupload/{rev}                -> {"files": [{"path", "uploadMode", "shouldIgnore", "oid"}]}
+    POST /api/{type}s/{repo}/preupload/{rev}                -> {"files": [{"path", "uploadMode", "shouldIgnore",
+                                                                           "oid"}]}
     POST /{repo}.git/info/lfs/objects/batch                 -> basic transfer: PUT /__lfs__/{oid}, POST verify
     POST /api/{type}s/{repo}/commit/{rev}                   ndjson: header, file, lfsFile, deletedFile, deletedFolder
     GET  /api/{type}s/{repo}[/revision/{rev}]               repo info with `sha` and `siblings`
@@ -127,9 +128,9 @@ class HubStub:
         return sha
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Request handling
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 _REPO = r"(?P<repo>[^/]+(?:/[^/]+)?)"
 _API_ROUTES = [
@@ -246,7 +247,7 @@ def _make_handler(stub: HubStub):
             repo_type = payload.get("type") or "model"
             url = f"{stub.endpoint}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
             with stub.lock:
-                if (repo_type, repo_id) in stub.repos:  # the Hub's 409 body carries the url (create_repo exist_ok=True)
+                if (repo_type, repo_id) in stub.repos:  # the Hub's 409 body carries the url (for exist_ok=True)
                     self._json({"error": "You already created this model repo", "url": url}, 409)
                     return
                 repo = Repo(repo_id, repo_type)
@@ -257,7 +258,8 @@ def _make_handler(stub: HubStub):
             self._json({"url": url, "name": repo_id, "id": repo_id})
 
         def _stored(self, content: bytes, lfs: bool) -> StoredFile:
-            return StoredFile(sha256=stub.put_blob(content), size=len(content), lfs=lfs, git_sha1=git_blob_sha1(content))
+            sha256 = stub.put_blob(content)
+            return StoredFile(sha256=sha256, size=len(content), lfs=lfs, git_sha1=git_blob_sha1(content))
 
         def route_validate_yaml(self, groups, body, query):
             self._json({"errors": [], "warnings": []})
@@ -300,7 +302,7 @@ def _make_handler(stub: HubStub):
                         "verify": {"href": f"{stub.endpoint}/__lfs__/{obj['oid']}/verify", "header": {}},
                     }
                 objects.append(entry)
-            self._json({"transfer": "basic", "objects": objects}, headers={"Content-Type": "application/vnd.git-lfs+json"})
+            self._json({"transfer": "basic", "objects": objects})
 
         def route_lfs_upload(self, groups, body, query):
             if hashlib.sha256(body).hexdigest() != groups["oid"]:
@@ -334,7 +336,8 @@ def _make_handler(stub: HubStub):
                         tree[value["path"]] = self._stored(base64.b64decode(value["content"]), lfs=False)
                     elif key == "lfsFile":
                         if not stub.has_blob(value["oid"]):
-                            raise _Response(422, f"hub stub: LFS object {value['oid']} of {value['path']} not uploaded")
+                            message = f"hub stub: LFS object {value['oid']} of {value['path']} was not uploaded"
+                            raise _Response(422, message)
                         content = stub.read_blob(value["oid"])
                         tree[value["path"]] = StoredFile(value["oid"], len(content), True, git_blob_sha1(content))
                     elif key == "deletedFile":

@@ -4,7 +4,9 @@
 
 ```python
 >>> from matpac_hf.model_card import render_model_card
->>> text = render_model_card("pretrained_encoder", repo_id="me/matpac-vitb", license="mit", datasets="agkphysics/AudioSet")
+>>> text = render_model_card(
+...     "pretrained_encoder", repo_id="me/matpac-vitb", license="mit", datasets="agkphysics/AudioSet"
+... )
 >>> (folder / "README.md").write_text(text)  # push_to_hub / upload_folder then publishes it
 ```
 

@@ -47,7 +47,8 @@ def decode_audio_file(path_or_bytes: str | os.PathLike | bytes, sampling_rate: i
     try:
         audio, file_rate = sf.read(source, dtype="float32", always_2d=True)  # (samples, channels)
     except sf.LibsndfileError as error:
-        raise ValueError(f"Could not decode audio {source if isinstance(source, str) else '<bytes>'}: {error}") from error
+        name = source if isinstance(source, str) else "<bytes>"
+        raise ValueError(f"Could not decode audio {name}: {error}") from error
     audio = audio.mean(axis=1)
     if file_rate != sampling_rate:
         audio = soxr.resample(audio, file_rate, sampling_rate).astype(np.float32)
