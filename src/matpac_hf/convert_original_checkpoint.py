@@ -1,0 +1,708 @@
+# Copyright 2026 The matpac-hf developers.
+# Licensed under the MIT License.
+"""Convert an official MATPAC / MATPAC++ checkpoint (`.pt`) into a Hugging Face folder.
+
+```bash
+python -m matpac_hf.convert_original_checkpoint \
+    --checkpoint_path matpac_plus_6s_2048_enconly.pt --output_dir matpac-base
+```
+
+The output folder holds `config.json` (sizes inferred from the tensor shapes), `model.safetensors`,
+`preprocessor_config.json` ([`MatpacFeatureExtractor`]) and the code files, so it loads with
+`AutoModel.from_pretrained(folder)` (and with `trust_remote_code=True` where `matpac_hf` is not installed).
+
+Understood inputs (method spec, section 7), recognised by the names and shapes found in the file:
+
+* a released encoder: a flat state dict `patch_embed.proj.*`, `cls_token`, `pos_embed`, `student_encoder.blocks.{i}.*`,
+  `student_encoder.norm.*` -> [`MatpacModel`];
+* the AudioSet-fine-tuned release: the encoder plus `head_norm` (BatchNorm running statistics) and `head.*`
+  -> [`MatpacForAudioClassification`] with `classifier_pooling="mean"`;
+* a downstream probe `probe.weight/bias` on the 3840-d clip embedding, given with `--probe_path` beside the encoder
+  -> [`MatpacForAudioClassification`] with `classifier_pooling="concat"`;
+* a fairseq training checkpoint (state under `model`, beside `cfg`, `optimizer_history`, ...; teachers as nested dicts
+  `_ema` and `_cls_head_ema`): its student encoder -> [`MatpacModel`], or with `--model_type pretraining` everything
+  (student, teacher, predictor, heads, center) -> `MatpacForPreTraining`.
+
+Anything else is refused with a message naming what was found.
+"""
+
+import argparse
+import csv
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from . import modeling_matpac
+from .configuration_matpac import MatpacConfig
+from .feature_extraction_matpac import MatpacFeatureExtractor
+from .modeling_matpac import MatpacForAudioClassification, MatpacModel, build_2d_sincos_position_table
+
+
+logger = logging.getLogger("matpac_hf.convert")
+
+MODEL_TYPES = ("auto", "encoder", "pretraining", "audio_classification")
+
+# Entries fairseq writes beside `model` in a training checkpoint.
+FAIRSEQ_ENTRIES = {
+    "args",
+    "cfg",
+    "criterion",
+    "extra_state",
+    "last_optimizer_state",
+    "optimizer_history",
+    "task_state",
+}
+# fairseq's EMA helper is not a module: the teachers are stored as nested dicts under these keys.
+TEACHER_ENCODER_KEY = "_ema"
+TEACHER_HEAD_KEY = "_cls_head_ema"
+_PARTS_KEY = {TEACHER_ENCODER_KEY: "teacher_encoder", TEACHER_HEAD_KEY: "teacher_head"}
+
+# Official name (inside `student_encoder.blocks.{i}.` / `_ema` `blocks.{i}.`) -> ours (inside `layers.{i}.`).
+BLOCK_PARAMETER_NAMES = {
+    "norm1": "layernorm_before",
+    "attn.qkv": "attention.qkv",
+    "attn.proj": "attention.proj",
+    "norm2": "layernorm_after",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_BLOCK_KEY = re.compile(
+    r"^(?P<prefix>.*?)blocks\.(?P<index>\d+)\."
+    r"(?P<module>norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(?P<kind>weight|bias)$"
+)
+
+# Key families of the official files, by prefix (or exact name).
+ENCODER_KEYS = ("patch_embed.", "cls_token", "pos_embed", "student_encoder.")
+AUDIOSET_HEAD_KEYS = ("head_norm.", "head.")
+PROBE_KEYS = ("probe.",)
+PRETRAINING_KEYS = ("decoder.", "mcl_heads.", "cls_student_head.", "cls_head_loss.")
+
+
+class CheckpointError(ValueError):
+    """The file is not an official MATPAC checkpoint this converter understands."""
+
+
+def _has_family(keys, family) -> bool:
+    return any(key == prefix or key.startswith(prefix) for key in keys for prefix in family)
+
+
+def _describe_keys(keys, limit: int = 12) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading the file
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict:
+    """Reads an official `.pt` file and returns its parts.
+
+    Returns a dict with:
+        `state`: flat `{name: tensor}` of the model (the fairseq `model` entry, or the file itself);
+        `teacher_encoder`: the `_ema` nested dict or `None`; `teacher_head`: the `_cls_head_ema` dict or `None`;
+        `layout`: `"state_dict"` or `"fairseq"`.
+
+    Raises `CheckpointError` for a file that is not a dict of tensors in a known wrapper.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint file at {path}.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as error:  # noqa: BLE001 - torch raises several types; all mean "cannot read safely"
+        if trust_pickle:
+            raise CheckpointError(f"Could not read {path} with torch.load: {error}") from error
+        raise CheckpointError(
+            f"Could not read {path} with torch.load(weights_only=True): {type(error).__name__}: {error}\n"
+            "Either the file is not a PyTorch checkpoint, or it stores Python objects besides tensors and plain "
+            "containers. If you trust the file's origin, pass --trust_pickle to load it with weights_only=False "
+            "(this runs code from the file)."
+        ) from error
+
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{path} holds a {type(checkpoint).__name__}, not a state dict. Expected a mapping of parameter names "
+            "to tensors (an official MATPAC release), or a fairseq training checkpoint with the state under 'model'."
+        )
+
+    layout = "state_dict"
+    if isinstance(checkpoint.get("model"), dict):
+        others = set(checkpoint) - {"model"}
+        unknown = others - FAIRSEQ_ENTRIES
+        if unknown:
+            raise CheckpointError(
+                f"{path} wraps a state under 'model' beside unknown entries {sorted(unknown)}. Known wrapper: a "
+                f"fairseq training checkpoint ('model' beside {sorted(FAIRSEQ_ENTRIES)})."
+            )
+        checkpoint = checkpoint["model"]
+        layout = "fairseq"
+
+    teacher_encoder = checkpoint.get(TEACHER_ENCODER_KEY)
+    teacher_head = checkpoint.get(TEACHER_HEAD_KEY)
+    state = {key: value for key, value in checkpoint.items() if key not in (TEACHER_ENCODER_KEY, TEACHER_HEAD_KEY)}
+    not_tensors = {key: type(value).__name__ for key, value in state.items() if not isinstance(value, torch.Tensor)}
+    for name, nested in ((TEACHER_ENCODER_KEY, teacher_encoder), (TEACHER_HEAD_KEY, teacher_head)):
+        if nested is not None and not (
+            isinstance(nested, dict) and all(isinstance(v, torch.Tensor) for v in nested.values())
+        ):
+            not_tensors[name] = type(nested).__name__
+    if not_tensors:
+        listing = ", ".join(f"{key!r} ({kind})" for key, kind in sorted(not_tensors.items())[:12])
+        raise CheckpointError(
+            f"{path} is a dict but not a state dict: entries {listing} are not tensors. Unknown wrapper; known "
+            "layouts are a flat state dict (official release) and a fairseq training checkpoint (state under "
+            "'model' beside 'cfg', 'optimizer_history', ...)."
+        )
+    if not _has_family(state, ENCODER_KEYS):
+        raise CheckpointError(
+            f"{path} holds no MATPAC encoder weights: none of the key families {list(ENCODER_KEYS)} was found. "
+            f"Keys found: {_describe_keys(state) or '(none)'}."
+        )
+    return {"state": state, "teacher_encoder": teacher_encoder, "teacher_head": teacher_head, "layout": layout}
+
+
+def load_probe(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads a downstream probe file (`probe.weight`, `probe.bias`)."""
+    try:
+        probe = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise CheckpointError(f"Could not read the probe file {path}: {type(error).__name__}: {error}") from error
+    if not isinstance(probe, dict) or set(probe) != {"probe.weight", "probe.bias"}:
+        found = _describe_keys(probe) if isinstance(probe, dict) else type(probe).__name__
+        raise CheckpointError(
+            f"{path} is not an official probe file: expected exactly 'probe.weight' and 'probe.bias', found {found}."
+        )
+    return probe
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sizes from shapes
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _block_indices(state: dict, prefix: str) -> list[int]:
+    indices = set()
+    for key in state:
+        match = _BLOCK_KEY.match(key)
+        if match and match["prefix"] == prefix:
+            indices.add(int(match["index"]))
+    return sorted(indices)
+
+
+def _require(state: dict, key: str, what: str) -> torch.Tensor:
+    if key not in state:
+        raise CheckpointError(f"The checkpoint has no '{key}' ({what}); it cannot be converted without it.")
+    return state[key]
+
+
+def infer_config(
+    state: dict,
+    num_mel_bins: int = 80,
+    num_attention_heads: int | None = None,
+    max_frames: int | None = None,
+    **extra,
+) -> MatpacConfig:
+    """Encoder sizes from the tensor shapes. Head counts are not visible in the shapes: `num_attention_heads`
+    defaults to `hidden_size // 64` (12 for ViT-B); `num_mel_bins` (80) fixes the number of frequency patch rows."""
+    patch_weight = _require(state, "patch_embed.proj.weight", "patch embedding")
+    if patch_weight.dim() != 4 or patch_weight.shape[-1] != patch_weight.shape[-2]:
+        raise CheckpointError(
+            f"'patch_embed.proj.weight' has shape {tuple(patch_weight.shape)}; expected a square conv kernel "
+            "(hidden, channels, patch, patch)."
+        )
+    hidden_size, num_channels, patch_size, _ = patch_weight.shape
+    if hidden_size % 64 != 0 and num_attention_heads is None:
+        raise CheckpointError(
+            f"Width {hidden_size} is not a multiple of 64, so the head count cannot be guessed; pass "
+            "--num_attention_heads."
+        )
+    blocks = _block_indices(state, "student_encoder.")
+    if not blocks:
+        raise CheckpointError("The checkpoint has no 'student_encoder.blocks.{i}.*' weights (transformer blocks).")
+    if blocks != list(range(len(blocks))):
+        raise CheckpointError(f"Student blocks are not numbered 0..N-1: found indices {blocks}.")
+    fc1 = _require(state, "student_encoder.blocks.0.mlp.fc1.weight", "first MLP layer of block 0")
+    if num_mel_bins % patch_size != 0:
+        raise CheckpointError(f"num_mel_bins ({num_mel_bins}) is not a multiple of the patch size ({patch_size}).")
+    num_frequency_patches = num_mel_bins // patch_size
+
+    table_frames = None
+    if "pos_embed" in state:
+        pos_embed = state["pos_embed"]
+        num_positions = pos_embed.shape[-2] - 1
+        if pos_embed.shape[-1] != hidden_size or num_positions % num_frequency_patches != 0:
+            raise CheckpointError(
+                f"'pos_embed' has shape {tuple(pos_embed.shape)}; expected (1, 1 + {num_frequency_patches} x "
+                f"time_patches, {hidden_size}) for {num_mel_bins} mel bins and {patch_size}-pixel patches. If the "
+                "model uses another number of mel bins, pass --num_mel_bins."
+            )
+        table_frames = num_positions // num_frequency_patches * patch_size
+    if max_frames is None:
+        if table_frames is None:
+            logger.warning("No 'pos_embed' in the checkpoint: using max_frames=608 (pass --max_frames to change).")
+            max_frames = 608
+        else:
+            max_frames = table_frames
+    elif table_frames is not None and max_frames != table_frames:
+        logger.warning(
+            "--max_frames %d differs from the checkpoint's position table (%d frames): chunks will be %d frames long, "
+            "so outputs for inputs longer than %d frames differ from the official code.",
+            max_frames, table_frames, max_frames, min(max_frames, table_frames),
+        )  # fmt: skip
+
+    return MatpacConfig(
+        hidden_size=int(hidden_size),
+        num_hidden_layers=len(blocks),
+        num_attention_heads=int(num_attention_heads or hidden_size // 64),
+        intermediate_size=int(fc1.shape[0]),
+        qkv_bias="student_encoder.blocks.0.attn.qkv.bias" in state,
+        patch_size=int(patch_size),
+        num_channels=int(num_channels),
+        num_mel_bins=int(num_mel_bins),
+        max_frames=int(max_frames),
+        **extra,
+    )
+
+
+def check_position_table(state: dict, config: MatpacConfig, key: str = "pos_embed", width: int | None = None):
+    """Compares a checkpoint's fixed position table with ours; warns loudly with the largest difference."""
+    if key not in state:
+        return None
+    width = width or config.hidden_size
+    table = state[key].reshape(-1, width).float()
+    num_time_patches = (table.shape[0] - 1) // config.num_frequency_patches
+    expected = build_2d_sincos_position_table(config.num_frequency_patches, num_time_patches, width)
+    max_difference = float((table - expected).abs().max())
+    if max_difference > 1e-5:
+        logger.warning(
+            "\n" + "!" * 100 + "\n"
+            f"'{key}' in the checkpoint differs from the fixed 2-D sin-cos table by up to {max_difference:.3g}.\n"
+            "The converted model uses the fixed table (it is not stored): its outputs will NOT match the checkpoint's "
+            "original code. Check --num_mel_bins and the checkpoint's origin.\n" + "!" * 100
+        )
+    else:
+        logger.info("'%s' matches the fixed sin-cos table (max difference %.2g).", key, max_difference)
+    return max_difference
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Name mapping
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def map_blocks(state: dict, official_prefix: str, our_prefix: str, norm: tuple[str, str] = ("norm", "layernorm")):
+    """`{official name: our name}` for the transformer blocks `{official_prefix}blocks.{i}.*` (e.g. `student_encoder.`)
+    and the final norm `{official_prefix}{norm[0]}.*` -> `{our_prefix}{norm[1]}.*`."""
+    mapping = {}
+    for key in state:
+        match = _BLOCK_KEY.match(key)
+        if match and match["prefix"] == official_prefix:
+            ours = BLOCK_PARAMETER_NAMES[match["module"]]
+            mapping[key] = f"{our_prefix}layers.{match['index']}.{ours}.{match['kind']}"
+    for kind in ("weight", "bias"):
+        if f"{official_prefix}{norm[0]}.{kind}" in state:
+            mapping[f"{official_prefix}{norm[0]}.{kind}"] = f"{our_prefix}{norm[1]}.{kind}"
+    return mapping
+
+
+def map_encoder(state: dict, prefix: str = "") -> dict[str, str]:
+    """`{official name: our name}` for the student encoder; `prefix` is where [`MatpacModel`] sits in the target."""
+    mapping = {
+        "patch_embed.proj.weight": f"{prefix}embeddings.patch_embeddings.projection.weight",
+        "patch_embed.proj.bias": f"{prefix}embeddings.patch_embeddings.projection.bias",
+        "cls_token": f"{prefix}embeddings.cls_token",
+    }
+    mapping = {key: value for key, value in mapping.items() if key in state}
+    mapping.update(map_blocks(state, "student_encoder.", f"{prefix}encoder."))
+    return mapping
+
+
+def map_audioset_head(state: dict) -> dict[str, str]:
+    mapping = {
+        "head_norm.running_mean": "head_norm.running_mean",
+        "head_norm.running_var": "head_norm.running_var",
+        "head_norm.num_batches_tracked": "head_norm.num_batches_tracked",
+        "head.weight": "classifier.weight",
+        "head.bias": "classifier.bias",
+    }
+    return {key: value for key, value in mapping.items() if key in state}
+
+
+def _map_classification_head(state: dict, official_prefix: str, our_prefix: str) -> dict[str, str]:
+    """DINO head: `mlp.{k}.*` keeps its name; the weight-normed prototype layer's `last_layer.weight_g` / `weight_v`
+    become the parametrisation's `original0` (gain) / `original1` (direction)."""
+    mapping = {}
+    for key in state:
+        if not key.startswith(official_prefix):
+            continue
+        name = key[len(official_prefix) :]
+        if re.fullmatch(r"mlp\.\d+\.(weight|bias)", name):
+            mapping[key] = our_prefix + name
+        elif name == "last_layer.weight_g":
+            mapping[key] = our_prefix + "last_layer.parametrizations.weight.original0"
+        elif name == "last_layer.weight_v":
+            mapping[key] = our_prefix + "last_layer.parametrizations.weight.original1"
+    return mapping
+
+
+def map_pretraining(state: dict) -> dict[str, str]:
+    """`{official name: our name}` for `MatpacForPreTraining`. `state` is the fairseq `model` state with the nested
+    teachers flattened as `_ema.*` and `_cls_head_ema.*`."""
+    mapping = map_encoder(state, prefix="matpac.")
+    mapping.update(map_blocks(state, f"{TEACHER_ENCODER_KEY}.", "teacher_encoder."))
+    mapping.update(map_blocks(state, "decoder.decoder_", "predictor.", norm=("norm", "decoder_norm")))
+    for name in ("decoder_embed.weight", "decoder_embed.bias", "decoder_pred.weight", "decoder_pred.bias"):
+        if f"decoder.{name}" in state:
+            mapping[f"decoder.{name}"] = f"predictor.{name}"
+    if "decoder.mask_token" in state:
+        mapping["decoder.mask_token"] = "predictor.mask_token"
+    for key in state:
+        match = re.fullmatch(r"mcl_heads\.mcl_heads\.(\d+)\.(weight|bias)", key)
+        if match:
+            mapping[key] = f"predictor.mcl_heads.{match[1]}.{match[2]}"
+    mapping.update(_map_classification_head(state, "cls_student_head.", "student_head."))
+    mapping.update(_map_classification_head(state, f"{TEACHER_HEAD_KEY}.", "teacher_head."))
+    if "cls_head_loss.center" in state:
+        mapping["cls_head_loss.center"] = "center"
+    return mapping
+
+
+def infer_pretraining_sizes(state: dict, hidden_size: int, decoder_num_attention_heads: int | None = None) -> dict:
+    """Predictor, classification-head and MATPAC++ sizes from the tensor shapes of a training checkpoint."""
+    decoder_embed = _require(state, "decoder.decoder_embed.weight", "predictor input projection")
+    decoder_width = int(decoder_embed.shape[0])
+    decoder_blocks = _block_indices(state, "decoder.decoder_")
+    if not decoder_blocks:
+        raise CheckpointError("The checkpoint has no 'decoder.decoder_blocks.{i}.*' weights (predictor blocks).")
+    direction = _require(state, "cls_student_head.last_layer.weight_v", "student head prototype layer")
+    mlp_layers = sorted(
+        int(match[1]) for key in state if (match := re.fullmatch(r"cls_student_head\.mlp\.(\d+)\.weight", key))
+    )
+    if not mlp_layers:
+        raise CheckpointError("The checkpoint has no 'cls_student_head.mlp.{k}.weight' (student head MLP).")
+    mcl_heads = sorted(
+        {int(match[1]) for key in state if (match := re.fullmatch(r"mcl_heads\.mcl_heads\.(\d+)\.weight", key))}
+    )
+    sizes = dict(
+        decoder_hidden_size=decoder_width,
+        decoder_num_hidden_layers=len(decoder_blocks),
+        decoder_num_attention_heads=int(decoder_num_attention_heads or max(decoder_width // 32, 1)),
+        decoder_intermediate_size=int(
+            _require(state, "decoder.decoder_blocks.0.mlp.fc1.weight", "predictor MLP").shape[0]
+        ),
+        head_hidden_size=int(state["cls_student_head.mlp.0.weight"].shape[0]),
+        head_num_layers=len(mlp_layers),
+        head_bottleneck_size=int(direction.shape[1]),
+        head_num_prototypes=int(direction.shape[0]),
+        use_mcl=bool(mcl_heads),
+    )
+    if mcl_heads:
+        sizes["mcl_num_heads"] = len(mcl_heads)
+    return sizes
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Labels
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def read_labels(path: str | Path, sort_column: str | None = None) -> list[str]:
+    """Class names in classifier order from a label file:
+
+    * `.json`: `{index: name}`, `{name: index}` or a list of names;
+    * `.csv` with a header holding `display_name` (or `name` / `label`): ordered by an `index` column when there is
+      one, else by row; `sort_column` (e.g. `mid`) sorts the rows by that column instead (the official AudioSet head
+      orders its 527 classes by sorting its CSV by `mid`);
+    * anything else: one name per line.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        if isinstance(data, list):
+            return [str(name) for name in data]
+        if not isinstance(data, dict) or not data:
+            raise ValueError(f"{path}: expected a JSON list of names or a dict {{index: name}} / {{name: index}}.")
+        if all(str(key).lstrip("-").isdigit() for key in data):
+            index_to_name = {int(key): str(value) for key, value in data.items()}
+        elif all(isinstance(value, int) for value in data.values()):
+            index_to_name = {value: str(key) for key, value in data.items()}
+        else:
+            raise ValueError(f"{path}: a JSON dict must map indices to names or names to integer indices.")
+        if sorted(index_to_name) != list(range(len(index_to_name))):
+            raise ValueError(f"{path}: label indices must be exactly 0..{len(index_to_name) - 1}.")
+        return [index_to_name[i] for i in range(len(index_to_name))]
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        columns = rows[0].keys() if rows else []
+        name_column = next((c for c in ("display_name", "name", "label") if c in columns), None)
+        if name_column is None:
+            raise ValueError(
+                f"{path}: the CSV needs a 'display_name' (or 'name' / 'label') column; found {list(columns)}."
+            )
+        if sort_column is not None:
+            if sort_column not in columns:
+                raise ValueError(f"{path}: no column {sort_column!r} to sort by; found {list(columns)}.")
+            rows = sorted(rows, key=lambda row: row[sort_column])
+        elif "index" in columns:
+            rows = sorted(rows, key=lambda row: int(row["index"]))
+        return [row[name_column] for row in rows]
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if any(not line.strip() for line in lines):
+        raise ValueError(f"{path}: empty line inside the label list (one label per line expected).")
+    return [line.strip() for line in lines]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Conversion
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_model_type(model_type: str, parts: dict, probe: dict | None) -> str:
+    state = parts["state"]
+    has_audioset_head = _has_family(state, AUDIOSET_HEAD_KEYS)
+    if model_type == "auto":
+        return "audio_classification" if (has_audioset_head or probe is not None) else "encoder"
+    if model_type == "audio_classification" and not (has_audioset_head or probe is not None):
+        raise CheckpointError(
+            "--model_type audio_classification needs a classifier: the checkpoint has no 'head.*' / 'head_norm.*' "
+            "(AudioSet-fine-tuned release) and no --probe_path was given."
+        )
+    if model_type == "pretraining" and not _has_family(state, PRETRAINING_KEYS):
+        raise CheckpointError(
+            "--model_type pretraining needs a training checkpoint (predictor 'decoder.*', heads 'cls_student_head.*', "
+            "...); this file only holds " + _describe_keys(state)
+        )
+    return model_type
+
+
+def _fill(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source_names: dict[str, str]) -> dict:
+    """Loads `{our name: tensor}` into `model` after checking every shape; returns the load report."""
+    target = model.state_dict()
+    wrong_shapes = [
+        f"{source_names[name]} {tuple(tensor.shape)} -> {name} expects {tuple(target[name].shape)}"
+        for name, tensor in tensors.items()
+        if name in target and tuple(tensor.shape) != tuple(target[name].shape)
+    ]
+    if wrong_shapes:
+        raise CheckpointError(
+            "Tensor shapes do not fit the inferred architecture (check --num_mel_bins / --num_attention_heads):\n  "
+            + "\n  ".join(wrong_shapes)
+        )
+    not_in_model = sorted(name for name in tensors if name not in target)
+    if not_in_model:
+        raise CheckpointError(f"Internal name mapping produced names the model does not have: {not_in_model}")
+    result = model.load_state_dict(tensors, strict=False)
+    if result.missing_keys:
+        raise CheckpointError(
+            "The checkpoint lacks weights the model needs (they would stay random): "
+            + _describe_keys(result.missing_keys)
+        )
+    return result
+
+
+def convert_checkpoint(
+    checkpoint_path: str | Path,
+    output_dir: str | Path,
+    model_type: str = "auto",
+    probe_path: str | Path | None = None,
+    label_file: str | Path | None = None,
+    label_sort_column: str | None = None,
+    num_mel_bins: int = 80,
+    num_attention_heads: int | None = None,
+    decoder_num_attention_heads: int | None = None,
+    max_frames: int | None = None,
+    trust_pickle: bool = False,
+):
+    """Converts one official checkpoint into `output_dir`; returns the converted model (in eval mode).
+
+    Raises [`CheckpointError`] (a `ValueError`) for files it does not understand.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}.")
+    parts = load_official_checkpoint(checkpoint_path, trust_pickle=trust_pickle)
+    state = dict(parts["state"])
+    probe = load_probe(probe_path) if probe_path is not None else None
+    model_type = _resolve_model_type(model_type, parts, probe)
+    logger.info(
+        "Read %s (%s layout, %d tensors); converting to %s.", checkpoint_path, parts["layout"], len(state), model_type
+    )
+
+    labels = read_labels(label_file, label_sort_column) if label_file is not None else None
+    extra = {}
+    if model_type == "audio_classification":
+        if probe is not None and _has_family(state, AUDIOSET_HEAD_KEYS):
+            raise CheckpointError(
+                "The checkpoint already has an AudioSet classifier ('head.*') and a --probe_path was given: convert "
+                "one classifier at a time (or --model_type encoder for the encoder alone)."
+            )
+        if probe is not None:
+            classifier_weight, pooling = probe["probe.weight"], "concat"
+        else:
+            classifier_weight, pooling = _require(state, "head.weight", "AudioSet classifier"), "mean"
+        num_labels = int(classifier_weight.shape[0])
+        if labels is not None and len(labels) != num_labels:
+            raise CheckpointError(
+                f"{label_file} lists {len(labels)} labels but the classifier has {num_labels} outputs."
+            )
+        names = labels or [f"LABEL_{i}" for i in range(num_labels)]
+        extra = dict(
+            classifier_pooling=pooling,
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
+        )
+    elif labels is not None:
+        raise CheckpointError("--label_file only applies to a classifier (AudioSet head or --probe_path).")
+
+    if model_type == "pretraining":
+        for nested_key in (TEACHER_ENCODER_KEY, TEACHER_HEAD_KEY):
+            if parts[_PARTS_KEY[nested_key]] is None:
+                raise CheckpointError(
+                    f"--model_type pretraining needs the teacher '{nested_key}' (nested dict) of a fairseq training "
+                    "checkpoint; this file has none."
+                )
+            state.update({f"{nested_key}.{k}": v for k, v in parts[_PARTS_KEY[nested_key]].items()})
+        hidden_size = int(_require(state, "patch_embed.proj.weight", "patch embedding").shape[0])
+        extra = infer_pretraining_sizes(state, hidden_size, decoder_num_attention_heads)
+        if parts["layout"] == "fairseq":
+            logger.info(
+                "The fairseq 'cfg' is not read: schedule hyper-parameters (temperatures, EMA decays, total_steps) in "
+                "config.json are the official defaults; set them in the config before resuming training."
+            )
+
+    config = infer_config(state, num_mel_bins, num_attention_heads, max_frames, **extra)
+    check_position_table(state, config)
+
+    prefix = "" if model_type == "encoder" else "matpac."
+    if model_type == "pretraining":
+        check_position_table(state, config, key="decoder.decoder_pos_embed", width=config.decoder_hidden_size)
+        mapping = map_pretraining(state)
+        model_class = getattr(modeling_matpac, "MatpacForPreTraining", None)
+        if model_class is None:
+            raise CheckpointError("This version of matpac_hf has no MatpacForPreTraining; use --model_type encoder.")
+    else:
+        mapping = map_encoder(state, prefix)
+        model_class = MatpacModel
+    if model_type == "audio_classification":
+        model_class = MatpacForAudioClassification
+        if probe is not None:
+            state.update(probe)
+            mapping.update({"probe.weight": "classifier.weight", "probe.bias": "classifier.bias"})
+        else:
+            mapping.update(map_audioset_head(state))
+    model = model_class(config)
+    tensors = {ours: state[official] for official, ours in mapping.items()}
+    report = _fill(model, tensors, {ours: official for official, ours in mapping.items()})
+    consumed = set(mapping)
+    model.eval()
+
+    # Report what was not converted (pos_embed is the fixed table, checked above and recomputed by the model).
+    not_converted = sorted(set(state) - consumed - {"pos_embed", "decoder.decoder_pos_embed"})
+    for nested in (TEACHER_ENCODER_KEY, TEACHER_HEAD_KEY):
+        present = parts[_PARTS_KEY[nested]]
+        if present is not None and model_type != "pretraining":
+            not_converted.append(f"{nested} (nested dict, {len(present)} tensors)")
+    if not_converted:
+        hint = " (use --model_type pretraining to keep them)" if model_type != "pretraining" and _has_family(
+            state, PRETRAINING_KEYS
+        ) else ""
+        logger.warning("Not converted%s: %s", hint, _describe_keys(not_converted, limit=20))
+    if report.unexpected_keys:
+        logger.warning("Unexpected keys: %s", _describe_keys(report.unexpected_keys))
+
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    feature_extractor = MatpacFeatureExtractor(
+        sampling_rate=config.sampling_rate,
+        n_fft=config.n_fft,
+        win_length=config.win_length,
+        hop_length=config.hop_length,
+        num_mel_bins=config.num_mel_bins,
+        f_min=config.f_min,
+        f_max=config.f_max,
+        log_offset=config.log_offset,
+        spectrogram_mean=config.spectrogram_mean,
+        spectrogram_std=config.spectrogram_std,
+    )
+    feature_extractor.save_pretrained(output_dir)
+    logger.info(
+        "Saved %s (%d layers, width %d, %d heads, max_frames %d, %.1fM parameters) to %s",
+        type(model).__name__, config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+        config.max_frames, sum(p.numel() for p in model.parameters()) / 1e6, output_dir,
+    )  # fmt: skip
+    return model
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Convert an official MATPAC / MATPAC++ checkpoint (.pt) into a Hugging Face folder "
+        "(config.json, model.safetensors, preprocessor_config.json and the code files for trust_remote_code).",
+    )
+    parser.add_argument("--checkpoint_path", required=True, help="Official .pt file: a released encoder, the "
+                        "AudioSet-fine-tuned model, or a fairseq training checkpoint.")  # fmt: skip
+    parser.add_argument("--output_dir", required=True, help="Folder to write (created if needed).")
+    parser.add_argument(
+        "--model_type",
+        choices=MODEL_TYPES,
+        default="auto",
+        help="What to build. auto: MatpacForAudioClassification when the file has an AudioSet head or --probe_path "
+        "is given, else MatpacModel (the student encoder). pretraining: the whole training state (student, teacher, "
+        "predictor, classification heads, center) of a fairseq checkpoint as MatpacForPreTraining.",
+    )
+    parser.add_argument("--probe_path", help="Official downstream probe (.pth with probe.weight/bias on the 3840-d "
+                        "clip embedding), converted with the encoder into MatpacForAudioClassification.")  # fmt: skip
+    parser.add_argument("--label_file", help="Class names for id2label/label2id: one per line, JSON {index: name} "
+                        "or {name: index}, or CSV with a display_name column.")  # fmt: skip
+    parser.add_argument("--label_sort_column", help="CSV only: sort the rows by this column before numbering them "
+                        "(the official AudioSet head numbers its classes by sorting by 'mid').")  # fmt: skip
+    parser.add_argument("--num_mel_bins", type=int, default=80, help="Mel bands of the input (not visible in the "
+                        "weights; fixes the frequency patch rows). Default 80.")  # fmt: skip
+    parser.add_argument("--num_attention_heads", type=int, help="Encoder heads (not visible in the weights). "
+                        "Default hidden_size // 64 (12 for ViT-B).")  # fmt: skip
+    parser.add_argument("--decoder_num_attention_heads", type=int, help="Predictor heads for --model_type "
+                        "pretraining. Default decoder width // 32 (16 for 512).")  # fmt: skip
+    parser.add_argument("--max_frames", type=int, help="Frames per encoder chunk. Default: read from the "
+                        "checkpoint's position table (608; 992 for the AudioSet-fine-tuned release).")  # fmt: skip
+    parser.add_argument(
+        "--trust_pickle",
+        action="store_true",
+        help="Load with torch.load(weights_only=False) when the file holds Python objects (this runs code from the "
+        "file: only for files you trust).",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        convert_checkpoint(
+            args.checkpoint_path,
+            args.output_dir,
+            model_type=args.model_type,
+            probe_path=args.probe_path,
+            label_file=args.label_file,
+            label_sort_column=args.label_sort_column,
+            num_mel_bins=args.num_mel_bins,
+            num_attention_heads=args.num_attention_heads,
+            decoder_num_attention_heads=args.decoder_num_attention_heads,
+            max_frames=args.max_frames,
+            trust_pickle=args.trust_pickle,
+        )
+    except (CheckpointError, ValueError) as error:
+        logger.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""Checkpoint conversion and numerical parity with an independent re-implementation of the official inference code.
+
+`tests/official_reference.py` rebuilds the official model with the official module names (so its `state_dict()` is a
+release-layout checkpoint) and the official "precise" forward. Random weights, official layout -> our converter ->
+`AutoModel` / `AutoFeatureExtractor` -> outputs compared with the reference.
+"""
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification, AutoModelForPreTraining
+
+from matpac_hf.convert_original_checkpoint import CheckpointError, convert_checkpoint, read_labels
+
+
+sys.path.insert(0, str(Path(__file__).parent))
+from official_reference import (  # noqa: E402
+    OfficialMatpac,
+    OfficialTrainingModel,
+    randomize_,
+    randomize_training_,
+    reference_log_mel,
+)
+
+
+SR = 16000
+DURATIONS = [0.025, 0.17, 1.0, 6.08, 13.7]  # seconds: 1 frame, < 1 patch column, 1 chunk, a full chunk, 3 chunks
+TOLERANCE = 1e-4
+SMALL = dict(embed_dim=64, depth=2, num_heads=4)
+
+
+def make_audio(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    num_samples = int(round(seconds * SR))
+    t = np.arange(num_samples) / SR
+    audio = 0.3 * np.sin(2 * np.pi * (300 + 2000 * t) * t) + 0.1 * rng.standard_normal(num_samples)
+    return audio.astype(np.float32)
+
+
+def save_official(model: torch.nn.Module, path: Path) -> Path:
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def converted(tmp_path_factory, reference: OfficialMatpac, name: str, **kwargs):
+    folder = tmp_path_factory.mktemp(name)
+    checkpoint = save_official(reference, folder / "official.pt")
+    convert_checkpoint(checkpoint, folder / "hf", num_attention_heads=reference_heads(reference), **kwargs)
+    return folder / "hf"
+
+
+def reference_heads(reference: OfficialMatpac) -> int:
+    return reference.student_encoder.blocks[0].attn.num_heads
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    reference = randomize_(OfficialMatpac(**SMALL), seed=1)
+    folder = converted(tmp_path_factory, reference, "small")
+    return reference, AutoModel.from_pretrained(folder).eval(), AutoFeatureExtractor.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    reference = randomize_(OfficialMatpac(), seed=2)  # ViT-B: 768 wide, 12 blocks, 12 heads
+    folder = converted(tmp_path_factory, reference, "base")
+    return reference, AutoModel.from_pretrained(folder).eval(), AutoFeatureExtractor.from_pretrained(folder)
+
+
+def reference_embeddings(reference, audio):
+    log_mel = torch.from_numpy(reference_log_mel(audio)).float()[None]
+    with torch.no_grad():
+        return log_mel, *reference.forward_precise(log_mel, keep_internals=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parity
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["small", "base"])
+@pytest.mark.parametrize("seconds", DURATIONS)
+def test_front_end_and_embeddings_match_reference(request, size, seconds):
+    reference, model, feature_extractor = request.getfixturevalue(size)
+    audio = make_audio(seconds, seed=int(seconds * 100))
+    log_mel_ref, frames_ref, _, _, _ = reference_embeddings(reference, audio)
+
+    inputs = feature_extractor(audio, sampling_rate=SR, return_tensors="pt")
+    assert inputs["input_values"].shape == log_mel_ref.shape
+    log_mel_diff = (inputs["input_values"] - log_mel_ref).abs().max().item()
+    with torch.no_grad():
+        outputs = model(**inputs)
+    frames_diff = (outputs.last_hidden_state - frames_ref).abs().max().item()
+    clip_diff = (outputs.pooler_output - frames_ref.mean(dim=1)).abs().max().item()
+    print(f"{size} {seconds:>6} s: log-mel {log_mel_diff:.2e}  frames {frames_diff:.2e}  clip {clip_diff:.2e}")
+
+    num_columns = -(-log_mel_ref.shape[-1] // 16)
+    assert outputs.last_hidden_state.shape == (1, num_columns, 5 * reference.cls_token.shape[-1])
+    assert log_mel_diff < TOLERANCE
+    assert frames_diff < TOLERANCE
+    assert clip_diff < TOLERANCE
+
+
+def test_hidden_states_mapping(small):
+    """hidden_states[0] = embedded patches, [i] = block i, [-1] = last block before the final norm;
+    last_hidden_state = after the final norm (the official last layer result)."""
+    reference, model, feature_extractor = small
+    audio = make_audio(7.5, seed=3)  # two chunks
+    _, frames_ref, layers_ref, embedded_ref, last_raw_ref = reference_embeddings(reference, audio)
+    inputs = feature_extractor(audio, sampling_rate=SR, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs, output_hidden_states=True)
+    hidden_states = outputs.hidden_states
+    depth = len(reference.student_encoder.blocks)
+    assert len(hidden_states) == depth + 1
+    assert (hidden_states[0] - embedded_ref).abs().max() < TOLERANCE
+    for i in range(1, depth):
+        assert (hidden_states[i] - layers_ref[:, i - 1]).abs().max() < TOLERANCE
+    assert (hidden_states[depth] - last_raw_ref).abs().max() < TOLERANCE
+    assert (outputs.last_hidden_state - layers_ref[:, -1]).abs().max() < TOLERANCE
+    # the last block before and after the norm really differ (the test can tell them apart)
+    assert (hidden_states[depth] - outputs.last_hidden_state).abs().max() > 0.1
+
+
+def test_long_audio_equals_each_chunk_alone(small):
+    _, model, feature_extractor = small
+    audio = make_audio(13.7, seed=4)  # 1368 frames: chunks of 608, 608, 152
+    inputs = feature_extractor(audio, sampling_rate=SR, return_tensors="pt")
+    with torch.no_grad():
+        whole = model(**inputs).last_hidden_state
+        pieces = [model(inputs["input_values"][..., start : start + 608]).last_hidden_state for start in (0, 608, 1216)]
+    assert [p.shape[1] for p in pieces] == [38, 38, 10]
+    assert (whole - torch.cat(pieces, dim=1)).abs().max() < 1e-5
+
+
+def test_mixed_length_batch_equals_one_by_one(small):
+    _, model, feature_extractor = small
+    clips = [make_audio(seconds, seed=i) for i, seconds in enumerate([13.7, 0.025, 6.08, 1.0, 0.17])]
+    batch = feature_extractor(clips, sampling_rate=SR, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**batch)
+        for i, clip in enumerate(clips):
+            alone = model(**feature_extractor(clip, sampling_rate=SR, return_tensors="pt"))
+            num_frames = alone.last_hidden_state.shape[1]
+            assert outputs.frame_mask[i].sum() == num_frames
+            assert (outputs.last_hidden_state[i, :num_frames] - alone.last_hidden_state[0]).abs().max() < 1e-5
+            assert (outputs.pooler_output[i] - alone.pooler_output[0]).abs().max() < 1e-5
+
+
+def test_short_audio_is_a_clear_error(small):
+    _, model, feature_extractor = small
+    with pytest.raises(ValueError, match="399 samples; the minimum is 400 samples"):
+        feature_extractor(make_audio(399 / SR), sampling_rate=SR, return_tensors="pt")
+    shortest = feature_extractor(make_audio(400 / SR), sampling_rate=SR, return_tensors="pt")  # one frame
+    assert model(**shortest).pooler_output.shape == (1, 5 * 64)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Conversion: command line, classifiers, training checkpoints
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_command_line_round_trip(tmp_path):
+    reference = randomize_(OfficialMatpac(embed_dim=64, depth=2, num_heads=4), seed=5)
+    checkpoint = save_official(reference, tmp_path / "matpac.pt")
+    result = subprocess.run(
+        [sys.executable, "-m", "matpac_hf.convert_original_checkpoint", "--checkpoint_path", str(checkpoint),
+         "--output_dir", str(tmp_path / "out"), "--num_attention_heads", "4"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "matches the fixed sin-cos table" in result.stderr
+    files = {path.name for path in (tmp_path / "out").iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_matpac.py"} <= files
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (64, 2, 4)
+    assert (config["intermediate_size"], config["max_frames"], config["patch_size"]) == (256, 608, 16)
+
+    model = AutoModel.from_pretrained(tmp_path / "out").eval()
+    log_mel = torch.randn(2, 80, 700)
+    with torch.no_grad():
+        expected, _ = reference.forward_precise(log_mel)
+        assert (model(log_mel).last_hidden_state - expected).abs().max() < TOLERANCE
+
+    # a refused file: exit status 1 and the reason on stderr, no traceback
+    torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    result = subprocess.run(
+        [sys.executable, "-m", "matpac_hf.convert_original_checkpoint", "--checkpoint_path",
+         str(tmp_path / "other.pt"), "--output_dir", str(tmp_path / "bad")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "holds no MATPAC encoder weights" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_audioset_finetuned_checkpoint(tmp_path):
+    """Encoder (992-frame table) + head_norm running stats + head -> MatpacForAudioClassification, pooling 'mean'."""
+    reference = randomize_(OfficialMatpac(**SMALL, n_t=992, num_classes=4), seed=6)
+    checkpoint = save_official(reference, tmp_path / "matpac_as_head.pt")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n0,/m/b,Speech\n1,/m/a,Music\n2,/m/d,Dog\n3,/m/c,Rain\n")
+    convert_checkpoint(checkpoint, tmp_path / "hf", num_attention_heads=4, label_file=labels)
+    model = AutoModelForAudioClassification.from_pretrained(tmp_path / "hf").eval()
+    assert model.config.max_frames == 992 and model.config.classifier_pooling == "mean"
+    assert model.config.id2label == {0: "Speech", 1: "Music", 2: "Dog", 3: "Rain"}
+    assert model.config.label2id["Dog"] == 2
+
+    log_mel = torch.from_numpy(reference_log_mel(make_audio(13.7))).float()[None]  # 1368 frames: 2 chunks of 992
+    with torch.no_grad():
+        expected = reference.audioset_logits(log_mel)
+        logits = model(log_mel).logits
+    assert (logits - expected).abs().max() < TOLERANCE
+    assert (model.head_norm.running_var - reference.head_norm.running_var).abs().max() == 0
+
+
+def test_probe_checkpoint(tmp_path):
+    """Encoder + --probe_path (probe.weight/bias on the 3840-d embedding) -> pooling 'concat'."""
+    reference = randomize_(OfficialMatpac(**SMALL, probe_classes=3), seed=7)
+    state = reference.state_dict()
+    encoder = {key: value for key, value in state.items() if not key.startswith("probe.")}
+    torch.save(encoder, tmp_path / "encoder.pt")
+    torch.save({"probe.weight": state["probe.weight"], "probe.bias": state["probe.bias"]}, tmp_path / "esc50.pth")
+    (tmp_path / "labels.json").write_text(json.dumps({"dog": 0, "rain": 2, "crow": 1}))
+    convert_checkpoint(
+        tmp_path / "encoder.pt", tmp_path / "hf", probe_path=tmp_path / "esc50.pth",
+        label_file=tmp_path / "labels.json", num_attention_heads=4,
+    )  # fmt: skip
+    model = AutoModelForAudioClassification.from_pretrained(tmp_path / "hf").eval()
+    assert model.config.classifier_pooling == "concat"
+    assert model.config.id2label == {0: "dog", 1: "crow", 2: "rain"}
+    log_mel = torch.from_numpy(reference_log_mel(make_audio(3.3))).float()[None]
+    with torch.no_grad():
+        assert (model(log_mel).logits - reference.probe_logits(log_mel)).abs().max() < TOLERANCE
+
+    with pytest.raises(CheckpointError, match="lists 2 labels but the classifier has 3 outputs"):
+        (tmp_path / "two.txt").write_text("a\nb\n")
+        convert_checkpoint(tmp_path / "encoder.pt", tmp_path / "x", probe_path=tmp_path / "esc50.pth",
+                           label_file=tmp_path / "two.txt", num_attention_heads=4)  # fmt: skip
+
+
+@pytest.mark.parametrize("mcl_heads", [0, 3])
+def test_fairseq_training_checkpoint(tmp_path, caplog, mcl_heads):
+    reference = randomize_training_(OfficialTrainingModel(mcl_heads=mcl_heads), seed=8)
+    torch.save(reference.fairseq_checkpoint(), tmp_path / "checkpoint_last.pt")
+
+    # default: the student encoder, with the rest reported as not converted
+    with caplog.at_level(logging.WARNING, logger="matpac_hf.convert"):
+        convert_checkpoint(tmp_path / "checkpoint_last.pt", tmp_path / "encoder", num_attention_heads=4)
+    assert "use --model_type pretraining to keep them" in caplog.text and "_ema (nested dict" in caplog.text
+    encoder = AutoModel.from_pretrained(tmp_path / "encoder").eval()
+    log_mel = torch.randn(1, 80, 650)
+    with torch.no_grad():
+        assert (encoder(log_mel).last_hidden_state - reference.forward_precise(log_mel)[0]).abs().max() < TOLERANCE
+
+    # everything: MatpacForPreTraining
+    convert_checkpoint(tmp_path / "checkpoint_last.pt", tmp_path / "pretraining", model_type="pretraining",
+                       num_attention_heads=4, decoder_num_attention_heads=2)  # fmt: skip
+    model = AutoModelForPreTraining.from_pretrained(tmp_path / "pretraining").eval()
+    assert model.config.use_mcl == bool(mcl_heads)
+    assert (model.config.decoder_hidden_size, model.config.head_num_prototypes) == (32, 40)
+    teacher_encoder, teacher_head = reference.teacher_encoder[0], reference.teacher_head[0]
+    with torch.no_grad():
+        tokens = torch.randn(2, 11, 64)
+        assert (model.teacher_encoder(tokens).last_hidden_state - teacher_encoder(tokens)).abs().max() < TOLERANCE
+        assert (model.student_head(tokens) - reference.cls_student_head(tokens)).abs().max() < TOLERANCE
+        assert (model.teacher_head(tokens) - teacher_head(tokens)).abs().max() < TOLERANCE
+        assert torch.equal(model.center, reference.cls_head_loss.center)
+        permutation = torch.stack([torch.randperm(190) for _ in range(2)])
+        visible = torch.randn(2, 1 + 57, 64)
+        predictions = model.predictor(visible, torch.argsort(permutation, dim=1), permutation[:, 57:])
+        expected = reference.forward_decoder(visible, torch.argsort(permutation, dim=1))
+        assert predictions.shape == expected.shape
+        assert (predictions - expected).abs().max() < TOLERANCE
+    assert not any(p.requires_grad for p in model.teacher_encoder.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Refusals
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _small_state():
+    return randomize_(OfficialMatpac(**SMALL), seed=9).state_dict()
+
+
+def _with(state, **changes):
+    state = dict(state)
+    for key, value in changes.items():
+        key = key.replace("__", ".")
+        if value is None:
+            state.pop(key)
+        else:
+            state[key] = value
+    return state
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (torch.zeros(3, 3), "holds a Tensor, not a state dict"),
+        ([1, 2, 3], "holds a list, not a state dict"),
+        ({"encoder.layer.0.weight": torch.zeros(2)}, "holds no MATPAC encoder weights"),
+        ({"state_dict": {"patch_embed.proj.weight": torch.zeros(2)}}, "entries 'state_dict' (dict) are not tensors"),
+        ({"model": {"cls_token": torch.zeros(1)}, "optimizer": {}}, "beside unknown entries ['optimizer']"),
+        ("wrong_qkv", "attn.qkv.weight (100, 64) -> encoder.layers.0.attention.qkv.weight expects (192, 64)"),
+        ("wrong_pos_embed", "'pos_embed' has shape (1, 192, 64); expected (1, 1 + 5 x time_patches, 64)"),
+        ("no_final_norm", "lacks weights the model needs (they would stay random): encoder.layernorm.bias"),
+    ],
+)
+def test_refuses_files_it_does_not_understand(tmp_path, content, message):
+    if content == "wrong_qkv":
+        content = _with(_small_state(), student_encoder__blocks__0__attn__qkv__weight=torch.zeros(100, 64))
+    elif content == "wrong_pos_embed":
+        content = _with(_small_state(), pos_embed=torch.zeros(1, 192, 64))
+    elif content == "no_final_norm":
+        content = _with(_small_state(), student_encoder__norm__weight=None, student_encoder__norm__bias=None)
+    torch.save(content, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError) as error:
+        convert_checkpoint(tmp_path / "bad.pt", tmp_path / "out", num_attention_heads=4)
+    assert message in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickled_objects_are_refused_with_the_way_out(tmp_path):
+    torch.save({"cls_token": torch.zeros(1, 1, 64), "note": Path("x")}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError, match="pass --trust_pickle"):
+        convert_checkpoint(tmp_path / "pickled.pt", tmp_path / "out")
+
+
+def test_position_table_mismatch_warns_loudly(tmp_path, caplog):
+    state = _small_state()
+    state["pos_embed"] = state["pos_embed"] + 0.25
+    torch.save(state, tmp_path / "shifted.pt")
+    with caplog.at_level(logging.WARNING, logger="matpac_hf.convert"):
+        convert_checkpoint(tmp_path / "shifted.pt", tmp_path / "out", num_attention_heads=4)
+    assert "differs from the fixed 2-D sin-cos table by up to 0.25" in caplog.text
+
+
+def test_label_files(tmp_path):
+    (tmp_path / "a.txt").write_text("Speech\nMusic\n\n")
+    (tmp_path / "b.json").write_text(json.dumps({"1": "Music", "0": "Speech"}))
+    (tmp_path / "c.csv").write_text("index,mid,display_name\n1,/m/a,Music\n0,/m/b,Speech\n")
+    assert read_labels(tmp_path / "a.txt") == ["Speech", "Music"]
+    assert read_labels(tmp_path / "b.json") == ["Speech", "Music"]
+    assert read_labels(tmp_path / "c.csv") == ["Speech", "Music"]
+    assert read_labels(tmp_path / "c.csv", sort_column="mid") == ["Music", "Speech"]
+    (tmp_path / "d.json").write_text(json.dumps({"0": "a", "2": "b"}))
+    with pytest.raises(ValueError, match="indices must be exactly 0..1"):
+        read_labels(tmp_path / "d.json")
