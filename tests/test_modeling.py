@@ -246,3 +246,7 @@ def test_bad_attention_masks_get_clear_errors(model):
     mask[1] = 0
     with pytest.raises(ValueError, match="marks no valid frame for batch rows \\[1\\]"):
         model(x, attention_mask=mask)
+    left_padded = torch.ones(2, 50)
+    left_padded[0, :10] = 0
+    with pytest.raises(ValueError, match="rows \\[0\\] are not right-padded"):
+        model(x, attention_mask=left_padded)

@@ -453,6 +453,13 @@ class MatpacModel(MatpacPreTrainedModel):
         if (frame_lengths == 0).any():
             empty = torch.nonzero(frame_lengths == 0).flatten().tolist()
             raise ValueError(f"`attention_mask` marks no valid frame for batch rows {empty}; every clip needs one.")
+        right_padded = torch.arange(num_frames, device=attention_mask.device)[None, :] < frame_lengths[:, None]
+        if not torch.equal(attention_mask.to(torch.bool), right_padded):
+            rows = torch.nonzero((attention_mask.to(torch.bool) != right_padded).any(-1)).flatten().tolist()
+            raise ValueError(
+                f"`attention_mask` rows {rows} are not right-padded: MATPAC expects each clip's valid frames first, "
+                "then padding. Use MatpacFeatureExtractor(padding_side='right') (the default)."
+            )
         return frame_lengths
 
     # -- chunking -----------------------------------------------------------------------------------------------------
