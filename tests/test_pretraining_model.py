@@ -47,7 +47,7 @@ def capture_inputs(module: torch.nn.Module, store: list):
     return module.register_forward_hook(lambda mod, args, output: store.append((args[0].detach(), output)))
 
 
-# ------------------------------------------------------------------------------------------------------------ masking
+# ------------------------------------------------------------------------------------------------------------- masking
 
 
 def test_masking_default_grid_57_visible_133_masked_disjoint():
@@ -112,7 +112,7 @@ def test_bad_noise_and_step_are_refused_clearly():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"`noise` must be a tensor of shape \(batch, num_patches\) = \(2, 20\)"):
         model(log_mel(2, 64), noise=torch.rand(2, 19))
-    with pytest.raises(ValueError, match="non-negative int"):
+    with pytest.raises(ValueError, match="non-negative integer"):
         model(log_mel(2, 64), step=-1)
     assert tiny_model(max_frames=128)(log_mel(1, 16)).mask.sum().item() == 4  # 5 patches: 1 visible, 4 masked
     with pytest.raises(ValueError, match="at least one visible"):  # masking 90 % of 5 patches leaves none visible
@@ -170,7 +170,7 @@ def test_frozen_weight_norm_gain_option():
     assert tiny_model().student_head.weight_norm_gain.requires_grad  # default (official): trainable
 
 
-# ------------------------------------------------------------------------------------------------------------ EMA
+# ----------------------------------------------------------------------------------------------------------------- EMA
 
 
 def test_update_teachers_matches_hand_computation_and_is_a_no_op_at_step_0():
@@ -205,7 +205,7 @@ def test_update_teachers_matches_hand_computation_and_is_a_no_op_at_step_0():
         assert torch.equal(value, head_before[key])
 
 
-# ------------------------------------------------------------------------------------------------------------ center
+# -------------------------------------------------------------------------------------------------------------- center
 
 
 @pytest.mark.parametrize("center_update", ["probabilities", "logits"])
@@ -235,7 +235,7 @@ def test_center_update_matches_hand_computation(center_update):
     assert torch.equal(model.center, centers[-1])
 
 
-# ------------------------------------------------------------------------------------------------------------ schedules
+# ----------------------------------------------------------------------------------------------------------- schedules
 
 
 def test_schedules_at_chosen_steps():
@@ -303,7 +303,7 @@ def test_mcl_soft_winner_takes_all_then_hard_minimum():
     assert outputs.mcl_temperature.item() == pytest.approx(1e-4)
 
 
-# ------------------------------------------------------------------------------------------------------------ losses
+# -------------------------------------------------------------------------------------------------------------- losses
 
 
 def test_total_loss_equals_a_hand_computation():
@@ -389,7 +389,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-# ------------------------------------------------------------------------------------------------------------ saving
+# -------------------------------------------------------------------------------------------------------------- saving
 
 
 def _train_a_little(model, steps=3):
@@ -447,12 +447,13 @@ def test_student_only_folder_gives_teachers_copied_from_the_loaded_student(tmp_p
     assert model.center.abs().sum() == 0
 
 
-# ------------------------------------------------------------------------------------------------------------ 2 processes
+# --------------------------------------------------------------------------------------------------------- 2 processes
 
 
 def ddp_reference_setup():
     """Shared by the test and tests/pretraining_ddp_worker.py: a tiny model, 2 batches of 4 clips and their noise."""
-    model = tiny_model(seed=0, ema_decay_start=0.9, ema_decay_end=0.9, head_ema_decay_start=0.9, head_ema_decay_end=0.9)
+    decays = dict(ema_decay_start=0.9, ema_decay_end=0.9, head_ema_decay_start=0.9, head_ema_decay_end=0.9)
+    model = tiny_model(seed=0, **decays)
     batches = [log_mel(4, 64, seed=10 + step) for step in range(2)]
     noises = [torch.rand(4, 20, generator=torch.Generator().manual_seed(20 + step)) for step in range(2)]
     return model, batches, noises

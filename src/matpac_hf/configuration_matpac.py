@@ -64,7 +64,8 @@ class MatpacConfig(PreTrainedConfig):
         head_ema_decay_start (0.998), head_ema_decay_end (1.0): teacher-head EMA decay, annealed linearly.
         total_steps (294816): length of the run in optimiser steps (the EMA decays are annealed over it).
         teacher_init (`"independent"`): how the teachers start. `"independent"` reproduces the official code (the
-            teacher encoder is an independent random draw; the teacher head is a trunc-normal(0.02) draw of its own).
+            teacher encoder is an independent random draw; the teacher head's MLP is a trunc-normal(0.02) draw of its
+            own, its prototype layer starts equal to the student's). Default: "independent" (official).
             `"copy_student"` copies the student encoder and head into the teachers at step 0 (DINO, data2vec).
 
     MATPAC++ (multiple-choice learning prediction heads):

@@ -636,13 +636,16 @@ def mcl_temperature_at(config: MatpacConfig, step: int) -> float:
 
 
 def _check_step(step) -> int:
-    if isinstance(step, torch.Tensor) and step.numel() == 1:
-        step = step.item()
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    """`step` as a Python int (ints, NumPy integers and integer 0-d tensors are accepted); refuses anything else."""
+    try:
+        value = None if isinstance(step, bool) else step.__index__()
+    except (AttributeError, TypeError, RuntimeError):
+        value = None
+    if value is None or value < 0:
         raise ValueError(
-            f"`step` must be a non-negative int (the number of optimiser updates done so far), got {step!r}."
+            f"`step` must be a non-negative integer (the number of optimiser updates done so far), got {step!r}."
         )
-    return step
+    return value
 
 
 @dataclass
@@ -704,9 +707,9 @@ class MatpacPredictor(nn.Module):
     """The M2D predictor ("decoder"): student tokens of the visible patches -> predictions for the masked patches.
 
     `decoder_embed` (hidden -> decoder width), a learned `mask_token` at every masked position, a fixed 2-D sin-cos
-    table of the decoder width (with a CLS slot; non-persistent, filled in `_init_weights`), `decoder_num_hidden_layers`
-    pre-norm blocks, `decoder_norm`, then `decoder_pred` (decoder width -> hidden), or with `config.use_mcl` the
-    MATPAC++ `mcl_heads`: `mcl_num_heads` parallel linear heads, each giving a candidate.
+    table of the decoder width (with a CLS slot; non-persistent, filled in `_init_weights`), the
+    `decoder_num_hidden_layers` pre-norm blocks, `decoder_norm`, then `decoder_pred` (decoder width -> hidden), or with
+    `config.use_mcl` the MATPAC++ `mcl_heads`: `mcl_num_heads` parallel linear heads, each giving a candidate.
     """
 
     def __init__(self, config: MatpacConfig):
