@@ -659,18 +659,7 @@ def main():
         )
     except (OSError, TypeError, ValueError):
         logger.info("No preprocessor_config.json: building the feature extractor from the model config's front end.")
-        feature_extractor = MatpacFeatureExtractor(
-            sampling_rate=config.sampling_rate,
-            n_fft=config.n_fft,
-            win_length=config.win_length,
-            hop_length=config.hop_length,
-            num_mel_bins=config.num_mel_bins,
-            f_min=config.f_min,
-            f_max=config.f_max,
-            log_offset=config.log_offset,
-            spectrogram_mean=config.spectrogram_mean,
-            spectrogram_std=config.spectrogram_std,
-        )
+        feature_extractor = MatpacFeatureExtractor.from_model_config(config)
     sampling_rate = feature_extractor.sampling_rate
 
     # 2. Data: load, pick the splits, check every file once, encode labels.

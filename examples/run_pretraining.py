@@ -549,12 +549,7 @@ def main(argv=None):
     if crop_frames != config.max_frames:
         raise ValueError(f"The data pipeline makes {crop_frames}-frame crops but the model config has max_frames="
                          f"{config.max_frames}; keep max_frames=608 for pretraining.")
-    feature_extractor = MatpacFeatureExtractor(
-        sampling_rate=config.sampling_rate, n_fft=config.n_fft, win_length=config.win_length,
-        hop_length=config.hop_length, num_mel_bins=config.num_mel_bins, f_min=config.f_min, f_max=config.f_max,
-        log_offset=config.log_offset, spectrogram_mean=config.spectrogram_mean,
-        spectrogram_std=config.spectrogram_std,
-    )
+    feature_extractor = MatpacFeatureExtractor.from_model_config(config)
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(f"Model: {'MATPAC++' if config.use_mcl else 'MATPAC'} {args.preset if not args.model_name_or_path else args.model_name_or_path}, "
                 f"{num_trainable / 1e6:.2f} M trainable parameters (teachers excluded)")

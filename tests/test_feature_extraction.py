@@ -266,3 +266,14 @@ def test_cuda_path_matches_cpu(extractor):
         log_mel = extractor.extract_log_mel(torch.from_numpy(clips[0])[None].cuda())
     assert log_mel.dtype == torch.float32
     torch.testing.assert_close(log_mel.cpu(), cpu["input_values"][:1], rtol=0, atol=1e-4)
+
+
+def test_from_model_config_copies_the_front_end():
+    from matpac_hf import MatpacConfig
+
+    config = MatpacConfig(num_mel_bins=64, f_min=20.0, spectrogram_mean=-5.0, spectrogram_std=3.0, hop_length=320)
+    feature_extractor = MatpacFeatureExtractor.from_model_config(config, return_attention_mask=True)
+    for name in MatpacFeatureExtractor.FRONT_END_FIELDS:
+        assert getattr(feature_extractor, name) == getattr(config, name), name
+    assert feature_extractor.return_attention_mask is True
+    assert feature_extractor(np.zeros(16000, dtype=np.float32))["input_values"].shape == (1, 64, 1 + (16000 - 400) // 320)

@@ -621,18 +621,7 @@ def convert_checkpoint(
 
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
-    feature_extractor = MatpacFeatureExtractor(
-        sampling_rate=config.sampling_rate,
-        n_fft=config.n_fft,
-        win_length=config.win_length,
-        hop_length=config.hop_length,
-        num_mel_bins=config.num_mel_bins,
-        f_min=config.f_min,
-        f_max=config.f_max,
-        log_offset=config.log_offset,
-        spectrogram_mean=config.spectrogram_mean,
-        spectrogram_std=config.spectrogram_std,
-    )
+    feature_extractor = MatpacFeatureExtractor.from_model_config(config)
     feature_extractor.save_pretrained(output_dir)
     logger.info(
         "Saved %s (%d layers, width %d, %d heads, max_frames %d, %.1fM parameters) to %s",

@@ -94,6 +94,26 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
 
     model_input_names = ["input_values", "attention_mask"]
 
+    # Front-end fields shared with MatpacConfig (the model config repeats them so that it alone describes the model).
+    FRONT_END_FIELDS = (
+        "sampling_rate",
+        "n_fft",
+        "win_length",
+        "hop_length",
+        "num_mel_bins",
+        "f_min",
+        "f_max",
+        "log_offset",
+        "spectrogram_mean",
+        "spectrogram_std",
+    )
+
+    @classmethod
+    def from_model_config(cls, config, **kwargs) -> "MatpacFeatureExtractor":
+        """The feature extractor matching a `MatpacConfig`'s audio front end (sampling rate, STFT, mel, log,
+        normalisation); `kwargs` set the other arguments (e.g. `return_attention_mask`)."""
+        return cls(**{name: getattr(config, name) for name in cls.FRONT_END_FIELDS}, **kwargs)
+
     def __init__(
         self,
         sampling_rate: int = 16000,

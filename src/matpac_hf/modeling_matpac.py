@@ -404,6 +404,12 @@ class MatpacModel(MatpacPreTrainedModel):
     masked out of attention, so each clip gets exactly what it gets alone.
     """
 
+    # Loading the student from a MatpacForPreTraining or MatpacForAudioClassification folder: the other parts of
+    # those models are expected there and are not part of the encoder.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(predictor|student_head|teacher_encoder|teacher_head|center|classifier|head_norm)\b"
+    ]
+
     def __init__(self, config: MatpacConfig):
         super().__init__(config)
         self.config = config
