@@ -1,6 +1,7 @@
 # Copyright 2026 The matpac-hf developers.
 # Licensed under the MIT License.
-"""Model cards (Hub README.md) for MATPAC checkpoints, rendered from the Jinja2 templates in `model_cards/`.
+"""Model cards (Hub README.md) for MATPAC checkpoints, rendered from the Jinja2 templates in the repo's `model_cards/`
+(shipped in the package as `matpac_hf/model_cards`, a link to that folder).
 
 ```python
 >>> from matpac_hf.model_card import render_model_card
