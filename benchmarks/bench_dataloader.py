@@ -6,7 +6,7 @@ Part 1 (always): builds a local corpus of FLAC clips stored as webdataset tar sh
 four at 44.1 kHz stereo, the rest 16 kHz mono), then measures random 6.08 s crops per second through the real pipeline
 (`datasets` streaming -> soundfile decode -> mono -> soxr resample -> crop -> batches) in the training process and with
 1 and 2 DataLoader workers, per CPU core doing the decoding. When a figure is below the target of 300 crops/s/core it
-prints where the time goes (raw stream reading, decode, resample, crop).
+prints where the time goes (raw stream reading, decode, down-mix, resample, crop).
 
 Part 2 (`--train`): training steps per second of the `tiny` and `base` presets of `examples/run_pretraining.py` on CPU,
 model FLOPs per step (counted with `torch.utils.flop_counter.FlopCounterMode`) and the achieved fraction of this
@@ -32,6 +32,7 @@ from matpac_hf.data import (
     CROP_SAMPLES,
     PretrainingDataLoop,
     build_crop_stream,
+    decode_random_crop,
     load_audio_stream,
     synthesize_sound,
     DEMO_CLASSES,
@@ -104,13 +105,22 @@ def breakdown(shards, num_crops: int) -> dict:
     return per_crop
 
 
-def measure_gemm_tflops(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(2):
-        a @ b
+def measure_gemm_tflops(dtype: torch.dtype, size: int = 2048, min_seconds: float = 1.0) -> float:
+    """Square GEMM rate in TFLOP/s. A 512 probe comes first: CPUs without native bf16 (no AVX512-BF16 / AMX) run bf16
+    matmuls hundreds of times slower than fp32, and a 2048 GEMM would then take a minute."""
+    probe = torch.randn(512, 512, dtype=dtype)
+    probe @ probe
     start = time.perf_counter()
-    for _ in range(repeats):
+    probe @ probe
+    probe_rate = 2 * 512**3 / (time.perf_counter() - start) / 1e12
+    if probe_rate < 0.01:
+        return probe_rate
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    start, repeats = time.perf_counter(), 0
+    while time.perf_counter() - start < min_seconds:
         a @ b
+        repeats += 1
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
@@ -119,8 +129,8 @@ def run_data_benchmark(args):
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         shards = build_shard_corpus(folder, args.num_clips, args.num_shards, args.clip_seconds)
-        print(f"corpus: {args.num_clips} FLAC clips of {args.clip_seconds:.0f} s in {args.num_shards} webdataset shards "
-              f"(1/4 at 44.1 kHz stereo), built in {time.perf_counter() - start:.1f} s")
+        print(f"corpus: {args.num_clips} FLAC clips of {args.clip_seconds:.0f} s in {args.num_shards} webdataset "
+              f"shards (1/4 at 44.1 kHz stereo), built in {time.perf_counter() - start:.1f} s")
         print(f"crop: {CROP_SAMPLES} samples (608 frames); target {TARGET_CROPS_PER_SECOND_PER_CORE} crops/s/core\n")
         results = {}
         for num_workers in (0, 1, 2):
@@ -135,25 +145,34 @@ def run_data_benchmark(args):
             print(f"  {name:30s} {seconds * 1e3:6.2f} ms  ({seconds / parts['total'] * 100:5.1f} %)")
         if min(results.values()) < TARGET_CROPS_PER_SECOND_PER_CORE:
             print(f"\nbelow the target of {TARGET_CROPS_PER_SECOND_PER_CORE} crops/s/core: FLAC decoding dominates "
-                  "(only the cropped 6.1 s of each 10 s clip are decoded; 44.1 kHz stereo clips cost about 3x a 16 kHz "
-                  "mono one, decode + resample). Storing the corpus at 16 kHz mono removes the resampling and halves "
+                  "(only the cropped 6.1 s of each 10 s clip are decoded; 44.1 kHz stereo clips cost about 3x a "
+                  "16 kHz mono one, decode + resample). Storing the corpus at 16 kHz mono removes the resampling and "
+                  "halves "
                   "the decoding.")
         single = {}
         for label, rate, stereo in (("16 kHz mono", 16_000, False), ("44.1 kHz stereo", 44_100, True)):
             single[label] = _single_format_rate(folder, rate, stereo, args)
-        print("\nper format, in-process: " + ", ".join(f"{k}: {v:.0f} crops/s" for k, v in single.items()))
+        rates = ", ".join(f"{k}: {v:.0f} crops/s" for k, v in single.items())
+        print(f"\ndecode_random_crop alone, per format: {rates}")
 
 
-def _single_format_rate(folder, sampling_rate, stereo, args, num_clips=48):
+def _single_format_rate(folder, sampling_rate, stereo, args, num_clips=24):
+    """Crops per second of `decode_random_crop` alone (no stream, no batching) on in-memory FLAC bytes of one
+    format."""
     rng = np.random.default_rng(1)
-    path = os.path.join(folder, f"single-{sampling_rate}.tar")
-    with tarfile.open(path, "w") as tar:
-        for index in range(num_clips):
-            clip = synthesize_sound(DEMO_CLASSES[index % len(DEMO_CLASSES)], args.clip_seconds, sampling_rate, rng)
-            if stereo:
-                clip = np.stack([clip, 0.8 * clip], axis=1)
-            tar.addfile(*_flac_member(f"clip{index:06d}.flac", clip, sampling_rate))
-    return measure_pipeline([path], 0, num_clips * 2 - 16)
+    clips = []
+    for index in range(num_clips):
+        clip = synthesize_sound(DEMO_CLASSES[index % len(DEMO_CLASSES)], args.clip_seconds, sampling_rate, rng)
+        if stereo:
+            clip = np.stack([clip, 0.8 * clip + 0.01 * rng.standard_normal(clip.shape[0])], axis=1)
+        buffer = io.BytesIO()
+        sf.write(buffer, clip.astype(np.float32), sampling_rate, format="FLAC")
+        clips.append(buffer.getvalue())
+    start = time.perf_counter()
+    for epoch in range(4):
+        for index, data in enumerate(clips):
+            decode_random_crop({"bytes": data, "path": None}, epoch=epoch, key=str(index))
+    return 4 * num_clips / (time.perf_counter() - start)
 
 
 def main():
@@ -171,8 +190,65 @@ def main():
         run_training_benchmark(args)
 
 
+def _load_pretraining_script():
+    """The example script as a module (its presets and optimiser builder are what a real run uses)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "run_pretraining.py")
+    spec = importlib.util.spec_from_file_location("run_pretraining", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_training_benchmark(args):
-    raise NotImplementedError
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForPreTraining
+
+    script = _load_pretraining_script()
+    peak = {"fp32": measure_gemm_tflops(torch.float32), "bf16": measure_gemm_tflops(torch.bfloat16)}
+    print(f"\nmeasured GEMM rate (2048^3, {torch.get_num_threads()} threads): fp32 {peak['fp32']:.3f} TFLOP/s, "
+          f"bf16 {peak['bf16']:.3f} TFLOP/s")
+    feature_extractor = MatpacFeatureExtractor()
+    optimizer_args = argparse.Namespace(no_decay_bias_norm=False, weight_decay=0.05, learning_rate=3e-4,
+                                        adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-6)
+    waveforms = torch.randn(args.batch_size, CROP_SAMPLES) * 0.1
+    for preset in ("tiny", "base"):
+        torch.manual_seed(0)
+        model = MatpacForPreTraining(MatpacConfig(**script.PRESETS[preset])).train()
+        optimizer = script.build_optimizer(model, optimizer_args)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+
+        def step(index, precision):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                input_values = feature_extractor.extract_log_mel(waveforms)
+                outputs = model(input_values, step=index, generator=script.mask_generator(0, 0, index, 0))
+            outputs.loss.backward()
+            model.update_teachers(index)
+            torch.nn.utils.clip_grad_norm_(trainable, 3.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        with FlopCounterMode(display=False) as counter:
+            step(0, "fp32")
+        flops = counter.get_total_flops()
+        for precision in ("fp32", "bf16"):
+            if peak[precision] < 0.5 * peak["fp32"]:
+                slowdown = peak["fp32"] / peak[precision]
+                print(f"  {preset:4s} {precision}: skipped (this CPU's {precision} GEMM is {slowdown:.0f}x "
+                      "slower than fp32: no native bf16 units)")
+                continue
+            step(1, precision)  # warm-up
+            start = time.perf_counter()
+            for index in range(args.train_steps):
+                step(2 + index, precision)
+            seconds = (time.perf_counter() - start) / args.train_steps
+            achieved = flops / seconds / 1e12
+            print(f"  {preset:4s} {precision}: {1 / seconds:7.3f} steps/s ({seconds:6.2f} s/step, batch "
+                  f"{args.batch_size}), {flops / 1e9:8.1f} GFLOP/step (matmul/attention, fwd+bwd) -> "
+                  f"{achieved:.3f} TFLOP/s = {achieved / peak[precision] * 100:5.1f} % of the measured {precision} "
+                  "GEMM rate")
 
 
 if __name__ == "__main__":

@@ -28,13 +28,10 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import signal
 import time
-from pathlib import Path
-
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -72,6 +69,7 @@ PRESETS = {
 # only the total length is given.
 OFFICIAL_WARMUP_FRACTION = 20 / 300
 OFFICIAL_TEACHER_TEMPERATURE_WARMUP_FRACTION = 10 / 300
+DEMO_NUM_EPOCHS = 30  # default length of the embedded demo (a few minutes of the tiny preset on a laptop CPU)
 MONITORS = ("prediction_std", "target_std", "teacher_perplexity", "num_teacher_classes", "student_teacher_agreement",
             "teacher_temperature", "ema_decay", "head_ema_decay", "mcl_temperature")
 
@@ -82,7 +80,8 @@ def parse_args(argv=None):
     data.add_argument("--dataset_name", help="Hub dataset id (or anything `datasets.load_dataset` takes), streamed")
     data.add_argument("--dataset_config", help="configuration name of --dataset_name")
     data.add_argument("--dataset_dir", help="local audiofolder directory of audio files (labels/metadata ignored)")
-    data.add_argument("--data_files", nargs="+", help="parquet shards, webdataset .tar shards or audio files (globs ok)")
+    data.add_argument("--data_files", nargs="+",
+                      help="parquet shards, webdataset .tar shards or audio files (globs ok)")
     data.add_argument("--split", default="train", help="split to stream")
     data.add_argument("--audio_column", help="audio column; default: 'audio', or the only Audio column")
     data.add_argument("--corpus_size", type=int,
@@ -105,8 +104,9 @@ def parse_args(argv=None):
                        help="comma-separated MatpacConfig fields applied over the preset, e.g. "
                             "'hidden_size=64,num_hidden_layers=2'")
     model.add_argument("--model_name_or_path",
-                       help="start from a saved MatpacForPreTraining folder (e.g. a previous run's pretraining_model/) "
-                            "instead of a random initialisation; --preset and --config_overrides are then ignored")
+                       help="start from a saved MatpacForPreTraining folder (e.g. a previous run's "
+                            "pretraining_model/) instead of a random initialisation; --preset and --config_overrides "
+                            "are then ignored")
 
     optim = parser.add_argument_group("optimisation (official values by default, spec section 5)")
     optim.add_argument("--per_device_batch_size", type=int, default=32, help="crops per process per micro-batch")
@@ -401,7 +401,7 @@ def clip_embeddings(model, feature_extractor, waveforms, batch_size: int = 16) -
     model.eval()
     embeddings = []
     for start in range(0, len(waveforms), batch_size):
-        inputs = feature_extractor(waveforms[start : start + batch_size], sampling_rate=16000, return_tensors="pt")
+        inputs = feature_extractor(waveforms[start:start + batch_size], sampling_rate=16000, return_tensors="pt")
         embeddings.append(model(**inputs).pooler_output.float())
     return torch.cat(embeddings)  # (clips, frame_embedding_size)
 
@@ -501,6 +501,9 @@ def main(argv=None):
         demo = DemoCorpus(os.path.join(demo_dir, "pretrain"), os.path.join(demo_dir, "probe"), args.demo_num_clips)
         args.dataset_dir = demo.pretrain_dir
         corpus_size = corpus_size or demo.num_clips
+        if args.max_steps is None and args.num_epochs is None:
+            args.num_epochs = DEMO_NUM_EPOCHS
+            logger.info(f"Demo: no run length given, using --num_epochs {DEMO_NUM_EPOCHS}")
         logger.info(f"No corpus given: built the synthetic demo corpus in {demo_dir} ({demo.num_clips} clips + 1 "
                     "corrupted file, and a labelled probe set)")
     dataset, audio_column = load_audio_stream(
@@ -551,7 +554,8 @@ def main(argv=None):
                          f"{config.max_frames}; keep max_frames=608 for pretraining.")
     feature_extractor = MatpacFeatureExtractor.from_model_config(config)
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info(f"Model: {'MATPAC++' if config.use_mcl else 'MATPAC'} {args.preset if not args.model_name_or_path else args.model_name_or_path}, "
+    model_name = args.model_name_or_path or f"{args.preset} preset"
+    logger.info(f"Model: {'MATPAC++' if config.use_mcl else 'MATPAC'} from {model_name}, "
                 f"{num_trainable / 1e6:.2f} M trainable parameters (teachers excluded)")
     optimizer = build_optimizer(model, args)
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, schedule["warmup_steps"], schedule["max_steps"])
@@ -593,8 +597,7 @@ def main(argv=None):
         "shuffle_buffer_size": args.shuffle_buffer_size, "min_clip_policy": args.min_clip_policy,
         "crop": "608 frames (97520 samples, 6.1 s)",
     }
-    accelerator.init_trackers("matpac_pretraining", config={k: str(v) if isinstance(v, tuple) else v
-                                                          for k, v in hyperparameters.items()})
+    accelerator.init_trackers("matpac_pretraining", config=hyperparameters)
     ids_file = None
     if args.log_example_ids:
         os.makedirs(logging_dir, exist_ok=True)
@@ -688,12 +691,12 @@ def main(argv=None):
             logger.warning(f"--simulate_crash: killing the process after step {global_step}")
             os.kill(os.getpid(), signal.SIGKILL)
         if global_step % args.checkpointing_steps == 0 and global_step < schedule["max_steps"]:
-            models_fn = None
-            if args.save_models_at_checkpoints:
-                def models_fn(folder):
-                    if accelerator.is_main_process:
-                        save_models(unwrapped, feature_extractor, folder, card_fields())
-            path = save_checkpoint(accelerator, output_dir, global_step, data_loop, args, models_fn)
+            def models_fn(folder):
+                if accelerator.is_main_process:
+                    save_models(unwrapped, feature_extractor, folder, card_fields())
+
+            path = save_checkpoint(accelerator, output_dir, global_step, data_loop, args,
+                                   models_fn if args.save_models_at_checkpoints else None)
             logger.info(f"Saved checkpoint {path}")
     progress.close()
     if ids_file is not None:

@@ -141,7 +141,7 @@ def test_segment_crop_equals_crop_of_full_decode(tmp_path, sampling_rate, channe
         crop, padded = decode_random_crop(path, seed=5, epoch=epoch, key="clip")
         assert crop.shape == (CROP_SAMPLES,) and crop.dtype == np.float32 and not padded
         offset = crop_offset(full.shape[0], CROP_SAMPLES, 5, epoch, "clip")
-        np.testing.assert_allclose(crop, full[offset : offset + CROP_SAMPLES], atol=2e-3)
+        np.testing.assert_allclose(crop, full[offset:offset + CROP_SAMPLES], atol=2e-3)
     offsets = {crop_offset(full.shape[0], CROP_SAMPLES, 5, epoch, "clip") for epoch in range(20)}
     assert len(offsets) > 15 and max(offsets) <= full.shape[0] - CROP_SAMPLES
 
@@ -186,9 +186,9 @@ def _batches(loop, count):
 
 
 def test_resume_gives_the_same_crops_as_an_uninterrupted_stream(tmp_path):
-    folder = _write_folder(tmp_path / "corpus", [(f"c{i:02d}.flac", _tone(6.5 + 0.3 * i, 16000 if i % 3 else 44100,
-                                                                           150 + 50 * i), 16000 if i % 3 else 44100)
-                                                 for i in range(7)])
+    rates = [16000 if i % 3 else 44100 for i in range(7)]
+    folder = _write_folder(tmp_path / "corpus", [(f"c{i:02d}.flac", _tone(6.5 + 0.3 * i, rates[i], 150 + 50 * i),
+                                                  rates[i]) for i in range(7)])
     dataset, column = load_audio_stream(dataset_dir=str(folder))
 
     def make_loop():
