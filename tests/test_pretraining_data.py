@@ -250,3 +250,30 @@ def test_demo_corpus(tmp_path):
     assert all(np.abs(crop).max() > 0.05 for crop in crops)
     with open(os.path.join(corpus.probe_dir, "metadata.csv")) as handle:
         assert len(handle.readlines()) == 1 + 2 * len(corpus.class_names)
+
+
+@pytest.mark.parametrize("buffer_size", [2, 8])
+def test_resume_with_a_shuffle_buffer_loses_at_most_the_buffer(tmp_path, buffer_size):
+    """`datasets` does not save the shuffle buffer: after a resume, the clips that sat in it are not seen again in
+    that epoch. Measured here (16 clips, 6 consumed before the checkpoint): 2 lost with a buffer of 2, 6 with 8.
+    Never more than the buffer, and no clip is seen twice."""
+    folder = _write_folder(tmp_path / "corpus", [(f"c{i:02d}.flac", _tone(6.2, 16000, 100 + 40 * i), 16000)
+                                                 for i in range(16)])
+    dataset, column = load_audio_stream(dataset_dir=str(folder))
+
+    def make_loop():
+        stream = build_crop_stream(dataset, column, seed=1, shuffle_buffer_size=buffer_size)
+        return PretrainingDataLoop(stream, batch_size=2, num_workers=0)
+
+    interrupted = make_loop()
+    before = [key for batch in _batches(interrupted, 3) for key in batch["example_ids"]]
+    resumed = make_loop()
+    resumed.load_state_dict(json.loads(json.dumps(interrupted.state_dict())))
+    after = []
+    for batch in resumed:
+        if resumed.epoch != 0:
+            break
+        after += batch["example_ids"]
+    assert len(set(before)) == len(before) == 6 and set(before).isdisjoint(after) and len(set(after)) == len(after)
+    lost = 16 - len(before) - len(after)
+    assert 0 < lost <= buffer_size

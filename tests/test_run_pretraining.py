@@ -114,9 +114,12 @@ def test_demo_run_writes_both_folders_and_pushes(tmp_path, hub_stub):
 
 
 @pytest.mark.slow
-def test_resume_after_crash_reproduces_the_uninterrupted_losses(tmp_path, small_corpus):
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_resume_after_crash_reproduces_the_uninterrupted_losses(tmp_path, small_corpus, num_workers):
+    """In-process decoding, and one DataLoader worker (the script's default; its stream position is saved through
+    torchdata's StatefulDataLoader)."""
     args = ["--dataset_dir", small_corpus, "--per_device_batch_size", 2, "--max_steps", 8, "--checkpointing_steps", 3,
-            "--num_workers", 0, "--shuffle_buffer_size", 0, "--seed", 3]
+            "--num_workers", num_workers, "--shuffle_buffer_size", 0, "--seed", 3]
     reference = tmp_path / "reference"
     _run(args + ["--output_dir", reference])
     expected = _metrics(reference)
