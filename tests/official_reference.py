@@ -24,25 +24,42 @@ LMS_STD = 4.193
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Front end (numpy, float64)
+# Front end: the official `logMelSpectrogram` is torchaudio's MelSpectrogram in float32 (torch.hann_window, float32
+# Slaney filters, |STFT|^2, spectrogram^T @ filters), then log(x + float32 eps) and the AudioSet normalisation. The
+# float32 rounding matters: next to a loud low tone, float64-built filters give log-mel values up to 3e-4 away.
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def official_mel_filters() -> torch.Tensor:
+    """(201, 80) float32, filter by filter, with the float32 operations of torchaudio's `melscale_fbanks(n_freqs=201,
+    f_min=50, f_max=8000, n_mels=80, sample_rate=16000, norm="slaney", mel_scale="slaney")`."""
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+
+    def hz_to_mel(hz):  # Python floats, as torchaudio's `_hz_to_mel`
+        return hz / f_sp if hz < min_log_hz else min_log_mel + float(np.log(hz / min_log_hz)) / logstep
+
+    freqs = torch.linspace(0, SAMPLE_RATE // 2, N_FFT // 2 + 1, dtype=torch.float32)
+    mels = torch.linspace(hz_to_mel(50.0), hz_to_mel(8000.0), 82, dtype=torch.float32)
+    f_pts = torch.where(mels >= min_log_mel, min_log_hz * torch.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+    columns = []
+    for m in range(80):
+        lower, centre, upper = f_pts[m], f_pts[m + 1], f_pts[m + 2]
+        down = (-1.0 * (lower - freqs)) / (centre - lower)
+        up = (upper - freqs) / (upper - centre)
+        columns.append(torch.clamp(torch.minimum(down, up), min=0.0) * (2.0 / (upper - lower)))
+    return torch.stack(columns, dim=1)
+
+
 def reference_log_mel(audio: np.ndarray) -> np.ndarray:
-    """(samples,) 16 kHz mono -> (80, frames) normalised log-mel, float64: periodic Hann 400, hop 160, no centre
-    padding, power spectrum, Slaney mel 50-8000 Hz, natural log of (mel + float32 eps), AudioSet normalisation."""
-    audio = np.asarray(audio, dtype=np.float64)
-    num_frames = 1 + (len(audio) - N_FFT) // HOP
-    frame_starts = np.arange(num_frames)[:, None] * HOP
-    frames = audio[frame_starts + np.arange(N_FFT)[None, :]]  # (frames, 400)
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)  # periodic Hann
-    power = np.abs(np.fft.rfft(frames * window, n=N_FFT, axis=-1)) ** 2  # (frames, 201)
-    mel_basis = librosa.filters.mel(
-        sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=80, fmin=50, fmax=8000, htk=False, norm="slaney", dtype=np.float64
-    )  # (80, 201)
-    mel = mel_basis @ power.T  # (80, frames)
-    log_mel = np.log(mel + float(np.finfo(np.float32).eps))
-    return (log_mel - LMS_MEAN) / LMS_STD
+    """(samples,) 16 kHz mono -> (80, frames) normalised log-mel as the official front end computes it (float32)."""
+    waveform = torch.as_tensor(np.asarray(audio, dtype=np.float32))[None]
+    spectrum = torch.stft(waveform, n_fft=N_FFT, hop_length=HOP, win_length=N_FFT, window=torch.hann_window(N_FFT),
+                          center=False, normalized=False, onesided=True, return_complex=True)
+    power = spectrum.abs().pow(2.0)  # (1, 201, frames)
+    mel = torch.matmul(power.transpose(-1, -2), official_mel_filters()).transpose(-1, -2)  # (1, 80, frames)
+    log_mel = torch.log(mel + torch.finfo(torch.float32).eps)
+    return ((log_mel - LMS_MEAN) / LMS_STD)[0].numpy()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

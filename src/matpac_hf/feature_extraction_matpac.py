@@ -7,12 +7,12 @@ transformers.
 """
 
 import copy
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from transformers.audio_utils import mel_filter_bank, window_function
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType, logging
@@ -22,6 +22,44 @@ logger = logging.get_logger(__name__)
 
 # Attributes derived from the constructor arguments; rebuilt on load, never written to preprocessor_config.json.
 _DERIVED_ATTRIBUTES = ("mel_filters", "window", "_torch_constants")
+
+
+def _slaney_hz_to_mel(frequency: float) -> float:
+    """Slaney mel scale (linear below 1 kHz, logarithmic above), in Python float arithmetic."""
+    linear_step, knee_hz = 200.0 / 3, 1000.0
+    if frequency < knee_hz:
+        return frequency / linear_step
+    return knee_hz / linear_step + math.log(frequency / knee_hz) / (math.log(6.4) / 27.0)
+
+
+def slaney_mel_filters_float32(
+    num_frequency_bins: int, num_mel_bins: int, f_min: float, f_max: float, sampling_rate: int
+) -> torch.Tensor:
+    """`(num_frequency_bins, num_mel_bins)` Slaney-scale, Slaney-area-normalised triangular mel filters, built in
+    float32 torch with the operation order of the official front end (torchaudio's `melscale_fbanks(norm="slaney",
+    mel_scale="slaney")`): bin frequencies and mel points from float32 `linspace`, mel -> Hz in float32, slopes,
+    `max(0, min(down, up))`, then `2 / bandwidth`.
+
+    They equal `librosa.filters.mel(..., htk=False, norm="slaney")` to ~1e-7. Building them in float64 and rounding
+    (as librosa / `transformers.audio_utils.mel_filter_bank` do) moves single weights by ~1e-7, which is enough to
+    shift quiet mel bands next to a loud low tone by up to 3e-4 in log-mel: the official numbers need this order.
+    """
+    float32 = torch.float32
+    bin_frequencies = torch.linspace(0, sampling_rate // 2, num_frequency_bins, dtype=float32)  # (bins,)
+    mel_points = torch.linspace(
+        _slaney_hz_to_mel(f_min), _slaney_hz_to_mel(f_max), num_mel_bins + 2, dtype=float32
+    )  # (mels + 2,)
+    linear_step, knee_hz = 200.0 / 3, 1000.0
+    knee_mel, log_step = knee_hz / linear_step, math.log(6.4) / 27.0
+    hz_points = linear_step * mel_points  # (mels + 2,), float32
+    above_knee = mel_points >= knee_mel
+    hz_points[above_knee] = knee_hz * torch.exp(log_step * (mel_points[above_knee] - knee_mel))
+    widths = hz_points[1:] - hz_points[:-1]  # (mels + 1,)
+    offsets = hz_points[None, :] - bin_frequencies[:, None]  # (bins, mels + 2)
+    rising = (-1.0 * offsets[:, :-2]) / widths[:-1]  # (bins, mels)
+    falling = offsets[:, 2:] / widths[1:]  # (bins, mels)
+    filters = torch.max(torch.zeros(1, dtype=float32), torch.min(rising, falling))
+    return filters * (2.0 / (hz_points[2:] - hz_points[:-2]))[None, :]
 
 
 class MatpacFeatureExtractor(SequenceFeatureExtractor):
@@ -166,20 +204,13 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
         self.spectrogram_mean = spectrogram_mean
         self.spectrogram_std = spectrogram_std
 
-        # (n_fft // 2 + 1, num_mel_bins); float32 is bit-exact with librosa.filters.mel(..., norm="slaney").T
-        self.mel_filters = mel_filter_bank(
-            num_frequency_bins=n_fft // 2 + 1,
-            num_mel_filters=num_mel_bins,
-            min_frequency=f_min,
-            max_frequency=f_max,
-            sampling_rate=sampling_rate,
-            norm="slaney",
-            mel_scale="slaney",
-            dtype=np.float32,
-        )
-        # (win_length,) periodic Hann window
-        self.window = window_function(win_length, "hann", periodic=True).astype(np.float32)
-        # device string -> (mel filters (num_mel_bins, n_fft // 2 + 1), window (win_length,)) as float32 tensors
+        # (n_fft // 2 + 1, num_mel_bins) filters and the (win_length,) periodic Hann window, both float32 and built as
+        # the official front end builds them (torchaudio's MelSpectrogram: torch.hann_window, float32 filters)
+        self.mel_filters = slaney_mel_filters_float32(
+            n_fft // 2 + 1, num_mel_bins, f_min, f_max, sampling_rate
+        ).numpy()
+        self.window = torch.hann_window(win_length, periodic=True, dtype=torch.float32).numpy()
+        # device string -> (mel filters (n_fft // 2 + 1, num_mel_bins), window (win_length,)) as float32 tensors
         self._torch_constants: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,7 +226,7 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
     def _constants_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = str(device)
         if key not in self._torch_constants:
-            mel_filters = torch.from_numpy(np.ascontiguousarray(self.mel_filters.T)).to(device)
+            mel_filters = torch.from_numpy(self.mel_filters).to(device)
             window = torch.from_numpy(self.window).to(device)
             self._torch_constants[key] = (mel_filters, window)
         return self._torch_constants[key]
@@ -246,8 +277,9 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
                 center=False,
                 return_complex=True,
             )  # (batch, n_fft // 2 + 1, frames)
-            power = spectrum.real.square() + spectrum.imag.square()  # (batch, n_fft // 2 + 1, frames)
-            mel_power = torch.matmul(mel_filters, power)  # (batch, num_mel_bins, frames)
+            power = spectrum.abs().pow(2.0)  # (batch, n_fft // 2 + 1, frames)
+            # (batch, frames, bins) @ (bins, num_mel_bins), transposed back: the official (torchaudio) product order
+            mel_power = torch.matmul(power.transpose(-1, -2), mel_filters).transpose(-1, -2)
             log_mel = torch.log(mel_power + self.log_offset)
             return (log_mel - self.spectrogram_mean) / self.spectrogram_std
 
