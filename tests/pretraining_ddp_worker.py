@@ -1,7 +1,8 @@
 """Worker for test_pretraining_model.py::test_two_processes_match_one_process_on_the_concatenated_batch.
 
 Launched by the test with `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo). Every process builds the same
-tiny MatpacForPreTraining and the same full batch and masking noise, takes its own half of the batch, runs two training
+tiny MatpacForPreTraining (of the variant named on the command line) and the same full batch and masking noise, takes
+its own part of the batch (halves, or 3 + 1 clips), runs two training
 steps (forward, backward, update_teachers, SGD step) and saves the gradients of the first step, the center after each
 step and the final teachers to `<out_dir>/rank<i>.pt`.
 
@@ -20,9 +21,9 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_pretraining_model import ddp_reference_setup  # noqa: E402
 
 
-def main(out_dir: str):
+def main(out_dir: str, variant: str):
     accelerator = Accelerator()
-    model, batches, noises = ddp_reference_setup()
+    model, batches, noises, rank0_clips = ddp_reference_setup(variant)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
@@ -30,7 +31,8 @@ def main(out_dir: str):
     rank, world_size = accelerator.process_index, accelerator.num_processes
     record = {"centers": [], "grads": None}
     for step, (batch, noise) in enumerate(zip(batches, noises)):
-        local = slice(rank * batch.shape[0] // world_size, (rank + 1) * batch.shape[0] // world_size)
+        assert world_size == 2
+        local = slice(0, rank0_clips) if rank == 0 else slice(rank0_clips, batch.shape[0])
         outputs = model(batch[local], step=step, noise=noise[local])
         accelerator.backward(outputs.loss)
         unwrapped = accelerator.unwrap_model(model)
@@ -49,4 +51,4 @@ def main(out_dir: str):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

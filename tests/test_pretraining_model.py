@@ -450,13 +450,23 @@ def test_student_only_folder_gives_teachers_copied_from_the_loaded_student(tmp_p
 # --------------------------------------------------------------------------------------------------------- 2 processes
 
 
-def ddp_reference_setup():
-    """Shared by the test and tests/pretraining_ddp_worker.py: a tiny model, 2 batches of 4 clips and their noise."""
+DDP_VARIANTS = {
+    # name: (config overrides, clips of the 4-clip batch given to rank 0; rank 1 gets the rest)
+    "matpac-even": ({}, 2),
+    # MATPAC++, DINO's logits center, and unequal batches (3 + 1): the loss must still be the mean over all tokens
+    "matpac++-logits-uneven": ({"use_mcl": True, "mcl_num_heads": 3, "center_update": "logits"}, 3),
+}
+
+
+def ddp_reference_setup(variant: str = "matpac-even"):
+    """Shared by the test and tests/pretraining_ddp_worker.py: a tiny model, 2 batches of 4 clips, their noise, and
+    how many clips rank 0 takes."""
+    overrides, rank0_clips = DDP_VARIANTS[variant]
     decays = dict(ema_decay_start=0.9, ema_decay_end=0.9, head_ema_decay_start=0.9, head_ema_decay_end=0.9)
-    model = tiny_model(seed=0, **decays)
+    model = tiny_model(seed=0, **decays, **overrides)
     batches = [log_mel(4, 64, seed=10 + step) for step in range(2)]
     noises = [torch.rand(4, 20, generator=torch.Generator().manual_seed(20 + step)) for step in range(2)]
-    return model, batches, noises
+    return model, batches, noises, rank0_clips
 
 
 def _free_port() -> int:
@@ -467,20 +477,21 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
+@pytest.mark.parametrize("variant", sorted(DDP_VARIANTS))
+def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path, variant):
     worker = Path(__file__).with_name("pretraining_ddp_worker.py")
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        str(worker), str(tmp_path),
+        str(worker), str(tmp_path), variant,
     ]  # fmt: skip
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
 
-    model, batches, noises = ddp_reference_setup()
+    model, batches, noises, _ = ddp_reference_setup(variant)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model.train()
     centers = []

@@ -838,7 +838,9 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
     1. `forward(input_values, step=step)`: masking, student, predictor, teacher (no-grad), both losses. In training
        mode (`model.train()`) the forward also updates `center` with this batch's teacher output, averaged over all
        processes with `torch.distributed.all_reduce` when a process group is initialised (every process must run
-       the forward the same number of times, as under DDP). In eval mode the center is left untouched.
+       the forward the same number of times, as under DDP). In eval mode the center is left untouched. The losses
+       are means over the masked tokens of all processes (spec section 4.8): each process's mean is scaled by its
+       share of the tokens, which is exactly 1 when the processes have equal batches.
     2. backward of `outputs.loss`, then `update_teachers(step)` (EMA), then the optimiser step.
 
     Teacher initialisation (`config.teacher_init`): `"independent"` (default, the official code) gives the teacher
@@ -846,9 +848,9 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
     with zero biases, and the teacher head's prototype layer the student's initial one (gain 1, the same direction,
     which keeps `nn.Linear`'s default init: the official xavier re-initialisation does not reach a weight-normed
     layer). `"copy_student"` copies the student encoder blocks + norm and the student head into the teachers
-    (DINO, data2vec). Either way the init never overwrites teacher weights loaded by `from_pretrained`, and a folder
-    holding only a student (e.g. saved from [`MatpacModel`]) gets its teachers initialised from the loaded student
-    with `"copy_student"`.
+    (DINO, data2vec). Either way the init never overwrites teacher weights loaded by `from_pretrained`. Loading a
+    folder that holds only a student (e.g. saved from [`MatpacModel`]) initialises the missing teachers by the same
+    rule: copies of the loaded student with `"copy_student"`, an independent draw with `"independent"`.
     """
 
     def __init__(self, config: MatpacConfig):
@@ -976,6 +978,13 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         Returns the `(encoder_decay, head_decay)` that were applied (`(1.0, 1.0)` at step 0).
         """
         step = _check_step(step)
+        low_precision = sorted({str(p.dtype) for p in self.teacher_encoder.parameters() if p.dtype.itemsize < 4})
+        if low_precision:
+            raise ValueError(
+                f"The teachers are in {', '.join(low_precision)}: an EMA step with decay ~0.99995 moves a weight by "
+                "less than half a unit in the last place, so the teachers would silently stop learning. Keep the model "
+                "in float32 and train under autocast (accelerate's --mixed_precision bf16/fp16) instead of casting it."
+            )
         if step == 0:
             return 1.0, 1.0
         encoder_decay, head_decay = ema_decays_at(self.config, step)
@@ -984,17 +993,27 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         return encoder_decay, head_decay
 
     @torch.no_grad()
-    def _update_center(self, teacher_output: torch.Tensor):
-        """`center <- m * center + (1 - m) * mean(teacher_output)` over batch and tokens of all processes."""
+    def _update_center(self, teacher_output: torch.Tensor) -> float:
+        """`center <- m * center + (1 - m) * mean(teacher_output)` over batch and tokens of all processes.
+
+        Returns the factor `world_size * local_tokens / global_tokens` that turns this process's token mean into its
+        share of the mean over all processes' tokens (1.0 when the processes have equal batches, or without a process
+        group): DDP averages the gradients of the processes, so scaling each local mean by it makes the gradient that
+        of the global token mean (method spec, section 4.8), as fairseq's sum / total sample size does."""
         teacher_output = teacher_output.float().reshape(-1, teacher_output.shape[-1])  # (tokens, num_prototypes)
+        num_local_tokens = teacher_output.shape[0]
         total = torch.cat(
-            [teacher_output.sum(0), teacher_output.new_tensor([teacher_output.shape[0]])]
+            [teacher_output.sum(0), teacher_output.new_tensor([num_local_tokens])]
         )  # (num_prototypes + 1,): sum, then count
+        world_size = 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(total)
-        batch_mean = total[:-1] / total[-1]
+            world_size = torch.distributed.get_world_size()
+        num_global_tokens = total[-1]
+        batch_mean = total[:-1] / num_global_tokens
         momentum = self.config.center_momentum
         self.center.copy_(self.center * momentum + batch_mean.view_as(self.center) * (1 - momentum))
+        return world_size * num_local_tokens / num_global_tokens.item()
 
     # -- masking ------------------------------------------------------------------------------------------------------
     def _check_pretraining_inputs(self, input_values) -> int:
@@ -1135,11 +1154,14 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
             teacher_probs = torch.softmax((teacher_logits - self.center) / teacher_temperature, dim=-1)
         student_log_probs = torch.log_softmax(student_logits / config.student_temperature, dim=-1)
         classification_losses = -(teacher_probs * student_log_probs).sum(-1)  # (B, M)
+        share_of_global_mean = 1.0  # see `_update_center`: 1.0 unless distributed processes have unequal batches
         if self.training:
-            self._update_center(teacher_probs if config.center_update == "probabilities" else teacher_logits)
+            share_of_global_mean = self._update_center(
+                teacher_probs if config.center_update == "probabilities" else teacher_logits
+            )
 
-        prediction_loss = prediction_losses.mean()
-        classification_loss = classification_losses.mean()
+        prediction_loss = prediction_losses.mean() * share_of_global_mean
+        classification_loss = classification_losses.mean() * share_of_global_mean
         loss = (
             config.prediction_loss_weight * prediction_loss + config.classification_loss_weight * classification_loss
         )
