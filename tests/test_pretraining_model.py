@@ -137,6 +137,12 @@ def test_teachers_get_no_gradient_and_are_not_trainable():
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
+def test_update_teachers_refuses_low_precision_teachers():
+    model = tiny_model().to(torch.bfloat16)
+    with pytest.raises(ValueError, match="torch.bfloat16.*Keep the model in float32"):
+        model.update_teachers(5)
+
+
 def test_teacher_init_independent_and_copy_student():
     model = tiny_model(teacher_init="independent")
     student_fc1 = model.matpac.encoder.layers[0].mlp.fc1.weight
@@ -297,6 +303,10 @@ def test_mcl_soft_winner_takes_all_then_hard_minimum():
         torch.arange(2)[:, None], torch.arange(14)[None, :], best
     ])
     assert 0 < weights.max(-1).values.mean() < 1  # soft: not one-hot at this temperature
+    # the classification loss reaches each token's best candidate only (not detached, as officially)
+    grad_classification = torch.autograd.grad(outputs.classification_loss, outputs.candidate_predictions)[0]
+    reached = grad_classification.abs().sum(-1) > 0  # (B, M, K)
+    assert torch.equal(reached, torch.nn.functional.one_hot(best, 5).bool())
 
     outputs, losses = _mcl_hand_losses(model, values, 300_000, noise)  # T < 1e-4: hard minimum
     torch.testing.assert_close(outputs.prediction_loss, losses.min(-1).values.mean())
