@@ -274,7 +274,7 @@ class Decoder(nn.Module):
     """The M2D predictor with the official names `decoder_embed`, `mask_token`, `decoder_pos_embed`,
     `decoder_blocks`, `decoder_norm`, `decoder_pred`."""
 
-    def __init__(self, embed_dim, decoder_dim, depth, num_heads, grid, mlp_ratio=4.0, use_pred=True):
+    def __init__(self, embed_dim, decoder_dim, depth, num_heads, grid, mlp_ratio=4.0):
         super().__init__()
         self.decoder_embed = nn.Linear(embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
@@ -282,8 +282,7 @@ class Decoder(nn.Module):
         self.decoder_pos_embed = nn.Parameter(torch.from_numpy(table).float()[None], requires_grad=False)
         self.decoder_blocks = nn.ModuleList([Block(decoder_dim, num_heads, mlp_ratio) for _ in range(depth)])
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
-        if use_pred:
-            self.decoder_pred = nn.Linear(decoder_dim, embed_dim)
+        self.decoder_pred = nn.Linear(decoder_dim, embed_dim)
 
 
 class MclHeads(nn.Module):
@@ -321,7 +320,8 @@ class OfficialTrainingModel(OfficialMatpac):
     def __init__(self, embed_dim=64, depth=2, num_heads=4, decoder_dim=32, decoder_depth=2, decoder_heads=2,
                  head_hidden=48, head_bottleneck=16, head_out=40, mcl_heads=0, n_t=608):  # fmt: skip
         super().__init__(embed_dim=embed_dim, depth=depth, num_heads=num_heads, n_t=n_t)
-        self.decoder = Decoder(embed_dim, decoder_dim, decoder_depth, decoder_heads, self.grid, use_pred=not mcl_heads)
+        # the official decoder always has `decoder_pred`, also in MATPAC++ (where the K heads replace it)
+        self.decoder = Decoder(embed_dim, decoder_dim, decoder_depth, decoder_heads, self.grid)
         if mcl_heads:
             self.mcl_heads = MclHeads(decoder_dim, embed_dim, mcl_heads)
         self.cls_student_head = ClsHead(embed_dim, head_hidden, head_bottleneck, head_out)
@@ -335,7 +335,16 @@ class OfficialTrainingModel(OfficialMatpac):
         model_state["_cls_head_ema"] = dict(self.teacher_head[0].state_dict())
         return {
             "model": model_state,
-            "cfg": {"model": {"_name": "matpac", "mask_ratio": 0.7}, "optimization": {"max_update": 100}},
+            "cfg": {  # the official configuration's layout (an omegaconf DictConfig in real files; a dict here)
+                "model": {
+                    "_name": "matpac", "mask_ratio": 0.7, "ema_decay": 0.9995, "ema_end_decay": 0.9999,
+                    "n_t": "${task.max_sample_size}",
+                    "cls_head_cfg": {"ema_decay": 0.99, "warmup_n_steps": 20, "head_dim_out": 40},
+                    "mcl_heads": {"n_head": 3, "temperature_start": 0.2, "temperature_end": 0.001, "decay_rate": 0.9},
+                },
+                "optimization": {"max_update": 100, "clip_norm": 3.0},
+                "criterion": {"_name": "model", "loss_weights": {"loss_cls": 0.5, "loss_pred": 0.5}},
+            },
             "optimizer_history": [{"criterion_name": "ModelCriterion", "num_updates": 100}],
             "extra_state": {"epoch": 3},
             "last_optimizer_state": {"state": {}, "param_groups": []},

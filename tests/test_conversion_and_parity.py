@@ -7,6 +7,7 @@ release-layout checkpoint) and the official "precise" forward. Random weights, o
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,8 +219,27 @@ def test_audioset_finetuned_checkpoint(tmp_path):
     convert_checkpoint(checkpoint, tmp_path / "hf", num_attention_heads=4, label_file=labels)
     model = AutoModelForAudioClassification.from_pretrained(tmp_path / "hf").eval()
     assert model.config.max_frames == 992 and model.config.classifier_pooling == "mean"
-    assert model.config.id2label == {0: "Speech", 1: "Music", 2: "Dog", 3: "Rain"}
-    assert model.config.label2id["Dog"] == 2
+    # the official code numbers the AudioSet head's classes by sorted 'mid'; AudioSet is multi-label (sigmoid)
+    assert model.config.id2label == {0: "Music", 1: "Speech", 2: "Rain", 3: "Dog"}
+    assert model.config.label2id["Dog"] == 3
+    assert model.config.problem_type == "multi_label_classification"
+    convert_checkpoint(checkpoint, tmp_path / "by_index", num_attention_heads=4, label_file=labels,
+                       label_sort_column="index")  # fmt: skip
+    by_index = AutoModelForAudioClassification.from_pretrained(tmp_path / "by_index")
+    assert by_index.config.id2label == {0: "Speech", 1: "Music", 2: "Dog", 3: "Rain"}
+
+    from transformers import pipeline
+
+    import matpac_hf  # noqa: F401  (registers the pipeline's model classes)
+
+    classifier = pipeline("audio-classification", model=str(tmp_path / "hf"))
+    scores = classifier(make_audio(2.0), top_k=4)
+    assert sum(item["score"] for item in scores) != pytest.approx(1.0, abs=1e-3)  # independent sigmoids
+    with torch.no_grad():
+        logits = model(**classifier.feature_extractor(make_audio(2.0), sampling_rate=SR, return_tensors="pt")).logits
+    expected = {model.config.id2label[i]: p for i, p in enumerate(torch.sigmoid(logits)[0].tolist())}
+    for item in scores:
+        assert item["score"] == pytest.approx(expected[item["label"]], abs=1e-5)
 
     log_mel = torch.from_numpy(reference_log_mel(make_audio(13.7))).float()[None]  # 1368 frames: 2 chunks of 992
     with torch.no_grad():
@@ -244,6 +264,7 @@ def test_probe_checkpoint(tmp_path):
     model = AutoModelForAudioClassification.from_pretrained(tmp_path / "hf").eval()
     assert model.config.classifier_pooling == "concat"
     assert model.config.id2label == {0: "dog", 1: "crow", 2: "rain"}
+    assert model.config.problem_type == "single_label_classification"  # ESC-50: one class per clip
     log_mel = torch.from_numpy(reference_log_mel(make_audio(3.3))).float()[None]
     with torch.no_grad():
         assert (model(log_mel).logits - reference.probe_logits(log_mel)).abs().max() < TOLERANCE
@@ -252,6 +273,18 @@ def test_probe_checkpoint(tmp_path):
         (tmp_path / "two.txt").write_text("a\nb\n")
         convert_checkpoint(tmp_path / "encoder.pt", tmp_path / "x", probe_path=tmp_path / "esc50.pth",
                            label_file=tmp_path / "two.txt", num_attention_heads=4)  # fmt: skip
+
+    # a multi-label task's probe (named as released) gets sigmoid scores; --problem_type overrides the guess
+    shutil.copy(tmp_path / "esc50.pth", tmp_path / "fsd50k.pth")
+    for problem_type, expected in ((None, "multi_label_classification"),
+                                   ("single_label_classification", "single_label_classification")):
+        folder = tmp_path / f"fsd50k-{problem_type}"
+        convert_checkpoint(tmp_path / "encoder.pt", folder, probe_path=tmp_path / "fsd50k.pth", num_attention_heads=4,
+                           problem_type=problem_type)  # fmt: skip
+        assert AutoModelForAudioClassification.from_pretrained(folder).config.problem_type == expected
+    with pytest.raises(CheckpointError, match="only apply to a classifier"):
+        convert_checkpoint(tmp_path / "encoder.pt", tmp_path / "y", problem_type="multi_label_classification",
+                           num_attention_heads=4)  # fmt: skip
 
 
 @pytest.mark.parametrize("mcl_heads", [0, 3])
@@ -273,6 +306,14 @@ def test_fairseq_training_checkpoint(tmp_path, caplog, mcl_heads):
                        num_attention_heads=4, decoder_num_attention_heads=2)  # fmt: skip
     model = AutoModelForPreTraining.from_pretrained(tmp_path / "pretraining").eval()
     assert model.config.use_mcl == bool(mcl_heads)
+    if mcl_heads:  # the official decoder's unused single projection is reported, not converted
+        assert "Not converted: decoder.decoder_pred.bias, decoder.decoder_pred.weight" in caplog.text
+    # schedules read from the fairseq cfg
+    config = model.config
+    assert (config.total_steps, config.teacher_temperature_warmup_steps) == (100, 20)
+    assert (config.ema_decay_start, config.ema_decay_end, config.head_ema_decay_start) == (0.9995, 0.9999, 0.99)
+    assert (config.mcl_temperature_start, config.mcl_temperature_min, config.mcl_temperature_decay) == (0.2, 1e-3, 0.9)
+    assert config.head_ema_decay_end == 1.0  # not in this cfg: the official default
     assert (model.config.decoder_hidden_size, model.config.head_num_prototypes) == (32, 40)
     teacher_encoder, teacher_head = reference.teacher_encoder[0], reference.teacher_head[0]
     with torch.no_grad():
@@ -363,3 +404,12 @@ def test_label_files(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps({"0": "a", "2": "b"}))
     with pytest.raises(ValueError, match="indices must be exactly 0..1"):
         read_labels(tmp_path / "d.json")
+    # no header: `index,name` rows (the official fsd50k_mapping.csv); indices compared as numbers
+    rows = [f"{i},class{i}" for i in (10, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9)]
+    (tmp_path / "e.csv").write_text("\n".join(rows) + "\n")
+    assert read_labels(tmp_path / "e.csv") == [f"class{i}" for i in range(11)]
+    (tmp_path / "f.csv").write_text("index,display_name\n" + "\n".join(rows) + "\n")
+    assert read_labels(tmp_path / "f.csv") == [f"class{i}" for i in range(11)]
+    (tmp_path / "g.txt").write_text("a\nb\na\n")
+    with pytest.raises(ValueError, match="must be unique.*repeated: \\['a'\\]"):
+        read_labels(tmp_path / "g.txt")

@@ -45,6 +45,9 @@ from .modeling_matpac import MatpacForAudioClassification, MatpacModel, build_2d
 logger = logging.getLogger("matpac_hf.convert")
 
 MODEL_TYPES = ("auto", "encoder", "pretraining", "audio_classification")
+CLASSIFIER_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
+# Probe file names (as released) of multi-label tasks: sigmoid scores, not softmax.
+MULTI_LABEL_PROBE_NAMES = ("fsd50k", "openmic", "mtg", "mtt", "magnatagatune")
 
 # Entries fairseq writes beside `model` in a training checkpoint.
 FAIRSEQ_ENTRIES = {
@@ -107,7 +110,8 @@ def load_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> di
     Returns a dict with:
         `state`: flat `{name: tensor}` of the model (the fairseq `model` entry, or the file itself);
         `teacher_encoder`: the `_ema` nested dict or `None`; `teacher_head`: the `_cls_head_ema` dict or `None`;
-        `layout`: `"state_dict"` or `"fairseq"`.
+        `layout`: `"state_dict"` or `"fairseq"`; `cfg`: the fairseq `cfg` entry (a dict, or an omegaconf
+        `DictConfig` when loaded with `trust_pickle`) or `None`.
 
     Raises `CheckpointError` for a file that is not a dict of tensors in a known wrapper.
     """
@@ -132,7 +136,7 @@ def load_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> di
             "to tensors (an official MATPAC release), or a fairseq training checkpoint with the state under 'model'."
         )
 
-    layout = "state_dict"
+    layout, fairseq_cfg = "state_dict", None
     if isinstance(checkpoint.get("model"), dict):
         others = set(checkpoint) - {"model"}
         unknown = others - FAIRSEQ_ENTRIES
@@ -141,6 +145,7 @@ def load_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> di
                 f"{path} wraps a state under 'model' beside unknown entries {sorted(unknown)}. Known wrapper: a "
                 f"fairseq training checkpoint ('model' beside {sorted(FAIRSEQ_ENTRIES)})."
             )
+        fairseq_cfg = checkpoint.get("cfg")
         checkpoint = checkpoint["model"]
         layout = "fairseq"
 
@@ -165,7 +170,13 @@ def load_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> di
             f"{path} holds no MATPAC encoder weights: none of the key families {list(ENCODER_KEYS)} was found. "
             f"Keys found: {_describe_keys(state) or '(none)'}."
         )
-    return {"state": state, "teacher_encoder": teacher_encoder, "teacher_head": teacher_head, "layout": layout}
+    return {
+        "state": state,
+        "teacher_encoder": teacher_encoder,
+        "teacher_head": teacher_head,
+        "layout": layout,
+        "cfg": fairseq_cfg,
+    }
 
 
 def load_probe(path: str | Path) -> dict[str, torch.Tensor]:
@@ -358,7 +369,11 @@ def map_pretraining(state: dict) -> dict[str, str]:
     mapping = map_encoder(state, prefix="matpac.")
     mapping.update(map_blocks(state, f"{TEACHER_ENCODER_KEY}.", "teacher_encoder."))
     mapping.update(map_blocks(state, "decoder.decoder_", "predictor.", norm=("norm", "decoder_norm")))
-    for name in ("decoder_embed.weight", "decoder_embed.bias", "decoder_pred.weight", "decoder_pred.bias"):
+    # MATPAC++ files keep the (unused) single `decoder_pred` beside the K heads: the official decoder always builds it.
+    names = ["decoder_embed.weight", "decoder_embed.bias"]
+    if not _has_family(state, ("mcl_heads.",)):
+        names += ["decoder_pred.weight", "decoder_pred.bias"]
+    for name in names:
         if f"decoder.{name}" in state:
             mapping[f"decoder.{name}"] = f"predictor.{name}"
     if "decoder.mask_token" in state:
@@ -372,6 +387,48 @@ def map_pretraining(state: dict) -> dict[str, str]:
     if "cls_head_loss.center" in state:
         mapping["cls_head_loss.center"] = "center"
     return mapping
+
+
+# Training hyper-parameters that tensor shapes cannot show: fairseq `cfg` entry -> MatpacConfig field (first found
+# wins; `model.ema_anneal_end_step` defaults to `optimization.max_update` in the official configuration).
+FAIRSEQ_CFG_FIELDS = (
+    ("model.ema_anneal_end_step", "total_steps"),
+    ("optimization.max_update", "total_steps"),
+    ("model.mask_ratio", "mask_ratio"),
+    ("model.ema_decay", "ema_decay_start"),
+    ("model.ema_end_decay", "ema_decay_end"),
+    ("model.cls_head_cfg.ema_decay", "head_ema_decay_start"),
+    ("model.cls_head_cfg.ema_end_decay", "head_ema_decay_end"),
+    ("model.cls_head_cfg.warmup_teacher_temp", "teacher_temperature_start"),
+    ("model.cls_head_cfg.teacher_temp", "teacher_temperature_end"),
+    ("model.cls_head_cfg.warmup_n_steps", "teacher_temperature_warmup_steps"),
+    ("model.mcl_heads.temperature_start", "mcl_temperature_start"),
+    ("model.mcl_heads.temperature_end", "mcl_temperature_min"),
+    ("model.mcl_heads.decay_rate", "mcl_temperature_decay"),
+    ("criterion.loss_weights.loss_pred", "prediction_loss_weight"),
+    ("criterion.loss_weights.loss_cls", "classification_loss_weight"),
+)
+_INTEGER_FIELDS = ("total_steps", "teacher_temperature_warmup_steps")
+
+
+def config_from_fairseq_cfg(cfg) -> dict:
+    """MatpacConfig fields read from a fairseq `cfg` (plain dict or omegaconf `DictConfig`): run length, masking,
+    EMA decays, temperatures, MATPAC++ schedule and loss weights. Entries that are absent, unresolvable or not numbers
+    are left to the defaults."""
+    fields = {}
+    for dotted, field_name in FAIRSEQ_CFG_FIELDS:
+        if field_name in fields:
+            continue
+        node = cfg
+        for part in dotted.split("."):
+            try:
+                node = node[part]
+            except Exception:  # noqa: BLE001 - missing key, unresolvable interpolation, not a mapping
+                node = None
+                break
+        if isinstance(node, (int, float)) and not isinstance(node, bool):
+            fields[field_name] = int(node) if field_name in _INTEGER_FIELDS else float(node)
+    return fields
 
 
 def infer_pretraining_sizes(state: dict, hidden_size: int, decoder_num_attention_heads: int | None = None) -> dict:
@@ -418,16 +475,19 @@ def read_labels(path: str | Path, sort_column: str | None = None) -> list[str]:
 
     * `.json`: `{index: name}`, `{name: index}` or a list of names;
     * `.csv` with a header holding `display_name` (or `name` / `label`): ordered by an `index` column when there is
-      one, else by row; `sort_column` (e.g. `mid`) sorts the rows by that column instead (the official AudioSet head
-      orders its 527 classes by sorting its CSV by `mid`);
+      one, else by row; `sort_column` (e.g. `mid`) sorts the rows by that column instead (numerically when it holds
+      integers; the official AudioSet head orders its 527 classes by sorting its CSV by `mid`);
+    * `.csv` without a header: `index,name` rows (the official `fsd50k_mapping.csv`);
     * anything else: one name per line.
+
+    Names must be unique (`label2id` maps them back to ids).
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         data = json.loads(text)
         if isinstance(data, list):
-            return [str(name) for name in data]
+            return _unique_labels(path, [str(name) for name in data])
         if not isinstance(data, dict) or not data:
             raise ValueError(f"{path}: expected a JSON list of names or a dict {{index: name}} / {{name: index}}.")
         if all(str(key).lstrip("-").isdigit() for key in data):
@@ -436,35 +496,59 @@ def read_labels(path: str | Path, sort_column: str | None = None) -> list[str]:
             index_to_name = {value: str(key) for key, value in data.items()}
         else:
             raise ValueError(f"{path}: a JSON dict must map indices to names or names to integer indices.")
-        if sorted(index_to_name) != list(range(len(index_to_name))):
-            raise ValueError(f"{path}: label indices must be exactly 0..{len(index_to_name) - 1}.")
-        return [index_to_name[i] for i in range(len(index_to_name))]
+        return _unique_labels(path, _names_by_index(path, index_to_name))
     if path.suffix.lower() == ".csv":
+        table = [row for row in csv.reader(text.splitlines()) if row]
+        if table and len(table[0]) >= 2 and table[0][0].strip().isdigit():  # no header: `index,name` rows
+            return _unique_labels(path, _names_by_index(path, {int(row[0]): row[1] for row in table}))
         rows = list(csv.DictReader(text.splitlines()))
         columns = rows[0].keys() if rows else []
         name_column = next((c for c in ("display_name", "name", "label") if c in columns), None)
         if name_column is None:
             raise ValueError(
-                f"{path}: the CSV needs a 'display_name' (or 'name' / 'label') column; found {list(columns)}."
+                f"{path}: the CSV needs a header with a 'display_name' (or 'name' / 'label') column, or no header and "
+                f"'index,name' rows; found {list(columns)}."
             )
+        sort_column = sort_column or ("index" if "index" in columns else None)
         if sort_column is not None:
             if sort_column not in columns:
                 raise ValueError(f"{path}: no column {sort_column!r} to sort by; found {list(columns)}.")
-            rows = sorted(rows, key=lambda row: row[sort_column])
-        elif "index" in columns:
-            rows = sorted(rows, key=lambda row: int(row["index"]))
-        return [row[name_column] for row in rows]
+            values = [row[sort_column] for row in rows]
+            numeric = all(value.strip().lstrip("-").isdigit() for value in values)
+            rows = sorted(rows, key=lambda row: int(row[sort_column]) if numeric else row[sort_column])
+        return _unique_labels(path, [row[name_column] for row in rows])
     lines = text.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     if any(not line.strip() for line in lines):
         raise ValueError(f"{path}: empty line inside the label list (one label per line expected).")
-    return [line.strip() for line in lines]
+    return _unique_labels(path, [line.strip() for line in lines])
+
+
+def _names_by_index(path: Path, index_to_name: dict[int, str]) -> list[str]:
+    if sorted(index_to_name) != list(range(len(index_to_name))):
+        raise ValueError(f"{path}: label indices must be exactly 0..{len(index_to_name) - 1}.")
+    return [index_to_name[i] for i in range(len(index_to_name))]
+
+
+def _unique_labels(path: Path, names: list[str]) -> list[str]:
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{path}: label names must be unique (label2id maps names to ids); repeated: {duplicates}.")
+    return names
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Conversion
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def _csv_header(path: str | Path) -> set[str]:
+    """Column names of a CSV label file's first row (empty for other files)."""
+    if Path(path).suffix.lower() != ".csv":
+        return set()
+    with open(path, encoding="utf-8") as handle:
+        return {name.strip() for name in next(csv.reader(handle), [])}
 
 
 def _resolve_model_type(model_type: str, parts: dict, probe: dict | None) -> str:
@@ -522,6 +606,7 @@ def convert_checkpoint(
     decoder_num_attention_heads: int | None = None,
     max_frames: int | None = None,
     trust_pickle: bool = False,
+    problem_type: str | None = None,
 ):
     """Converts one official checkpoint into `output_dir`; returns the converted model (in eval mode).
 
@@ -529,6 +614,8 @@ def convert_checkpoint(
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}.")
+    if problem_type not in (None, *CLASSIFIER_PROBLEM_TYPES):
+        raise ValueError(f"problem_type must be one of {CLASSIFIER_PROBLEM_TYPES}, got {problem_type!r}.")
     parts = load_official_checkpoint(checkpoint_path, trust_pickle=trust_pickle)
     state = dict(parts["state"])
     probe = load_probe(probe_path) if probe_path is not None else None
@@ -537,6 +624,13 @@ def convert_checkpoint(
         "Read %s (%s layout, %d tensors); converting to %s.", checkpoint_path, parts["layout"], len(state), model_type
     )
 
+    audioset_head = model_type == "audio_classification" and probe is None
+    if audioset_head and label_file is not None and label_sort_column is None and _csv_header(label_file) >= {"mid"}:
+        label_sort_column = "mid"
+        logger.warning(
+            "%s has a 'mid' column: numbering the AudioSet classes by sorted 'mid', as the official code does for this "
+            "head (pass --label_sort_column index to keep the file's own order).", label_file,
+        )  # fmt: skip
     labels = read_labels(label_file, label_sort_column) if label_file is not None else None
     extra = {}
     if model_type == "audio_classification":
@@ -555,13 +649,24 @@ def convert_checkpoint(
                 f"{label_file} lists {len(labels)} labels but the classifier has {num_labels} outputs."
             )
         names = labels or [f"LABEL_{i}" for i in range(num_labels)]
+        if problem_type is None:
+            # AudioSet is multi-label; so are the official probes of FSD50K, OpenMIC and the MTG-Jamendo / MagnaTagATune
+            # tag sets, which the official code recognises by their file names
+            multi_label = audioset_head or any(
+                task in Path(probe_path).name.lower() for task in MULTI_LABEL_PROBE_NAMES
+            )
+            problem_type = "multi_label_classification" if multi_label else "single_label_classification"
+            logger.info("problem_type=%s (pass --problem_type to choose)", problem_type)
         extra = dict(
+            problem_type=problem_type,
             classifier_pooling=pooling,
             id2label=dict(enumerate(names)),
             label2id={name: i for i, name in enumerate(names)},
         )
-    elif labels is not None:
-        raise CheckpointError("--label_file only applies to a classifier (AudioSet head or --probe_path).")
+    elif labels is not None or problem_type is not None:
+        raise CheckpointError(
+            "--label_file and --problem_type only apply to a classifier (AudioSet head or --probe_path)."
+        )
 
     if model_type == "pretraining":
         for nested_key in (TEACHER_ENCODER_KEY, TEACHER_HEAD_KEY):
@@ -573,10 +678,14 @@ def convert_checkpoint(
             state.update({f"{nested_key}.{k}": v for k, v in parts[_PARTS_KEY[nested_key]].items()})
         hidden_size = int(_require(state, "patch_embed.proj.weight", "patch embedding").shape[0])
         extra = infer_pretraining_sizes(state, hidden_size, decoder_num_attention_heads)
-        if parts["layout"] == "fairseq":
-            logger.info(
-                "The fairseq 'cfg' is not read: schedule hyper-parameters (temperatures, EMA decays, total_steps) in "
-                "config.json are the official defaults; set them in the config before resuming training."
+        from_cfg = config_from_fairseq_cfg(parts["cfg"]) if parts["cfg"] is not None else {}
+        extra.update(from_cfg)
+        if from_cfg:
+            logger.info("From the fairseq 'cfg': %s", ", ".join(f"{k}={v}" for k, v in sorted(from_cfg.items())))
+        else:
+            logger.warning(
+                "No training hyper-parameters found in the checkpoint's 'cfg': the schedules in config.json "
+                "(total_steps, temperatures, EMA decays) are the official defaults; set them before resuming training."
             )
 
     config = infer_config(state, num_mel_bins, num_attention_heads, max_frames, **extra)
@@ -653,6 +762,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "or {name: index}, or CSV with a display_name column.")  # fmt: skip
     parser.add_argument("--label_sort_column", help="CSV only: sort the rows by this column before numbering them "
                         "(the official AudioSet head numbers its classes by sorting by 'mid').")  # fmt: skip
+    parser.add_argument("--problem_type", choices=CLASSIFIER_PROBLEM_TYPES, help="Classifier only: softmax "
+                        "(single-label) or sigmoid (multi-label) scores. Default: multi-label for the AudioSet head "
+                        "and for probes named after FSD50K, OpenMIC, MTG-Jamendo or MagnaTagATune, else single-label.")
     parser.add_argument("--num_mel_bins", type=int, default=80, help="Mel bands of the input (not visible in the "
                         "weights; fixes the frequency patch rows). Default 80.")  # fmt: skip
     parser.add_argument("--num_attention_heads", type=int, help="Encoder heads (not visible in the weights). "
@@ -686,6 +798,7 @@ def main(argv=None):
             decoder_num_attention_heads=args.decoder_num_attention_heads,
             max_frames=args.max_frames,
             trust_pickle=args.trust_pickle,
+            problem_type=args.problem_type,
         )
     except (CheckpointError, ValueError) as error:
         logger.error("%s", error)
