@@ -15,19 +15,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_pretraining_learns import train  # noqa: E402
 
 
-STEPS, BATCH_SIZE = 120, 16
+STEPS, BATCH_SIZE = 300, 16
 
 
 @pytest.mark.slow
-def test_prediction_loss_falls_without_collapse():
+@pytest.mark.parametrize("use_mcl", [False, True], ids=["matpac", "matpac++"])
+def test_prediction_loss_falls_without_collapse(use_mcl):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls: one thread is fastest, and robust on a busy 2-core machine
     try:
-        rows = train(steps=STEPS, batch_size=BATCH_SIZE, log_every=STEPS // 4)
+        rows = train(steps=STEPS, batch_size=BATCH_SIZE, log_every=STEPS // 6, use_mcl=use_mcl)
     finally:
         torch.set_num_threads(threads)
+    # measured (300 steps, batch 16): prediction loss 1.98 -> 0.45 (MATPAC++ 1.82 -> 0.43), classification loss
+    # 5.66 -> 2.91, target std 0.105 -> 0.104, perplexity ~27 (MATPAC++ ~37) of 64 prototypes, 21-30 distinct teacher
+    # classes per batch, student/teacher agreement 0.01 -> 0.45-0.49
     first, last = rows[0], rows[-1]
-    assert last["prediction_loss"] < 0.6 * first["prediction_loss"], rows
-    assert last["target_std"] > 0.5 * first["target_std"], rows
-    assert last["teacher_perplexity"] > 4.0, rows
-    assert last["num_teacher_classes"] >= 4, rows
+    assert last["prediction_loss"] < 0.35 * first["prediction_loss"], rows
+    assert last["classification_loss"] < 0.7 * first["classification_loss"], rows
+    assert last["target_std"] > 0.8 * first["target_std"], rows
+    assert last["teacher_perplexity"] > 16.0, rows
+    assert last["num_teacher_classes"] >= 12, rows
+    assert last["student_teacher_agreement"] > 0.3 > first["student_teacher_agreement"], rows
