@@ -30,6 +30,7 @@ import io
 import logging
 import os
 import random
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,10 +83,14 @@ class DataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration name of the dataset."})
     train_file: str | None = field(
         default=None,
-        metadata={"help": "CSV or JSON-lines file listing training clips (audio path column + label column)."},
+        metadata={
+            "help": "CSV or JSON-lines file listing training clips (audio path column + label column). Alternative "
+            "to --dataset_name."
+        },
     )
     validation_file: str | None = field(
-        default=None, metadata={"help": "CSV or JSON-lines file listing validation clips (same columns)."}
+        default=None,
+        metadata={"help": "CSV or JSON-lines file listing validation clips (same columns); needs --train_file."},
     )
     audio_column_name: str = field(default="audio", metadata={"help": "Column holding the audio (or its path)."})
     label_column_name: str = field(
@@ -107,7 +112,8 @@ class DataArguments:
         default=0.15,
         metadata={
             "help": "Fraction of the training split held out for evaluation when the dataset has no evaluation "
-            "split (stratified by class for single-label data). Ignored when the evaluation split exists."
+            "split (stratified by class for single-label data when every class has enough clips, else random with "
+            "a warning). Ignored when the evaluation split exists."
         },
     )
     max_length_seconds: float = field(
@@ -141,6 +147,18 @@ class DataArguments:
     aug_background_p: float = field(default=0.5, metadata={"help": "Probability of mixing a background noise."})
     aug_background_snr_db: str = field(default="3,30", metadata={"help": "SNR range in dB of the background mix."})
 
+    def __post_init__(self):
+        if self.train_file is not None and self.dataset_name is not None:
+            raise ValueError(
+                f"Give the data either with --dataset_name ({self.dataset_name}) or with --train_file "
+                f"({self.train_file}), not both."
+            )
+        if self.validation_file is not None and self.train_file is None:
+            raise ValueError(
+                f"--validation_file ({self.validation_file}) needs --train_file: give the training clips as a CSV / "
+                "JSON-lines file too (with --dataset_name, the evaluation split is chosen with --eval_split_name)."
+            )
+
 
 @dataclass
 class ModelArguments:
@@ -161,25 +179,34 @@ class ModelArguments:
     feature_extractor_name: str | None = field(
         default=None,
         metadata={
-            "help": "Feature extractor to use (defaults to the checkpoint's, or one built from the config's audio "
-            "front-end fields)."
+            "help": "Feature extractor to use: a folder or Hub id with a preprocessor_config.json (defaults to the "
+            "checkpoint's, or, when it has none, one built from the config's audio front-end fields)."
         },
     )
     classifier_pooling: str | None = field(
         default=None,
         metadata={
-            "help": "'concat' = linear layer on the 3840-d clip embedding (official probes); 'mean' = mean of the "
-            "768-d tokens + BatchNorm + linear (official AudioSet fine-tuning). Defaults to the checkpoint's."
+            "help": "'concat' = linear layer on the clip embedding (3840-d for ViT-B; official probes); 'mean' = "
+            "mean of the tokens (768-d for ViT-B) + BatchNorm + linear (official AudioSet fine-tuning). Defaults to "
+            "the checkpoint's."
         },
     )
     classifier_dropout: float | None = field(default=None, metadata={"help": "Dropout before the linear classifier."})
-    freeze_encoder: bool = field(
-        default=False, metadata={"help": "Train only the classifier (linear probe) instead of the whole model."}
+    freeze_encoder: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Train only the classifier (linear probe): --freeze_encoder (or True). --freeze_encoder False "
+            "fine-tunes the whole model, also from a checkpoint saved frozen. Not given: the checkpoint's setting "
+            "(whole model for an encoder checkpoint).",
+            "nargs": "?",  # a bare --freeze_encoder means True; HfArgumentParser only adds this for a non-None default
+            "const": True,
+        },
     )
     ignore_mismatched_sizes: bool = field(
         default=False,
         metadata={
-            "help": "Re-initialise a checkpoint's classifier whose number of classes differs from the dataset's."
+            "help": "Re-initialise the classifier of a classifier checkpoint whose number of classes differs from "
+            "the dataset's."
         },
     )
     early_stopping_patience: int = field(
@@ -214,6 +241,27 @@ class AudioClassificationTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Must stay False: the audio column is decoded on the fly by this script's transforms."},
     )
+
+
+def load_feature_extractor(model_args: ModelArguments, config: MatpacConfig):
+    """--feature_extractor_name (must load), else the checkpoint's, else one built from the config's front end."""
+    kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}
+    if model_args.feature_extractor_name is not None:
+        try:
+            return AutoFeatureExtractor.from_pretrained(model_args.feature_extractor_name, **kwargs)
+        except (OSError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"--feature_extractor_name {model_args.feature_extractor_name!r} could not be loaded ({error}). Give "
+                "a folder or Hub id holding a preprocessor_config.json, or leave the flag out to use the checkpoint's "
+                "feature extractor."
+            ) from error
+    if model_args.model_name_or_path is not None:
+        try:
+            return AutoFeatureExtractor.from_pretrained(model_args.model_name_or_path, **kwargs)
+        except OSError:  # the checkpoint has no preprocessor_config.json
+            pass
+    logger.info("No preprocessor_config.json: building the feature extractor from the model config's front end.")
+    return MatpacFeatureExtractor.from_model_config(config)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -279,7 +327,7 @@ def load_listing_files(data_args: DataArguments, cache_dir: str | None) -> Datas
 
 
 def load_raw_datasets(data_args: DataArguments, model_args: ModelArguments) -> DatasetDict:
-    if data_args.train_file is not None:
+    if data_args.train_file is not None:  # DataArguments refuses --train_file together with --dataset_name
         return load_listing_files(data_args, model_args.cache_dir)
     if data_args.dataset_name is None:
         raise ValueError("Give the data with --dataset_name (Hub id or local folder) or --train_file (CSV / JSON).")
@@ -320,11 +368,29 @@ def select_splits(raw_datasets: DatasetDict, data_args: DataArguments, seed: int
             "or --train_val_split to a fraction in (0, 1)."
         )
     label_feature = train.features[data_args.label_column_name]
-    stratify = data_args.label_column_name if isinstance(label_feature, ClassLabel) else None
+    stratify = None  # multi-label data (lists, or --label_separator) is held out at random
+    if data_args.label_separator is None and isinstance(label_feature, ClassLabel):
+        stratify = data_args.label_column_name
+    elif (
+        data_args.label_separator is None
+        and isinstance(label_feature, datasets.Value)
+        and not label_feature.dtype.startswith("float")  # float targets are refused by LabelEncoder
+    ):
+        # class names / integer labels: stratify on a temporary ClassLabel copy (the label column stays as given)
+        stratify = "__stratify_class__"
+        labels = [str(value) for value in train[data_args.label_column_name]]
+        train = train.add_column(stratify, labels).class_encode_column(stratify)
     try:
         carved = train.train_test_split(test_size=data_args.train_val_split, seed=seed, stratify_by_column=stratify)
-    except ValueError:  # too few clips per class to stratify
+    except ValueError as error:  # e.g. a class with a single clip, or fewer held-out clips than classes
+        logger.warning(
+            f"Cannot hold out a class-stratified evaluation split ({error}); holding out a random "
+            f"{data_args.train_val_split:.0%} of the training clips instead, so some classes may be missing from "
+            "evaluation. Give an evaluation split (--eval_split_name / --validation_file) to avoid this."
+        )
         carved = train.train_test_split(test_size=data_args.train_val_split, seed=seed)
+    if stratify == "__stratify_class__":
+        carved = carved.remove_columns(stratify)
     logger.info(
         f"No {data_args.eval_split_name!r} split: holding out {len(carved['test'])} of {len(train)} training clips "
         f"(--train_val_split={data_args.train_val_split}) for evaluation."
@@ -361,8 +427,14 @@ class LabelEncoder:
             for split in splits.values():
                 for value in split[column]:
                     values.update(self._items(value))
-            self.class_names = sorted(str(value) for value in values)
+            names = {str(value) for value in values}
+            if all(re.fullmatch(r"-?\d+", name) for name in names):  # integer labels: 0..N-1 keep their values
+                self.class_names = sorted(names, key=lambda name: (int(name), name))
+            else:
+                self.class_names = sorted(names)
             self.index_of = {name: index for index, name in enumerate(self.class_names)}
+            shown = ", ".join(f"{name!r} -> {index}" for index, name in enumerate(self.class_names[:20]))
+            logger.info(f"Label values -> class indices: {shown}{' ...' if len(self.class_names) > 20 else ''}")
         if len(self.class_names) < 2 and not self.multi_label:
             raise ValueError(f"Column {column!r} holds {len(self.class_names)} class; classification needs >= 2.")
 
@@ -497,6 +569,26 @@ def build_augmentation(data_args: DataArguments):
     return audiomentations.Compose(transforms)
 
 
+def augmentation_settings(data_args: DataArguments) -> dict:
+    """The --aug_* settings in effect (for the model card), or {"augmentation": "none"}."""
+    settings = {}
+    if data_args.aug_noise > 0:
+        settings.update(aug_noise=data_args.aug_noise, aug_noise_snr_db=data_args.aug_noise_snr_db)
+    if data_args.aug_gain > 0:
+        settings.update(aug_gain=data_args.aug_gain, aug_gain_db=data_args.aug_gain_db)
+    if data_args.aug_time_shift > 0:
+        settings.update(aug_time_shift=data_args.aug_time_shift)
+    if data_args.aug_pitch_shift > 0:
+        settings.update(aug_pitch_shift=data_args.aug_pitch_shift, aug_pitch_semitones=data_args.aug_pitch_semitones)
+    if data_args.aug_background_dir is not None:
+        settings.update(
+            aug_background_dir=data_args.aug_background_dir,
+            aug_background_p=data_args.aug_background_p,
+            aug_background_snr_db=data_args.aug_background_snr_db,
+        )
+    return settings or {"augmentation": "none"}
+
+
 @dataclass
 class AudioBatchCollator:
     """A list of {"waveform", "labels"} -> model inputs: the feature extractor computes the log-mels of the whole
@@ -546,9 +638,10 @@ def write_model_card(
         if key.startswith("eval_") and not key.endswith(("runtime", "per_second"))
     ]
     classifier = (
-        "mean of the 768-d tokens over frequency and time, BatchNorm1d without affine parameters, then a linear layer"
+        f"mean of the {config.hidden_size}-d tokens over frequency and time, BatchNorm1d without affine parameters, "
+        "then a linear layer"
         if config.classifier_pooling == "mean"
-        else "a linear layer on the 3840-d clip embedding"
+        else f"a linear layer on the {config.frame_embedding_size}-d clip embedding"
     )
     text = render_model_card(
         model_args.model_card_template,
@@ -576,11 +669,56 @@ def write_model_card(
             "weight_decay": training_args.weight_decay,
             "max_length_seconds": data_args.max_length_seconds,
             "seed": training_args.seed,
+            "classifier_pooling": config.classifier_pooling,
+            "classifier_dropout": config.classifier_dropout,
+            "freeze_encoder": config.freeze_encoder,
+            **augmentation_settings(data_args),
         },
         evaluation_results=f"On {eval_split}:\n\n| metric | value |\n| --- | --- |\n"
         + "\n".join(results),
     )
     Path(output_dir, "README.md").write_text(text, encoding="utf-8")
+
+
+def configure_for_dataset(config: MatpacConfig, model_args: ModelArguments, class_names: list[str], multi_label: bool):
+    """Sets the dataset's labels and problem type and the command line's head options on `config` (in place)."""
+    if any(name.endswith("ForAudioClassification") for name in config.architectures or []):
+        check_checkpoint_labels(config, class_names, model_args.ignore_mismatched_sizes)
+    config.id2label = dict(enumerate(class_names))
+    config.label2id = {name: index for index, name in enumerate(class_names)}
+    config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
+    if model_args.classifier_pooling is not None:
+        config.classifier_pooling = model_args.classifier_pooling
+    if model_args.classifier_dropout is not None:
+        config.classifier_dropout = model_args.classifier_dropout
+    if model_args.freeze_encoder is not None:  # None: keep the checkpoint's setting
+        config.freeze_encoder = model_args.freeze_encoder
+    config.validate()
+
+
+def check_checkpoint_labels(config: MatpacConfig, class_names: list[str], ignore_mismatched_sizes: bool):
+    """A classifier checkpoint's head is reused for the dataset's classes: refuse a size mismatch unless
+    --ignore_mismatched_sizes, and warn when its outputs are re-labelled."""
+    trained = [config.id2label[index] for index in sorted(config.id2label)]
+    if trained == list(class_names):
+        return
+    if len(trained) != len(class_names):
+        if not ignore_mismatched_sizes:
+            raise ValueError(
+                f"The checkpoint's classifier has {len(trained)} classes, the dataset {len(class_names)}. Pass "
+                "--ignore_mismatched_sizes to train a new classifier on the checkpoint's encoder."
+            )
+        logger.warning(
+            f"The checkpoint's classifier ({len(trained)} classes) is re-initialised for the dataset's "
+            f"{len(class_names)} classes (--ignore_mismatched_sizes)."
+        )
+        return
+    changed = [f"{i}: {old!r} -> {new!r}" for i, (old, new) in enumerate(zip(trained, class_names)) if old != new]
+    logger.warning(
+        f"The checkpoint's classifier was trained on other labels: {len(changed)} of its {len(trained)} outputs are "
+        f"re-labelled with the dataset's classes and fine-tuned from its weights ({', '.join(changed[:10])}"
+        f"{', ...' if len(changed) > 10 else ''})."
+    )
 
 
 class AudioClassificationTrainer(Trainer):
@@ -650,16 +788,7 @@ def main():
         config.update_from_string(model_args.config_overrides)
         config.validate()
 
-    feature_extractor_source = model_args.feature_extractor_name or model_args.model_name_or_path
-    try:
-        if feature_extractor_source is None:
-            raise OSError("no checkpoint to read a feature extractor from")
-        feature_extractor = AutoFeatureExtractor.from_pretrained(
-            feature_extractor_source, cache_dir=model_args.cache_dir, token=model_args.token
-        )
-    except (OSError, TypeError, ValueError):
-        logger.info("No preprocessor_config.json: building the feature extractor from the model config's front end.")
-        feature_extractor = MatpacFeatureExtractor.from_model_config(config)
+    feature_extractor = load_feature_extractor(model_args, config)
     sampling_rate = feature_extractor.sampling_rate
 
     # 2. Data: load, pick the splits, check every file once, encode labels.
@@ -735,16 +864,8 @@ def main():
         training_args.metric_for_best_model = "mean_average_precision" if multi_label else "accuracy"
         training_args.greater_is_better = True
 
-    # 4. Model: the pretrained encoder plus a fresh classifier sized for this dataset.
-    config.id2label = dict(enumerate(class_names))
-    config.label2id = {name: index for index, name in enumerate(class_names)}
-    config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
-    if model_args.classifier_pooling is not None:
-        config.classifier_pooling = model_args.classifier_pooling
-    if model_args.classifier_dropout is not None:
-        config.classifier_dropout = model_args.classifier_dropout
-    config.freeze_encoder = model_args.freeze_encoder or config.freeze_encoder
-    config.validate()
+    # 4. Model: the pretrained encoder plus a classifier sized for this dataset.
+    configure_for_dataset(config, model_args, class_names, multi_label)
     if model_args.model_name_or_path is not None:
         model = MatpacForAudioClassification.from_pretrained(
             model_args.model_name_or_path,

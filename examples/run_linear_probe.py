@@ -36,6 +36,7 @@ Example (ESC-50 style, 5 folds):
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -211,7 +212,8 @@ def _source_identity(path: str) -> str:
     if not os.path.exists(path):
         return path  # a Hub id
     entries = []
-    for root, _, files in os.walk(path) if os.path.isdir(path) else [(os.path.dirname(path), [], [path])]:
+    walk = os.walk(path) if os.path.isdir(path) else [(os.path.dirname(path), [], [os.path.basename(path)])]
+    for root, _, files in walk:
         for name in sorted(files):
             stat = os.stat(os.path.join(root, name))
             entries.append(f"{os.path.relpath(os.path.join(root, name), path)}:{stat.st_size}:{stat.st_mtime_ns}")
@@ -335,21 +337,23 @@ def label_targets(labels: list[list[str]], class_names: list[str], multi_label: 
     return np.array([index[names[0]] for names in labels], dtype=np.int64)
 
 
+@functools.cache
+def _map_metric():
+    """The package's offline `evaluate` module (sklearn's average precision: tied scores form one threshold)."""
+    import evaluate
+
+    import matpac_hf
+
+    return evaluate.load(os.path.join(os.path.dirname(matpac_hf.__file__), "metrics", "mean_average_precision"))
+
+
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Macro average precision over the classes that have at least one positive (as sklearn's average_precision)."""
-    precisions = []
-    for column in range(targets.shape[1]):
-        positives = targets[:, column] > 0
-        if not positives.any():
-            continue
-        order = np.argsort(-scores[:, column], kind="stable")
-        hits = positives[order]
-        precision_at_hit = np.cumsum(hits)[hits] / (np.flatnonzero(hits) + 1)
-        precisions.append(precision_at_hit.mean())
-    return float(np.mean(precisions))
+    """Macro average precision over the classes that have at least one positive."""
+    result = _map_metric().compute(predictions=scores, references=np.asarray(targets, dtype=np.int64))
+    return result["mean_average_precision"]
 
 
-def evaluate(classifier, features: torch.Tensor, targets: np.ndarray, multi_label: bool) -> float:
+def score_classifier(classifier, features: torch.Tensor, targets: np.ndarray, multi_label: bool) -> float:
     with torch.no_grad():
         logits = classifier(features)
     if multi_label:
@@ -379,7 +383,7 @@ def train_linear_probe(train, validation, test, num_classes: int, seed: int, arg
             loss.backward()
             optimizer.step()
         classifier.eval()
-        val_metric = evaluate(classifier, x_val, validation["y"], args.multi_label)
+        val_metric = score_classifier(classifier, x_val, validation["y"], args.multi_label)
         if val_metric > best_metric:
             best_metric, best_epoch = val_metric, epoch
             best_state = {k: v.clone() for k, v in classifier.state_dict().items()}
@@ -388,7 +392,7 @@ def train_linear_probe(train, validation, test, num_classes: int, seed: int, arg
     classifier.load_state_dict(best_state)
     return {
         "validation_metric": best_metric,
-        "test_metric": evaluate(classifier, x_test, test["y"], args.multi_label),
+        "test_metric": score_classifier(classifier, x_test, test["y"], args.multi_label),
         "best_epoch": best_epoch,
         "epochs_run": epoch,
     }

@@ -456,3 +456,184 @@ def test_label_encoder_multi_label_from_separator():
     np.testing.assert_array_equal(encoder("dog;bark"), [1.0, 0.0, 1.0])
     single = script.LabelEncoder(splits, "label", None)
     assert not single.multi_label and single("cat") == single.class_names.index("cat")
+
+
+def test_label_encoder_sorts_integer_labels_numerically(caplog):
+    import datasets
+
+    script = load_script_module()
+    splits = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"label": [11, 2, 0, 10, 1, 3, 4, 5, 6, 7, 8, 9]}),
+            "eval": datasets.Dataset.from_dict({"label": [10, 2]}),
+        }
+    )
+    with caplog.at_level("INFO", logger="run_audio_classification"):
+        encoder = script.LabelEncoder(splits, "label", None)
+    assert encoder.class_names == [str(value) for value in range(12)]  # not '0', '1', '10', '11', '2', ...
+    assert [encoder(value) for value in (0, 2, 10, 11)] == [0, 2, 10, 11]  # identity mapping
+    assert "'10' -> 10" in caplog.text and "'2' -> 2" in caplog.text
+    config = tiny_config(num_labels=12)
+    script.configure_for_dataset(config, script.ModelArguments(), encoder.class_names, multi_label=False)
+    assert config.id2label[2] == "2" and config.id2label[10] == "10" and config.label2id["11"] == 11
+
+    # integer strings split on a separator (multi-label) sort the same way; other names sort as strings
+    multi = script.LabelEncoder(
+        datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": ["2;10", "1", "3;20"]})}), "label", ";"
+    )
+    assert multi.class_names == ["1", "2", "3", "10", "20"]
+    np.testing.assert_array_equal(multi("2;10"), [0, 1, 0, 1, 0])
+    named = script.LabelEncoder(
+        datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": ["b10", "b2", "a"]})}), "label", None
+    )
+    assert named.class_names == ["a", "b10", "b2"]
+
+    floats = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": [0.5, 1.5]})})
+    with pytest.raises(ValueError, match="not regression"):
+        script.LabelEncoder(floats, "label", None)
+
+
+def test_freeze_encoder_flag_is_tri_state(tmp_path):
+    from transformers import AutoConfig, HfArgumentParser
+
+    script = load_script_module()
+    parser = HfArgumentParser(script.ModelArguments)
+    parse = lambda *argv: parser.parse_args_into_dataclasses(list(argv))[0].freeze_encoder  # noqa: E731
+    assert parse() is None and parse("--freeze_encoder") is True
+    assert parse("--freeze_encoder", "False") is False and parse("--freeze_encoder", "true") is True
+
+    labels = ["dog", "rain", "siren"]
+    label_maps = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+    MatpacForAudioClassification(tiny_config(freeze_encoder=True, **label_maps)).save_pretrained(tmp_path)
+    for flag, expected in ((None, True), (True, True), (False, False)):
+        config = AutoConfig.from_pretrained(tmp_path)
+        script.configure_for_dataset(config, script.ModelArguments(freeze_encoder=flag), labels, multi_label=False)
+        assert config.freeze_encoder is expected
+    # an explicit False fine-tunes the whole model of a checkpoint saved frozen
+    model = MatpacForAudioClassification.from_pretrained(tmp_path, config=config)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_classifier_checkpoint_with_other_labels_warns_or_refuses(tmp_path, caplog):
+    from transformers import AutoConfig
+
+    script = load_script_module()
+    labels = ["dog", "rain", "siren"]
+    MatpacForAudioClassification(
+        tiny_config(id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    ).save_pretrained(tmp_path)
+
+    def configure(class_names, **model_args):
+        config = AutoConfig.from_pretrained(tmp_path)
+        with caplog.at_level("WARNING", logger="run_audio_classification"):
+            script.configure_for_dataset(config, script.ModelArguments(**model_args), class_names, multi_label=False)
+        return config
+
+    configure(labels)
+    assert caplog.text == ""  # same labels, same order: the head is reused as trained
+    config = configure(["cat", "dog", "rain"])
+    assert "0: 'dog' -> 'cat'" in caplog.text and "2: 'siren' -> 'rain'" in caplog.text and "3 outputs" in caplog.text
+    assert config.id2label == {0: "cat", 1: "dog", 2: "rain"}
+    with pytest.raises(ValueError, match=r"3 classes, the dataset 2.*--ignore_mismatched_sizes"):
+        configure(["cat", "dog"])
+    caplog.clear()
+    configure(["cat", "dog"], ignore_mismatched_sizes=True)
+    assert "re-initialised" in caplog.text
+    # an encoder checkpoint has no classifier to compare with
+    MatpacModel(tiny_config()).save_pretrained(tmp_path / "encoder")
+    caplog.clear()
+    config = AutoConfig.from_pretrained(tmp_path / "encoder")
+    script.configure_for_dataset(config, script.ModelArguments(), ["cat", "dog"], multi_label=False)
+    assert caplog.text == "" and config.num_labels == 2
+
+
+def test_data_source_conflicts_and_feature_extractor_errors(tmp_path):
+    script = load_script_module()
+    with pytest.raises(ValueError, match="not both"):
+        script.DataArguments(dataset_name="some/dataset", train_file="train.csv")
+    with pytest.raises(ValueError, match="--validation_file .* needs --train_file"):
+        script.DataArguments(dataset_name="some/dataset", validation_file="valid.csv")
+
+    (tmp_path / "empty").mkdir()
+    MatpacModel(tiny_config()).save_pretrained(tmp_path / "encoder")  # no preprocessor_config.json
+    config = tiny_config()
+    with pytest.raises(ValueError, match="--feature_extractor_name .*empty.* could not be loaded"):
+        script.load_feature_extractor(script.ModelArguments(feature_extractor_name=str(tmp_path / "empty")), config)
+    # no extractor given and none in the checkpoint: the config's front end
+    built = script.load_feature_extractor(script.ModelArguments(model_name_or_path=str(tmp_path / "encoder")), config)
+    assert isinstance(built, MatpacFeatureExtractor)
+    MatpacFeatureExtractor(padding_value=-1.0).save_pretrained(tmp_path / "extractor")
+    model_args = script.ModelArguments(
+        model_name_or_path=str(tmp_path / "encoder"), feature_extractor_name=str(tmp_path / "extractor")
+    )
+    given = script.load_feature_extractor(model_args, config)
+    assert given.padding_value == -1.0
+
+
+def test_held_out_evaluation_split_is_stratified_for_string_labels(caplog):
+    import datasets
+
+    script = load_script_module()
+    labels = ["dog"] * 10 + ["rain"] * 10 + ["siren"] * 10
+    train = datasets.Dataset.from_dict({"audio": [f"{i}.wav" for i in range(30)], "label": labels})
+    data_args = script.DataArguments(dataset_name="unused", train_val_split=0.3)
+    splits = script.select_splits(datasets.DatasetDict({"train": train}), data_args, seed=0)
+    assert sorted(splits["eval"]["label"]) == ["dog"] * 3 + ["rain"] * 3 + ["siren"] * 3
+    assert splits["train"].column_names == ["audio", "label"] and splits["train"].features == train.features
+    assert caplog.text == ""
+
+    # a class with one clip cannot be stratified: a random hold-out, with a warning
+    lonely = datasets.Dataset.from_dict({"audio": [f"{i}.wav" for i in range(31)], "label": labels + ["cat"]})
+    with caplog.at_level("WARNING", logger="run_audio_classification"):
+        splits = script.select_splits(datasets.DatasetDict({"train": lonely}), data_args, seed=0)
+    assert "Cannot hold out a class-stratified evaluation split" in caplog.text
+    assert len(splits["eval"]) + len(splits["train"]) == 31
+
+
+@pytest.mark.parametrize("pooling", ["concat", "mean"])
+def test_model_card_reads_sizes_from_the_config_and_records_the_setup(tmp_path, pooling):
+    script = load_script_module()
+    config = tiny_config(classifier_pooling=pooling, freeze_encoder=True, classifier_dropout=0.1)
+    data_args = script.DataArguments(dataset_name="some/dataset", aug_gain=0.5, aug_time_shift=0.25)
+    training_args = script.AudioClassificationTrainingArguments(output_dir=str(tmp_path), report_to="none")
+    script.write_model_card(
+        str(tmp_path), script.ModelArguments(), data_args, training_args, config, ["a", "b"], False,
+        "the 'validation' split", {"eval_accuracy": 0.5},
+    )  # fmt: skip
+    card = (tmp_path / "README.md").read_text()
+    assert "3840" not in card and "768-d" not in card
+    expected = "mean of the 32-d tokens" if pooling == "mean" else "a linear layer on the 160-d clip embedding"
+    assert expected in card and "(encoder frozen: linear probe)" in card
+    for row in (f"| classifier_pooling | {pooling} |", "| freeze_encoder | True |", "| classifier_dropout | 0.1 |",
+                "| aug_gain | 0.5 |", "| aug_gain_db | 6.0 |", "| aug_time_shift | 0.25 |", "| accuracy | 0.5000 |"):
+        assert row in card, row
+    assert "aug_noise" not in card and "aug_pitch_shift" not in card  # off: not listed
+
+    no_augmentation = script.augmentation_settings(script.DataArguments(dataset_name="some/dataset"))
+    assert no_augmentation == {"augmentation": "none"}
+
+
+def test_pipeline_workaround_for_files_at_other_rates(tmp_path):
+    """transformers' audio-classification pipeline needs torchaudio to resample and ffmpeg to read files; the README's
+    workaround decodes with matpac_hf.data.decode_audio (soundfile + soxr) and passes a 16 kHz array."""
+    import soxr
+
+    from matpac_hf.data import decode_audio
+
+    torch.manual_seed(0)
+    MatpacForAudioClassification(tiny_config()).save_pretrained(tmp_path / "model")
+    MatpacFeatureExtractor().save_pretrained(tmp_path / "model")
+    classifier = pipeline("audio-classification", model=str(tmp_path / "model"))
+
+    clip = (0.3 * np.sin(2 * np.pi * TONE_HZ["mid"] * np.arange(SAMPLING_RATE) / SAMPLING_RATE)).astype(np.float32)
+    clip_44k = soxr.resample(clip, SAMPLING_RATE, 44100).astype(np.float32)
+    sf.write(tmp_path / "clip.wav", np.stack([1.5 * clip_44k, 0.5 * clip_44k], axis=1), 44100, subtype="FLOAT")
+
+    waveform = decode_audio(str(tmp_path / "clip.wav"))
+    assert waveform.dtype == np.float32 and waveform.shape == (SAMPLING_RATE,)  # mono, 16 kHz
+    np.testing.assert_allclose(waveform[800:-800], clip[800:-800], atol=1e-4)  # channel mean, resampled back
+    from_file = classifier(waveform, top_k=None)
+    reference = classifier(clip, top_k=None)
+    assert [p["label"] for p in from_file] == [p["label"] for p in reference]
+    for got, expected in zip(from_file, reference):
+        assert got["score"] == pytest.approx(expected["score"], abs=1e-4)

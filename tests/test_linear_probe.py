@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from sklearn.metrics import average_precision_score
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_linear_probe.py"
@@ -77,17 +78,19 @@ def test_folds_on_audiofolder_and_cache_reuse(tiny_matpac_folder, tone_folder, t
     assert json.loads((tmp_path / "probe" / "results.json").read_text())["embedding_cache"]["train"]["reused"]
 
 
-def test_csv_with_fixed_splits_and_seeds(tiny_matpac_folder, tone_folder, tmp_path):
+def test_csv_with_fixed_splits_and_seeds(tiny_matpac_folder, tone_folder, tmp_path, monkeypatch):
     run_linear_probe = _import_script()
     rows = list(csv.DictReader(open(tone_folder / "metadata.csv")))
-    with open(tmp_path / "clips.csv", "w", newline="") as handle:
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)  # the CSV is given as a relative path with a folder in it: data/clips.csv
+    with open(tmp_path / "data" / "clips.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "split"])
         for row in rows:
             writer.writerow([tone_folder / row["file_name"], row["label"], "test" if row["fold"] == "5" else "train"])
         writer.writerow([tmp_path / "missing.wav", "low", "train"])  # unreadable: skipped, reported
     results = run_linear_probe.main(
-        ["--model_name_or_path", str(tiny_matpac_folder), "--csv_file", str(tmp_path / "clips.csv"),
+        ["--model_name_or_path", str(tiny_matpac_folder), "--csv_file", "data/clips.csv",
          "--test_split", "test", "--seeds", "0", "1", "2", "--output_dir", str(tmp_path / "out"),
          "--max_epochs", "100", "--learning_rate", "1e-2"]
     )
@@ -95,6 +98,8 @@ def test_csv_with_fixed_splits_and_seeds(tiny_matpac_folder, tone_folder, tmp_pa
     assert all(run["num_test"] == 6 for run in results["runs"]) and results["mean"] >= 0.8
     assert results["skipped_clips"] == {"train": [str(tmp_path / "missing.wav")]}
     assert results["ci95"] is not None and results["ci95"] >= 0
+    assert results["dataset"] == "data/clips.csv"
+    assert all(Path(cache["path"]).is_file() for cache in results["embedding_cache"].values())
 
 
 def test_map_metric_matches_a_hand_computed_value():
@@ -103,4 +108,37 @@ def test_map_metric_matches_a_hand_computed_value():
     targets = np.array([[1, 0], [0, 1], [1, 0], [0, 0]])
     # class 0: positives at ranks 1 and 3 -> (1/1 + 2/3) / 2; class 1: positive at rank 2 -> 1/2
     assert run_linear_probe.mean_average_precision(scores, targets) == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2)
+    assert run_linear_probe.mean_average_precision(scores, targets) == pytest.approx(
+        average_precision_score(targets, scores, average="macro")
+    )
+
+
+def test_map_metric_does_not_depend_on_the_order_of_tied_scores():
+    run_linear_probe = _import_script()
+    # class 0: 4 clips tied at 0.5 (1 positive), then a positive at 0.2. The only thresholds are 0.5 (precision 1/4,
+    # recall 1/2) and 0.2 (precision 2/5, recall 1): AP = 1/2 * 1/4 + 1/2 * 2/5 = 0.325, whatever the clip order.
+    # class 1: positives tied with a negative at 0.9 (precision 2/3, recall 1): AP = 2/3.
+    scores = np.array([[0.5, 0.9], [0.5, 0.9], [0.5, 0.9], [0.5, 0.1], [0.2, 0.1]])
+    targets = np.array([[1, 1], [0, 1], [0, 0], [0, 0], [1, 0]])
+    expected = (0.325 + 2 / 3) / 2
+    assert average_precision_score(targets, scores, average="macro") == pytest.approx(expected)
+    for permutation in ([0, 1, 2, 3, 4], [3, 2, 1, 0, 4], [2, 3, 0, 1, 4]):
+        value = run_linear_probe.mean_average_precision(scores[permutation], targets[permutation])
+        assert value == pytest.approx(expected)
     assert run_linear_probe.t_quantile_975(4) == pytest.approx(2.776445, abs=1e-5)
+
+
+def test_multi_label_probe_is_selected_and_scored_with_the_map_module():
+    """The multi-label probe (BCE, early stopping and test score on the mAP module) learns separable tags."""
+    run_linear_probe = _import_script()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    y = (x[:, :3] > 0).astype(np.float32)  # 3 tags, each linearly separable from the embeddings
+    data = [{"x": x[i::3], "y": y[i::3]} for i in range(3)]
+    args = run_linear_probe.parse_args(
+        ["--model_name_or_path", "unused", "--csv_file", "unused.csv", "--test_split", "test", "--output_dir", "out",
+         "--multi_label", "--learning_rate", "1e-2", "--max_epochs", "50", "--batch_size", "16"]
+    )
+    result = run_linear_probe.train_linear_probe(*data, num_classes=3, seed=0, args=args)
+    assert result["test_metric"] > 0.95 and result["validation_metric"] > 0.95
+    assert 1 <= result["best_epoch"] <= result["epochs_run"] <= 50

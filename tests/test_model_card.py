@@ -1,5 +1,7 @@
 """Model card templates render to cards whose metadata parses with huggingface_hub."""
 
+from pathlib import Path
+
 import pytest
 from huggingface_hub import ModelCard
 
@@ -26,6 +28,18 @@ def test_pretrained_encoder_card_metadata_and_body():
     assert 'AutoModel.from_pretrained("someone/matpac-vitb")' in card.text
     assert "| total_steps | 294816 |" in card.text and "| ESC-50 acc | 93.0 |" in card.text
     assert MATPAC_CITATION in card.text and "Quelennec, Aurian and Chouteau, Pierre" in card.text
+    assert "eprint        = {2502.12031}" in card.text and "archivePrefix = {arXiv}" in card.text
+
+
+def test_one_citation_in_the_cards_and_the_readme():
+    assert "eprint        = {2502.12031}," in MATPAC_CITATION and "archivePrefix = {arXiv}" in MATPAC_CITATION
+    assert "booktitle     = {IEEE International Conference on Acoustics, Speech and Signal Processing (ICASSP)}," in (
+        MATPAC_CITATION
+    )
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    citation_section = readme.split("## Citation", 1)[1]
+    bibtex = citation_section.split("```bibtex\n", 1)[1].split("```", 1)[0].strip()
+    assert bibtex == MATPAC_CITATION
 
 
 def test_audio_classification_card_metadata():

@@ -77,3 +77,30 @@ def test_batch_of_mixed_inputs_matches_one_by_one(extractor, audio, tmp_path):
 def test_unknown_argument_raises(extractor, audio):
     with pytest.raises(ValueError, match="top_k"):
         extractor(audio, top_k=3)
+
+
+def test_model_without_frame_mask_batched_equals_one_by_one(tmp_path):
+    """wav2vec2 gives no frame_mask and its group norm sees padding: clips of different lengths must not share a
+    padded forward pass (a 0.5 s clip batched with 1 s clips would get 798 frames instead of 398)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+    )  # fmt: skip
+    Wav2Vec2Model(config).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor().save_pretrained(tmp_path)
+    extractor = pipeline("audio-feature-extraction", model=str(tmp_path))
+
+    rng = np.random.default_rng(0)
+    clips = [rng.uniform(-0.5, 0.5, samples).astype(np.float32) for samples in (16000, 8000, 16000, 12000)]
+    batched = extractor(clips, batch_size=3)
+    single = [extractor(clip) for clip in clips]
+    # conv front end: (n - 10) // 5 + 1 frames, then (m - 8) // 4 + 1
+    assert [b["frame_embeddings"].shape for b in batched] == [(798, 16), (398, 16), (798, 16), (598, 16)]
+    for b, s in zip(batched, single):
+        np.testing.assert_allclose(b["frame_embeddings"], s["frame_embeddings"], atol=1e-5)
+        np.testing.assert_allclose(b["clip_embedding"], s["clip_embedding"], atol=1e-5)
+        np.testing.assert_allclose(b["clip_embedding"], s["frame_embeddings"].mean(0), atol=1e-5)
+        assert b["timestamps_ms"] is None

@@ -25,12 +25,12 @@ from huggingface_hub import ModelCard, ModelCardData
 TEMPLATES_DIR = Path(__file__).parent / "model_cards"
 
 MATPAC_CITATION = """@inproceedings{quelennec2025matpac,
-  title={Masked Latent Prediction and Classification for Self-Supervised Audio Representation Learning},
-  author={Quelennec, Aurian and Chouteau, Pierre and Peeters, Geoffroy and Essid, Slim},
-  booktitle={ICASSP 2025 - 2025 IEEE International Conference on Acoustics, Speech and Signal Processing (ICASSP)},
-  year={2025},
-  doi={10.1109/ICASSP49660.2025.10887666},
-  url={https://ieeexplore.ieee.org/document/10887666}
+  title         = {Masked Latent Prediction and Classification for Self-Supervised Audio Representation Learning},
+  author        = {Quelennec, Aurian and Chouteau, Pierre and Peeters, Geoffroy and Essid, Slim},
+  booktitle     = {IEEE International Conference on Acoustics, Speech and Signal Processing (ICASSP)},
+  year          = {2025},
+  eprint        = {2502.12031},
+  archivePrefix = {arXiv}
 }"""
 
 BASE_TAGS = ("audio", "matpac", "self-supervised")

@@ -70,6 +70,9 @@ class AudioFeatureExtractionPipeline(Pipeline):
         - `frame_embeddings`: `(num_frames, hidden)`, one row per 160 ms for MATPAC (padding of a batch removed);
         - `timestamps_ms`: `(num_frames,)` centre of each frame embedding in milliseconds (MATPAC: see
           `matpac_hf.hear`), `None` for models whose frame rate is unknown here.
+
+    With `batch_size > 1`, MATPAC pads the clips of a batch and masks the padding out; any other model runs the clips
+    of a batch that differ in length in separate forward passes, so a batched clip gets what it gets alone.
     """
 
     _load_processor = False
@@ -127,8 +130,17 @@ class AudioFeatureExtractionPipeline(Pipeline):
         model_inputs["num_samples"] = torch.tensor([waveform.shape[-1]])
         return model_inputs
 
+    @property
+    def _masks_padding(self) -> bool:
+        """MATPAC masks padded frames out of every output (its `frame_mask`); other models may let padding change
+        their outputs (e.g. wav2vec2's group norm and unmasked frames), so their clips are never padded."""
+        return getattr(self.model.config, "model_type", None) == "matpac"
+
     def _collate(self, items: list[dict]) -> dict:
-        """Stacks preprocessed inputs, right-padding every tensor along its last (time) axis."""
+        """Stacks preprocessed inputs, right-padding every tensor along its last (time) axis. For a model that does not
+        mask padding, the items are kept apart (`_forward` runs clips of equal length together)."""
+        if not self._masks_padding:
+            return {"unpadded_items": items}
         padding_value = float(getattr(self.feature_extractor, "padding_value", 0.0))
         batch = {}
         for key in items[0]:
@@ -159,6 +171,8 @@ class AudioFeatureExtractionPipeline(Pipeline):
 
     # -- forward ------------------------------------------------------------------------------------------------------
     def _forward(self, model_inputs):
+        if "unpadded_items" in model_inputs:
+            return self._forward_by_length(model_inputs["unpadded_items"])
         num_samples = model_inputs.pop("num_samples")  # (batch,)
         outputs = self.model(**model_inputs)
         frame_embeddings = outputs.last_hidden_state  # (batch, frames, hidden)
@@ -173,6 +187,29 @@ class AudioFeatureExtractionPipeline(Pipeline):
             "clip_embedding": clip_embedding,  # (batch, hidden)
             "frame_mask": frame_mask,  # (batch, frames)
             "num_samples": num_samples,
+        }
+
+    def _forward_by_length(self, items: list[dict]) -> dict:
+        """One forward pass per group of equal-length clips, so that no clip sees padding; the outputs are then padded
+        to a batch, with `frame_mask` marking each clip's own frames."""
+        groups: dict[tuple, list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault(tuple(tuple(tensor.shape) for tensor in item.values()), []).append(index)
+        per_clip = [None] * len(items)
+        for indices in groups.values():
+            outputs = self._forward({key: torch.cat([items[i][key] for i in indices]) for key in items[indices[0]]})
+            for position, index in enumerate(indices):
+                per_clip[index] = {key: value[position] for key, value in outputs.items()}
+        num_frames = max(clip["frame_embeddings"].shape[0] for clip in per_clip)
+
+        def pad_frames(tensor):  # (frames, ...) -> (num_frames, ...)
+            return torch.nn.functional.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, num_frames - tensor.shape[0]))
+
+        return {
+            "frame_embeddings": torch.stack([pad_frames(clip["frame_embeddings"]) for clip in per_clip]),
+            "clip_embedding": torch.stack([clip["clip_embedding"] for clip in per_clip]),
+            "frame_mask": torch.stack([pad_frames(clip["frame_mask"]) for clip in per_clip]),
+            "num_samples": torch.stack([clip["num_samples"] for clip in per_clip]),
         }
 
     # -- postprocess --------------------------------------------------------------------------------------------------
