@@ -93,6 +93,7 @@ def test_demo_run_writes_both_folders_and_pushes(tmp_path, hub_stub):
     card = ModelCard.load(out / "encoder" / "README.md")
     assert card.data.pipeline_tag == "feature-extraction" and card.data.library_name == "transformers"
     assert "| total_steps | 4 |" in card.text and "Quelennec" in card.text
+    assert "over 4 steps: 0.99 -> 0.999 (encoder)" in card.text  # the objective with this run's numbers
     # schedules written into the config, losses and monitors logged, the corrupted demo file skipped and counted
     assert encoder.config.total_steps == 4
     metrics = _metrics(out)

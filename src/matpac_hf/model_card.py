@@ -133,4 +133,38 @@ def render_model_card(template_name_or_path: str | Path, **fields) -> str:
     return str(card)
 
 
-__all__ = ["render_model_card", "template_fields", "MATPAC_CITATION", "TEMPLATES_DIR"]
+def pretraining_objective(config) -> str:
+    """The "Objective" paragraph of a pretrained-encoder card, with the numbers of `config` (a `MatpacConfig`) rather
+    than the official ones: the `tiny` preset, say, anneals other EMA decays over another number of steps."""
+    num_patches, visible = config.num_patches, config.num_visible_patches
+    patch = config.patch_size
+    center = "teacher probabilities (official)" if config.center_update == "probabilities" else "teacher logits (DINO)"
+    start = "an independent random draw (official)" if config.teacher_init == "independent" else "copies of the student"
+    text = (
+        f"**Objective ({'MATPAC++' if config.use_mcl else 'MATPAC'}).** Each {config.max_frames}-frame crop "
+        f"({num_patches} patches of {patch} x {patch}) is masked at random per sample: the student encoder sees "
+        f"{visible} patches plus a CLS token. A predictor ({config.decoder_num_hidden_layers} blocks, width "
+        f"{config.decoder_hidden_size}) fills in the other {num_patches - visible} and projects them back to "
+        f"{config.hidden_size}-d; the EMA teacher encoder sees exactly those masked patches, and the prediction loss is "
+        f"2 - 2 cos between prediction and teacher latent. A DINO-style classification head (MLP {config.hidden_size}-"
+        f"{config.head_hidden_size}-{config.head_hidden_size}-{config.head_bottleneck_size}, L2 norm, "
+        f"weight-normalised {config.head_bottleneck_size} -> {config.head_num_prototypes} prototypes) on the "
+        f"predictions is trained against an EMA teacher head on the teacher latents: teacher softmax of centred logits "
+        f"at a temperature rising {config.teacher_temperature_start} -> {config.teacher_temperature_end} over "
+        f"{config.teacher_temperature_warmup_steps} steps, student temperature {config.student_temperature}, a center "
+        f"(momentum {config.center_momentum}) averaging the {center}. The loss is {config.prediction_loss_weight} x "
+        f"prediction + {config.classification_loss_weight} x classification. Both teachers start as {start}; their "
+        f"EMA decays are annealed linearly over {config.total_steps} steps: {config.ema_decay_start} -> "
+        f"{config.ema_decay_end} (encoder), {config.head_ema_decay_start} -> {config.head_ema_decay_end} (head)."
+    )
+    if config.use_mcl:
+        text += (
+            f" The predictor's output projection is replaced by {config.mcl_num_heads} heads trained by soft "
+            f"winner-takes-all (weights softmax(-loss / T), T = {config.mcl_temperature_start} x "
+            f"{config.mcl_temperature_decay}^step), the hard minimum once T < {config.mcl_temperature_min}; the best "
+            "head's prediction feeds the classification head."
+        )
+    return text
+
+
+__all__ = ["render_model_card", "pretraining_objective", "template_fields", "MATPAC_CITATION", "TEMPLATES_DIR"]
