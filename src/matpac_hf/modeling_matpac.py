@@ -486,7 +486,7 @@ class MatpacModel(MatpacPreTrainedModel):
         # Zero every frame past a clip's end (the official code pads with zeros in the normalised domain).
         frame_index = torch.arange(num_frames, device=device)
         valid_frames = frame_index[None, :] < frame_lengths[:, None]  # (batch, num_frames)
-        values = input_values * valid_frames[:, None, :].to(input_values.dtype)
+        values = input_values.masked_fill(~valid_frames[:, None, :], 0.0)  # also clears NaN/inf in the padding
         values = nn.functional.pad(values, (0, max_chunks * max_frames - num_frames))
         values = values.view(batch_size, num_mel_bins, max_chunks, max_frames).permute(0, 2, 1, 3)
 
