@@ -743,6 +743,10 @@ def main(argv=None):
                     "(AutoModel.from_pretrained)")
         logger.info(f"Data: {data_loop.stats.totals()} (this process)")
     accelerator.wait_for_everyone()
+    # Free the DDP wrapper while every process is still here: its gradient reducer holds the process group, and
+    # destroying that group after a peer has exited can block forever in gloo's destructor (seen at exit).
+    model = optimizer = batches = None
+    accelerator.free_memory()
     accelerator.end_training()
     if accelerator.is_main_process:
         png = os.path.join(output_dir, "training_curves.png")

@@ -47,6 +47,8 @@ def main(out_dir: str, variant: str):
     }
     torch.save(record, f"{out_dir}/rank{rank}.pt")
     accelerator.wait_for_everyone()
+    model = optimizer = None  # free the DDP reducer (it holds the process group) while both processes are here
+    accelerator.free_memory()
     accelerator.end_training()
 
 
