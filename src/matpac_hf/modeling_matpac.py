@@ -993,7 +993,7 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         return encoder_decay, head_decay
 
     @torch.no_grad()
-    def _update_center(self, teacher_output: torch.Tensor) -> float:
+    def _update_center(self, teacher_output: torch.Tensor) -> torch.Tensor:
         """`center <- m * center + (1 - m) * mean(teacher_output)` over batch and tokens of all processes.
 
         Returns the factor `world_size * local_tokens / global_tokens` that turns this process's token mean into its
@@ -1013,7 +1013,7 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         batch_mean = total[:-1] / num_global_tokens
         momentum = self.config.center_momentum
         self.center.copy_(self.center * momentum + batch_mean.view_as(self.center) * (1 - momentum))
-        return world_size * num_local_tokens / num_global_tokens.item()
+        return world_size * num_local_tokens / num_global_tokens  # a 0-d tensor: no host sync on accelerators
 
     # -- masking ------------------------------------------------------------------------------------------------------
     def _check_pretraining_inputs(self, input_values) -> int:
