@@ -53,14 +53,12 @@ from transformers import (
     set_seed,
 )
 
-import matpac_hf
-from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForAudioClassification
+from matpac_hf import METRICS_DIR, MatpacConfig, MatpacFeatureExtractor, MatpacForAudioClassification
 from matpac_hf.model_card import render_model_card
 
 
 logger = logging.getLogger(__name__)
 
-METRICS_DIR = Path(matpac_hf.__file__).parent / "metrics"
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus"}
 SPLIT_FOLDER_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                       "dev": "validation", "test": "test"}  # fmt: skip

@@ -342,9 +342,9 @@ def _map_metric():
     """The package's offline `evaluate` module (sklearn's average precision: tied scores form one threshold)."""
     import evaluate
 
-    import matpac_hf
+    from matpac_hf import METRICS_DIR
 
-    return evaluate.load(os.path.join(os.path.dirname(matpac_hf.__file__), "metrics", "mean_average_precision"))
+    return evaluate.load(str(METRICS_DIR / "mean_average_precision"))
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:

@@ -19,13 +19,11 @@ import torch
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 from transformers import AutoModelForAudioClassification, pipeline
 
-import matpac_hf
-from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel
+from matpac_hf import METRICS_DIR, MatpacConfig, MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "examples" / "run_audio_classification.py"
-METRICS_DIR = Path(matpac_hf.__file__).parent / "metrics"
 SAMPLING_RATE = 16000
 TONE_HZ = {"low": 300.0, "mid": 1200.0, "high": 4000.0}
 

@@ -3,6 +3,8 @@
 Importing the package registers the MATPAC classes with the transformers Auto classes.
 """
 
+from pathlib import Path
+
 import transformers
 from transformers import (
     AutoConfig,
@@ -26,6 +28,10 @@ from .pipelines import AudioFeatureExtractionPipeline, register_pipelines
 
 __version__ = "0.1.0"
 
+# The offline `evaluate` metric modules shipped with the package: `evaluate.load(str(METRICS_DIR / "accuracy"))`
+# (also "mean_average_precision", "roc_auc"); nothing is fetched from the Hub.
+METRICS_DIR = Path(__file__).parent / "metrics"
+
 AutoConfig.register(MatpacConfig.model_type, MatpacConfig, exist_ok=True)
 AutoModel.register(MatpacConfig, MatpacModel, exist_ok=True)
 AutoModelForAudioClassification.register(MatpacConfig, MatpacForAudioClassification, exist_ok=True)
@@ -46,6 +52,7 @@ for _class_name, _auto_class_name in _modeling.AUTO_CLASS_OF_MODEL_CLASS.items()
 del _class_name, _auto_class_name
 
 __all__ = [
+    "METRICS_DIR",
     "AudioFeatureExtractionPipeline",
     "MatpacConfig",
     "MatpacFeatureExtractor",
