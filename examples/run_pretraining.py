@@ -760,7 +760,8 @@ def main(argv=None):
                 json.dump(results, handle, indent=2)
             print(f"\nDemo linear probe ({results['probe_num_classes']} synthetic sound classes, "
                   f"{results['probe_num_clips']} clips, 5-fold cross-validation, ridge on the "
-                  f"{config.frame_embedding_size}-d clip embedding):\n  pretrained encoder   : {results['probe_accuracy_pretrained']:.3f}\n"
+                  f"{config.frame_embedding_size}-d clip embedding):\n"
+                  f"  pretrained encoder   : {results['probe_accuracy_pretrained']:.3f}\n"
                   f"  random-init encoder  : {results['probe_accuracy_random_init']:.3f}")
 
         if args.push_to_hub:

@@ -10,7 +10,6 @@ Nothing here imports matpac_hf: it is the independent side of the parity tests.
 
 import warnings
 
-import librosa
 import numpy as np
 import torch
 from torch import nn

@@ -14,8 +14,6 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from matpac_hf import MatpacForPreTraining
-
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_pretraining_model import ddp_reference_setup  # noqa: E402

@@ -628,8 +628,8 @@ def convert_checkpoint(
     if audioset_head and label_file is not None and label_sort_column is None and _csv_header(label_file) >= {"mid"}:
         label_sort_column = "mid"
         logger.warning(
-            "%s has a 'mid' column: numbering the AudioSet classes by sorted 'mid', as the official code does for this "
-            "head (pass --label_sort_column index to keep the file's own order).", label_file,
+            "%s has a 'mid' column: numbering the AudioSet classes by sorted 'mid', as the official code does for "
+            "this head (pass --label_sort_column index to keep the file's own order).", label_file,
         )  # fmt: skip
     labels = read_labels(label_file, label_sort_column) if label_file is not None else None
     extra = {}
@@ -650,8 +650,8 @@ def convert_checkpoint(
             )
         names = labels or [f"LABEL_{i}" for i in range(num_labels)]
         if problem_type is None:
-            # AudioSet is multi-label; so are the official probes of FSD50K, OpenMIC and the MTG-Jamendo / MagnaTagATune
-            # tag sets, which the official code recognises by their file names
+            # AudioSet is multi-label; so are the official probes of FSD50K, OpenMIC and the MTG-Jamendo /
+            # MagnaTagATune tag sets, which the official code recognises by their file names
             multi_label = audioset_head or any(
                 task in Path(probe_path).name.lower() for task in MULTI_LABEL_PROBE_NAMES
             )

@@ -982,8 +982,9 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         if low_precision:
             raise ValueError(
                 f"The teachers are in {', '.join(low_precision)}: an EMA step with decay ~0.99995 moves a weight by "
-                "less than half a unit in the last place, so the teachers would silently stop learning. Keep the model "
-                "in float32 and train under autocast (accelerate's --mixed_precision bf16/fp16) instead of casting it."
+                "less than half a unit in the last place, so the teachers would silently stop learning. Keep the "
+                "model in float32 and train under autocast (accelerate's --mixed_precision bf16/fp16) instead of "
+                "casting it."
             )
         if step == 0:
             return 1.0, 1.0
