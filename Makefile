@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.matpac-installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv lint format test demo bench clean
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,16 @@ $(STAMP): pyproject.toml setup.cfg
 
 venv: $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest tests
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(PY) -m pytest tests --durations=10
 
 demo: $(STAMP)
 	$(PY) examples/run_pretraining.py --preset tiny --output_dir demo_output

@@ -30,12 +30,12 @@ import torch
 
 from matpac_hf.data import (
     CROP_SAMPLES,
+    DEMO_CLASSES,
     PretrainingDataLoop,
     build_crop_stream,
     decode_random_crop,
     load_audio_stream,
     synthesize_sound,
-    DEMO_CLASSES,
 )
 
 
@@ -71,8 +71,9 @@ def build_shard_corpus(folder: str, num_clips: int, num_shards: int, seconds: fl
 def measure_pipeline(shards, num_workers: int, num_crops: int, batch_size: int = 16) -> float:
     """Crops per second through `PretrainingDataLoop` (first batch excluded: worker start-up)."""
     dataset, column = load_audio_stream(data_files=shards)
-    loop = PretrainingDataLoop(build_crop_stream(dataset, column, seed=0), batch_size=batch_size,
-                               num_workers=num_workers)
+    loop = PretrainingDataLoop(
+        build_crop_stream(dataset, column, seed=0), batch_size=batch_size, num_workers=num_workers
+    )
     iterator = iter(loop)
     next(iterator)
     start, crops = time.perf_counter(), 0
@@ -129,8 +130,10 @@ def run_data_benchmark(args):
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         shards = build_shard_corpus(folder, args.num_clips, args.num_shards, args.clip_seconds)
-        print(f"corpus: {args.num_clips} FLAC clips of {args.clip_seconds:.0f} s in {args.num_shards} webdataset "
-              f"shards (1/4 at 44.1 kHz stereo), built in {time.perf_counter() - start:.1f} s")
+        print(
+            f"corpus: {args.num_clips} FLAC clips of {args.clip_seconds:.0f} s in {args.num_shards} webdataset "
+            f"shards (1/4 at 44.1 kHz stereo), built in {time.perf_counter() - start:.1f} s"
+        )
         print(f"crop: {CROP_SAMPLES} samples (608 frames); target {TARGET_CROPS_PER_SECOND_PER_CORE} crops/s/core\n")
         results = {}
         for num_workers in (0, 1, 2):
@@ -146,15 +149,19 @@ def run_data_benchmark(args):
         below = [workers for workers, rate in results.items() if rate < TARGET_CROPS_PER_SECOND_PER_CORE]
         crowded = [workers for workers in below if workers + 1 > (os.cpu_count() or 1)]
         if crowded:
-            print(f"\n{', '.join(map(str, crowded))} worker(s): below the target because the machine has "
-                  f"{os.cpu_count()} cores for the workers plus the training process, which takes the batches "
-                  f"(~{CROP_SAMPLES * 4 * 16 / 1e6:.0f} MB each) from the workers; with a core per worker the rate "
-                  "per worker is the 1-worker figure.")
+            print(
+                f"\n{', '.join(map(str, crowded))} worker(s): below the target because the machine has "
+                f"{os.cpu_count()} cores for the workers plus the training process, which takes the batches "
+                f"(~{CROP_SAMPLES * 4 * 16 / 1e6:.0f} MB each) from the workers; with a core per worker the rate "
+                "per worker is the 1-worker figure."
+            )
         if set(below) - set(crowded):
-            print(f"\nbelow the target of {TARGET_CROPS_PER_SECOND_PER_CORE} crops/s/core: FLAC decoding dominates "
-                  "(only the cropped 6.1 s of each clip are decoded; 44.1 kHz stereo clips cost about 5x a 16 kHz "
-                  "mono one, decode + resample). Storing the corpus at 16 kHz mono removes the resampling and "
-                  "halves the decoding.")
+            print(
+                f"\nbelow the target of {TARGET_CROPS_PER_SECOND_PER_CORE} crops/s/core: FLAC decoding dominates "
+                "(only the cropped 6.1 s of each clip are decoded; 44.1 kHz stereo clips cost about 5x a 16 kHz "
+                "mono one, decode + resample). Storing the corpus at 16 kHz mono removes the resampling and "
+                "halves the decoding."
+            )
         single = {}
         for label, rate, stereo in (("16 kHz mono", 16_000, False), ("44.1 kHz stereo", 44_100, True)):
             single[label] = _single_format_rate(folder, rate, stereo, args)
@@ -214,11 +221,19 @@ def run_training_benchmark(args):
 
     script = _load_pretraining_script()
     peak = {"fp32": measure_gemm_tflops(torch.float32), "bf16": measure_gemm_tflops(torch.bfloat16)}
-    print(f"\nmeasured GEMM rate (2048^3, {torch.get_num_threads()} threads): fp32 {peak['fp32']:.3f} TFLOP/s, "
-          f"bf16 {peak['bf16']:.3f} TFLOP/s")
+    print(
+        f"\nmeasured GEMM rate (2048^3, {torch.get_num_threads()} threads): fp32 {peak['fp32']:.3f} TFLOP/s, "
+        f"bf16 {peak['bf16']:.3f} TFLOP/s"
+    )
     feature_extractor = MatpacFeatureExtractor()
-    optimizer_args = argparse.Namespace(no_decay_bias_norm=False, weight_decay=0.05, learning_rate=3e-4,
-                                        adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-6)
+    optimizer_args = argparse.Namespace(
+        no_decay_bias_norm=False,
+        weight_decay=0.05,
+        learning_rate=3e-4,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        adam_epsilon=1e-6,
+    )
     waveforms = torch.randn(args.batch_size, CROP_SAMPLES) * 0.1
     for preset in ("tiny", "base"):
         torch.manual_seed(0)
@@ -226,7 +241,7 @@ def run_training_benchmark(args):
         optimizer = script.build_optimizer(model, optimizer_args)
         trainable = [p for p in model.parameters() if p.requires_grad]
 
-        def step(index, precision):
+        def step(index, precision, model=model, optimizer=optimizer, trainable=trainable):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 input_values = feature_extractor.extract_log_mel(waveforms)
                 outputs = model(input_values, step=index, generator=script.mask_generator(0, 0, index, 0))
@@ -242,8 +257,10 @@ def run_training_benchmark(args):
         for precision in ("fp32", "bf16"):
             if peak[precision] < 0.5 * peak["fp32"]:
                 slowdown = peak["fp32"] / peak[precision]
-                print(f"  {preset:4s} {precision}: skipped (this CPU's {precision} GEMM is {slowdown:.0f}x "
-                      "slower than fp32: no native bf16 units)")
+                print(
+                    f"  {preset:4s} {precision}: skipped (this CPU's {precision} GEMM is {slowdown:.0f}x "
+                    "slower than fp32: no native bf16 units)"
+                )
                 continue
             step(1, precision)  # warm-up
             start = time.perf_counter()
@@ -251,10 +268,12 @@ def run_training_benchmark(args):
                 step(2 + index, precision)
             seconds = (time.perf_counter() - start) / args.train_steps
             achieved = flops / seconds / 1e12
-            print(f"  {preset:4s} {precision}: {1 / seconds:7.3f} steps/s ({seconds:6.2f} s/step, batch "
-                  f"{args.batch_size}), {flops / 1e9:8.1f} GFLOP/step (matmul/attention, fwd+bwd) -> "
-                  f"{achieved:.3f} TFLOP/s = {achieved / peak[precision] * 100:5.1f} % of the measured {precision} "
-                  "GEMM rate")
+            print(
+                f"  {preset:4s} {precision}: {1 / seconds:7.3f} steps/s ({seconds:6.2f} s/step, batch "
+                f"{args.batch_size}), {flops / 1e9:8.1f} GFLOP/step (matmul/attention, fwd+bwd) -> "
+                f"{achieved:.3f} TFLOP/s = {achieved / peak[precision] * 100:5.1f} % of the measured {precision} "
+                "GEMM rate"
+            )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,14 @@ from matpac_hf.model_card import render_model_card
 logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus"}
-SPLIT_FOLDER_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
-                      "dev": "validation", "test": "test"}  # fmt: skip
+SPLIT_FOLDER_NAMES = {
+    "train": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -319,7 +325,8 @@ def load_listing_files(data_args: DataArguments, cache_dir: str | None) -> Datas
             )
         base_dir = Path(listing).resolve().parent
         raw_datasets[split] = raw_datasets[split].map(
-            lambda batch: {column: [str(base_dir / path) for path in batch[column]]}, batched=True
+            lambda batch, column=column, base_dir=base_dir: {column: [str(base_dir / p) for p in batch[column]]},
+            batched=True,
         )
     return raw_datasets
 
@@ -488,7 +495,9 @@ def load_audio(value, sampling_rate: int) -> np.ndarray:
     try:
         audio, file_rate = sf.read(source, dtype="float32", always_2d=True)  # (samples, channels)
     except Exception as error:  # noqa: BLE001
-        raise ValueError(f"Could not decode {name}: {error}. Fix or remove the file (or use --skip_bad_audio).")
+        raise ValueError(
+            f"Could not decode {name}: {error}. Fix or remove the file (or use --skip_bad_audio)."
+        ) from error
     audio = audio.mean(axis=1)
     if file_rate != sampling_rate:
         audio = soxr.resample(audio, file_rate, sampling_rate).astype(np.float32)
@@ -525,7 +534,7 @@ def parse_range(text: str, flag: str) -> tuple[float, float]:
     try:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"{flag} must be 'min,max' (two numbers), got {text!r}.")
+        raise ValueError(f"{flag} must be 'min,max' (two numbers), got {text!r}.") from None
     if low > high:
         raise ValueError(f"{flag} must be 'min,max' with min <= max, got {text!r}.")
     return low, high
@@ -631,7 +640,7 @@ def write_model_card(
         dataset_id = None  # a local folder is no Hub id
     metric_names = ["mean_average_precision", "roc_auc"] if multi_label else ["accuracy"]
     results = [
-        f"| {key[len('eval_'):]} | {value:.4f} |"
+        f"| {key[len('eval_') :]} | {value:.4f} |"
         for key, value in eval_metrics.items()
         if key.startswith("eval_") and not key.endswith(("runtime", "per_second"))
     ]
@@ -672,8 +681,7 @@ def write_model_card(
             "freeze_encoder": config.freeze_encoder,
             **augmentation_settings(data_args),
         },
-        evaluation_results=f"On {eval_split}:\n\n| metric | value |\n| --- | --- |\n"
-        + "\n".join(results),
+        evaluation_results=f"On {eval_split}:\n\n| metric | value |\n| --- | --- |\n" + "\n".join(results),
     )
     Path(output_dir, "README.md").write_text(text, encoding="utf-8")
 
@@ -803,8 +811,10 @@ def main():
                 # decoded by us with soundfile: `datasets` decodes audio only through torchcodec
                 splits[name] = split.cast_column(data_args.audio_column_name, Audio(decode=False))
         if data_args.max_train_samples is not None:
-            splits["train"] = splits["train"].shuffle(seed=training_args.seed).select(
-                range(min(data_args.max_train_samples, len(splits["train"])))
+            splits["train"] = (
+                splits["train"]
+                .shuffle(seed=training_args.seed)
+                .select(range(min(data_args.max_train_samples, len(splits["train"]))))
             )
         if data_args.max_eval_samples is not None:
             splits["eval"] = splits["eval"].select(range(min(data_args.max_eval_samples, len(splits["eval"]))))

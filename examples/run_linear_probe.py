@@ -82,7 +82,9 @@ def parse_args(argv=None):
     data.add_argument("--validation_split", default=None, help="Validation split (default: held out from train).")
     data.add_argument("--test_split", default=None, help="Test split (required without --fold_column).")
     data.add_argument(
-        "--validation_fraction", type=float, default=0.1,
+        "--validation_fraction",
+        type=float,
+        default=0.1,
         help="Fraction of the training clips of each class held out for early stopping when no validation split.",
     )
     data.add_argument("--multi_label", action="store_true", help="Multi-label task (metric: macro mAP).")
@@ -257,8 +259,11 @@ def embed_records(records, model, feature_extractor, args, desc: str):
         minimum = getattr(feature_extractor, "n_fft", 1)
         if waveform.shape[0] < minimum:
             logger.warning(
-                "Skipping clip %d of %s: %d samples, shorter than the encoder's minimum %d", index, desc,
-                waveform.shape[0], minimum,
+                "Skipping clip %d of %s: %d samples, shorter than the encoder's minimum %d",
+                index,
+                desc,
+                waveform.shape[0],
+                minimum,
             )
             skipped.append(index)
             continue
@@ -280,9 +285,9 @@ def embed_records(records, model, feature_extractor, args, desc: str):
     embeddings = {}
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16)
     for batch in tqdm(batches, desc=f"embedding {desc}"):
-        inputs = feature_extractor(
-            [waveforms[i] for i in batch], sampling_rate=sampling_rate, return_tensors="pt"
-        ).to(device)
+        inputs = feature_extractor([waveforms[i] for i in batch], sampling_rate=sampling_rate, return_tensors="pt").to(
+            device
+        )
         with autocast:
             outputs = model(**inputs)
         pooled = getattr(outputs, "pooler_output", None)
@@ -405,9 +410,38 @@ def t_quantile_975(degrees_of_freedom: int) -> float:
 
         return float(t.ppf(0.975, degrees_of_freedom))
     except ImportError:  # scipy absent: standard table values, normal quantile beyond 30 degrees of freedom
-        table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-                 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-                 2.045, 2.042]
+        table = [
+            12.706,
+            4.303,
+            3.182,
+            2.776,
+            2.571,
+            2.447,
+            2.365,
+            2.306,
+            2.262,
+            2.228,
+            2.201,
+            2.179,
+            2.160,
+            2.145,
+            2.131,
+            2.120,
+            2.110,
+            2.101,
+            2.093,
+            2.086,
+            2.080,
+            2.074,
+            2.069,
+            2.064,
+            2.060,
+            2.056,
+            2.052,
+            2.048,
+            2.045,
+            2.042,
+        ]
         return table[degrees_of_freedom - 1] if degrees_of_freedom <= 30 else 1.960
 
 
@@ -459,12 +493,27 @@ def run_folds(data, class_names, args):
         for seed in args.seeds:
             train_index, val_index = hold_out(np.flatnonzero(folds != fold), labels, args.validation_fraction, seed)
             subset = lambda index: {"x": x[index], "y": y[index]}  # noqa: E731
-            result = train_linear_probe(subset(train_index), subset(val_index), subset(test_index),
-                                        len(class_names), seed, args)
-            runs.append({"fold": fold, "seed": seed, "num_train": len(train_index), "num_validation": len(val_index),
-                         "num_test": len(test_index), **result})
-            logger.info("fold %s seed %d: test %.4f (validation %.4f, best epoch %d)", fold, seed,
-                        result["test_metric"], result["validation_metric"], result["best_epoch"])
+            result = train_linear_probe(
+                subset(train_index), subset(val_index), subset(test_index), len(class_names), seed, args
+            )
+            runs.append(
+                {
+                    "fold": fold,
+                    "seed": seed,
+                    "num_train": len(train_index),
+                    "num_validation": len(val_index),
+                    "num_test": len(test_index),
+                    **result,
+                }
+            )
+            logger.info(
+                "fold %s seed %d: test %.4f (validation %.4f, best epoch %d)",
+                fold,
+                seed,
+                result["test_metric"],
+                result["validation_metric"],
+                result["best_epoch"],
+            )
     # One value per fold (mean over seeds): the confidence interval is over folds.
     per_fold = [float(np.mean([r["test_metric"] for r in runs if r["fold"] == fold])) for fold in test_folds]
     return runs, per_fold
@@ -483,17 +532,33 @@ def run_splits(data, class_names, args):
     runs = []
     for seed in args.seeds:
         if args.validation_split is None:
-            train_index, val_index = hold_out(np.arange(len(targets[args.train_split])),
-                                              data[args.train_split]["labels"], args.validation_fraction, seed)
+            train_index, val_index = hold_out(
+                np.arange(len(targets[args.train_split])),
+                data[args.train_split]["labels"],
+                args.validation_fraction,
+                seed,
+            )
             train, validation = subset(args.train_split, train_index), subset(args.train_split, val_index)
         else:
             train, validation = subset(args.train_split), subset(args.validation_split)
         test = subset(args.test_split)
         result = train_linear_probe(train, validation, test, len(class_names), seed, args)
-        runs.append({"seed": seed, "num_train": len(train["y"]), "num_validation": len(validation["y"]),
-                     "num_test": len(test["y"]), **result})
-        logger.info("seed %d: test %.4f (validation %.4f, best epoch %d)", seed, result["test_metric"],
-                    result["validation_metric"], result["best_epoch"])
+        runs.append(
+            {
+                "seed": seed,
+                "num_train": len(train["y"]),
+                "num_validation": len(validation["y"]),
+                "num_test": len(test["y"]),
+                **result,
+            }
+        )
+        logger.info(
+            "seed %d: test %.4f (validation %.4f, best epoch %d)",
+            seed,
+            result["test_metric"],
+            result["validation_metric"],
+            result["best_epoch"],
+        )
     return runs, [r["test_metric"] for r in runs]
 
 
@@ -560,8 +625,9 @@ def main(argv=None):
     with open(path, "w") as handle:
         json.dump(results, handle, indent=2)
     ci = "n/a (one run)" if summary["ci95"] is None else f"{100 * summary['ci95']:.2f}"
-    logger.info("Test %s: %.2f +- %s (95 %% CI, %d runs); written to %s", metric, 100 * summary["mean"], ci,
-                summary["n"], path)
+    logger.info(
+        "Test %s: %.2f +- %s (95 %% CI, %d runs); written to %s", metric, 100 * summary["mean"], ci, summary["n"], path
+    )
     return results
 
 

@@ -32,6 +32,7 @@ import os
 import shutil
 import signal
 import time
+
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -62,11 +63,20 @@ logger = get_logger(__name__)
 PRESETS = {
     "base": {},  # the official ViT-Base configuration: MatpacConfig() defaults
     "tiny": dict(
-        hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768,
-        decoder_hidden_size=128, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        intermediate_size=768,
+        decoder_hidden_size=128,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=4,
         decoder_intermediate_size=512,
-        head_hidden_size=256, head_bottleneck_size=64, head_num_prototypes=256,
-        ema_decay_start=0.99, ema_decay_end=0.999, head_ema_decay_start=0.99,
+        head_hidden_size=256,
+        head_bottleneck_size=64,
+        head_num_prototypes=256,
+        ema_decay_start=0.99,
+        ema_decay_end=0.999,
+        head_ema_decay_start=0.99,
     ),
 }
 # Official schedule proportions (in epochs: 20 of warm-up, 10 of teacher-temperature warm-up, 300 in all), used when
@@ -75,8 +85,17 @@ OFFICIAL_WARMUP_FRACTION = 20 / 300
 OFFICIAL_TEACHER_TEMPERATURE_WARMUP_FRACTION = 10 / 300
 DEMO_NUM_EPOCHS = 30  # default length of the embedded demo (a few minutes of the tiny preset on a laptop CPU)
 DEMO_PROBE_CLIPS_PER_CLASS = 40  # labelled 3 s clips per class of the demo's linear probe
-MONITORS = ("prediction_std", "target_std", "teacher_perplexity", "num_teacher_classes", "student_teacher_agreement",
-            "teacher_temperature", "ema_decay", "head_ema_decay", "mcl_temperature")
+MONITORS = (
+    "prediction_std",
+    "target_std",
+    "teacher_perplexity",
+    "num_teacher_classes",
+    "student_teacher_agreement",
+    "teacher_temperature",
+    "ema_decay",
+    "head_ema_decay",
+    "mcl_temperature",
+)
 
 
 def parse_args(argv=None):
@@ -85,85 +104,146 @@ def parse_args(argv=None):
     data.add_argument("--dataset_name", help="Hub dataset id (or anything `datasets.load_dataset` takes), streamed")
     data.add_argument("--dataset_config", help="configuration name of --dataset_name")
     data.add_argument("--dataset_dir", help="local audiofolder directory of audio files (labels/metadata ignored)")
-    data.add_argument("--data_files", nargs="+",
-                      help="parquet shards, webdataset .tar shards or audio files (globs ok)")
+    data.add_argument(
+        "--data_files", nargs="+", help="parquet shards, webdataset .tar shards or audio files (globs ok)"
+    )
     data.add_argument("--split", default="train", help="split to stream")
     data.add_argument("--audio_column", help="audio column; default: 'audio', or the only Audio column")
-    data.add_argument("--corpus_size", type=int,
-                      help="number of clips in the corpus (per epoch), to convert epochs into steps; "
-                           "the demo corpus sets it itself")
-    data.add_argument("--shuffle_buffer_size", type=int, default=10_000,
-                      help="clips in the streaming shuffle buffer (0 disables it; needed for an exact resume)")
-    data.add_argument("--min_clip_policy", choices=("drop", "pad"), default="drop",
-                      help="clips shorter than the 6.1 s crop: drop them (official) or zero-pad them at the end")
-    data.add_argument("--num_workers", type=int, default=1,
-                      help="DataLoader worker processes decoding audio per training process (0: decode in-process)")
-    data.add_argument("--demo_num_clips", type=int, default=240,
-                      help="clips of the synthetic demo corpus built when no corpus is given")
+    data.add_argument(
+        "--corpus_size",
+        type=int,
+        help="number of clips in the corpus (per epoch), to convert epochs into steps; the demo corpus sets it itself",
+    )
+    data.add_argument(
+        "--shuffle_buffer_size",
+        type=int,
+        default=10_000,
+        help="clips in the streaming shuffle buffer (0 disables it; needed for an exact resume)",
+    )
+    data.add_argument(
+        "--min_clip_policy",
+        choices=("drop", "pad"),
+        default="drop",
+        help="clips shorter than the 6.1 s crop: drop them (official) or zero-pad them at the end",
+    )
+    data.add_argument(
+        "--num_workers",
+        type=int,
+        default=1,
+        help="DataLoader worker processes decoding audio per training process (0: decode in-process)",
+    )
+    data.add_argument(
+        "--demo_num_clips",
+        type=int,
+        default=240,
+        help="clips of the synthetic demo corpus built when no corpus is given",
+    )
 
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", choices=sorted(PRESETS), default="base",
-                       help="'base': official ViT-Base (MatpacConfig defaults); 'tiny': runs on a laptop CPU")
+    model.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="base",
+        help="'base': official ViT-Base (MatpacConfig defaults); 'tiny': runs on a laptop CPU",
+    )
     model.add_argument("--use_mcl", action="store_true", help="MATPAC++: multiple-choice-learning prediction heads")
-    model.add_argument("--config_overrides",
-                       help="comma-separated MatpacConfig fields applied over the preset, e.g. "
-                            "'hidden_size=64,num_hidden_layers=2'")
-    model.add_argument("--model_name_or_path",
-                       help="start from a saved MatpacForPreTraining folder (e.g. a previous run's "
-                            "pretraining_model/) instead of a random initialisation; --preset and --config_overrides "
-                            "are then ignored")
+    model.add_argument(
+        "--config_overrides",
+        help="comma-separated MatpacConfig fields applied over the preset, e.g. 'hidden_size=64,num_hidden_layers=2'",
+    )
+    model.add_argument(
+        "--model_name_or_path",
+        help="start from a saved MatpacForPreTraining folder (e.g. a previous run's "
+        "pretraining_model/) instead of a random initialisation; --preset and --config_overrides "
+        "are then ignored",
+    )
 
     optim = parser.add_argument_group("optimisation (official values by default, spec section 5)")
     optim.add_argument("--per_device_batch_size", type=int, default=32, help="crops per process per micro-batch")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimiser step")
-    optim.add_argument("--learning_rate", type=float, default=3e-4,
-                       help="peak learning rate, used as given (official: 3e-4 at a total batch of 2048)")
+    optim.add_argument(
+        "--learning_rate",
+        type=float,
+        default=3e-4,
+        help="peak learning rate, used as given (official: 3e-4 at a total batch of 2048)",
+    )
     optim.add_argument("--weight_decay", type=float, default=0.05, help="AdamW weight decay")
     optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1")
     optim.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2")
     optim.add_argument("--adam_epsilon", type=float, default=1e-6, help="AdamW epsilon")
-    optim.add_argument("--no_decay_bias_norm", action="store_true",
-                       help="exclude biases, norms, tokens and the prototype gain from weight decay "
-                            "(default: decay every parameter, as the official run)")
+    optim.add_argument(
+        "--no_decay_bias_norm",
+        action="store_true",
+        help="exclude biases, norms, tokens and the prototype gain from weight decay "
+        "(default: decay every parameter, as the official run)",
+    )
     optim.add_argument("--max_grad_norm", type=float, default=3.0, help="gradient clipping norm")
-    optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"),
-                       help="mixed precision (default: accelerate's configuration, else 'no')")
+    optim.add_argument(
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        help="mixed precision (default: accelerate's configuration, else 'no')",
+    )
     optim.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling, crops and masks")
 
     schedule = parser.add_argument_group("schedule: in optimiser steps, or in epochs with --corpus_size")
     schedule.add_argument("--max_steps", type=int, help="optimiser steps in all")
     schedule.add_argument("--warmup_steps", type=int, help="linear learning-rate warm-up steps")
-    schedule.add_argument("--teacher_temperature_warmup_steps", type=int,
-                          help="steps over which the teacher temperature rises 0.04 -> 0.07")
+    schedule.add_argument(
+        "--teacher_temperature_warmup_steps",
+        type=int,
+        help="steps over which the teacher temperature rises 0.04 -> 0.07",
+    )
     schedule.add_argument("--num_epochs", type=float, help="epochs in all (official: 300)")
     schedule.add_argument("--warmup_epochs", type=float, help="warm-up epochs (official: 20)")
-    schedule.add_argument("--teacher_temperature_warmup_epochs", type=float,
-                          help="teacher-temperature warm-up epochs (official: 10)")
+    schedule.add_argument(
+        "--teacher_temperature_warmup_epochs", type=float, help="teacher-temperature warm-up epochs (official: 10)"
+    )
 
     output = parser.add_argument_group("outputs, checkpoints and logging")
     output.add_argument("--output_dir", required=True, help="where checkpoints, logs and the final models go")
     output.add_argument("--checkpointing_steps", type=int, default=1000, help="save a checkpoint every N steps")
-    output.add_argument("--checkpoints_total_limit", type=int, default=3,
-                        help="keep at most this many checkpoints (oldest deleted first; 0 keeps all)")
-    output.add_argument("--resume_from_checkpoint",
-                        help="'latest' (the newest complete checkpoint in --output_dir, if any) or a checkpoint path")
-    output.add_argument("--save_models_at_checkpoints", action="store_true",
-                        help="also write pretraining_model/ and encoder/ at every checkpoint")
+    output.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=3,
+        help="keep at most this many checkpoints (oldest deleted first; 0 keeps all)",
+    )
+    output.add_argument(
+        "--resume_from_checkpoint",
+        help="'latest' (the newest complete checkpoint in --output_dir, if any) or a checkpoint path",
+    )
+    output.add_argument(
+        "--save_models_at_checkpoints",
+        action="store_true",
+        help="also write pretraining_model/ and encoder/ at every checkpoint",
+    )
     output.add_argument("--logging_steps", type=int, default=10, help="log losses and monitors every N steps")
-    output.add_argument("--report_to", default="auto",
-                        help="'auto' (JSONL, plus tensorboard when installed), 'jsonl', or a comma-separated list of "
-                             "accelerate trackers (tensorboard, wandb, ...) to use besides JSONL")
-    output.add_argument("--log_example_ids", action="store_true",
-                        help="write the ids of the clips each process consumed to logs/example_ids_rank<i>.jsonl")
+    output.add_argument(
+        "--report_to",
+        default="auto",
+        help="'auto' (JSONL, plus tensorboard when installed), 'jsonl', or a comma-separated list of "
+        "accelerate trackers (tensorboard, wandb, ...) to use besides JSONL",
+    )
+    output.add_argument(
+        "--log_example_ids",
+        action="store_true",
+        help="write the ids of the clips each process consumed to logs/example_ids_rank<i>.jsonl",
+    )
     output.add_argument("--push_to_hub", action="store_true", help="upload the encoder folder to the Hub at the end")
     output.add_argument("--hub_model_id", help="Hub repo id for --push_to_hub, e.g. 'me/matpac-vitb'")
     output.add_argument("--hub_private_repo", action="store_true", help="create the Hub repo as private")
     output.add_argument("--license", default="mit", help="license written in the model card")
-    output.add_argument("--skip_demo_probe", action="store_true",
-                        help="on the demo corpus, skip the final linear probe of pretrained vs random encoder")
-    output.add_argument("--simulate_crash", choices=("after_step", "during_checkpoint"),
-                        help="testing aid: SIGKILL this process right after step --simulate_crash_at_step, or while "
-                             "writing the checkpoint of that step (before it is complete)")
+    output.add_argument(
+        "--skip_demo_probe",
+        action="store_true",
+        help="on the demo corpus, skip the final linear probe of pretrained vs random encoder",
+    )
+    output.add_argument(
+        "--simulate_crash",
+        choices=("after_step", "during_checkpoint"),
+        help="testing aid: SIGKILL this process right after step --simulate_crash_at_step, or while "
+        "writing the checkpoint of that step (before it is complete)",
+    )
     output.add_argument("--simulate_crash_at_step", type=int, help="step of --simulate_crash")
 
     args = parser.parse_args(argv)
@@ -243,8 +323,9 @@ def resolve_schedule(args, corpus_size: int | None, num_processes: int) -> dict:
     """Optimiser steps for the run, the warm-up and the teacher-temperature warm-up (steps win over epochs)."""
     clips_per_step = args.per_device_batch_size * num_processes * args.gradient_accumulation_steps
     steps_per_epoch = corpus_size // clips_per_step if corpus_size else None
-    uses_epochs = any(v is not None for v in (args.num_epochs, args.warmup_epochs,
-                                              args.teacher_temperature_warmup_epochs))
+    uses_epochs = any(
+        v is not None for v in (args.num_epochs, args.warmup_epochs, args.teacher_temperature_warmup_epochs)
+    )
     if uses_epochs and not steps_per_epoch:
         raise ValueError(
             "Epoch-based lengths (--num_epochs / --warmup_epochs / --teacher_temperature_warmup_epochs) need "
@@ -265,18 +346,28 @@ def resolve_schedule(args, corpus_size: int | None, num_processes: int) -> dict:
     if max_steps < 1:
         raise ValueError(f"The run must have at least one optimiser step, got {max_steps}.")
     warmup = steps(args.warmup_steps, args.warmup_epochs, int(round(max_steps * OFFICIAL_WARMUP_FRACTION)))
-    teacher_warmup = steps(args.teacher_temperature_warmup_steps, args.teacher_temperature_warmup_epochs,
-                           int(round(max_steps * OFFICIAL_TEACHER_TEMPERATURE_WARMUP_FRACTION)))
+    teacher_warmup = steps(
+        args.teacher_temperature_warmup_steps,
+        args.teacher_temperature_warmup_epochs,
+        int(round(max_steps * OFFICIAL_TEACHER_TEMPERATURE_WARMUP_FRACTION)),
+    )
     if not 0 <= warmup <= max_steps or not 0 <= teacher_warmup <= max_steps:
         raise ValueError(f"Warm-ups ({warmup}, {teacher_warmup} steps) must lie within the run ({max_steps} steps).")
-    return {"max_steps": max_steps, "warmup_steps": warmup, "teacher_temperature_warmup_steps": teacher_warmup,
-            "steps_per_epoch": steps_per_epoch, "clips_per_step": clips_per_step, "corpus_size": corpus_size}
+    return {
+        "max_steps": max_steps,
+        "warmup_steps": warmup,
+        "teacher_temperature_warmup_steps": teacher_warmup,
+        "steps_per_epoch": steps_per_epoch,
+        "clips_per_step": clips_per_step,
+        "corpus_size": corpus_size,
+    }
 
 
 def build_optimizer(model: MatpacForPreTraining, args) -> torch.optim.AdamW:
     """AdamW over the trainable parameters only (the EMA teachers have requires_grad=False)."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if args.no_decay_bias_norm:
+
         def no_decay(name, parameter):
             return parameter.ndim <= 1 or name.endswith("token") or "norm" in name or "weight_norm_gain" in name
 
@@ -286,8 +377,9 @@ def build_optimizer(model: MatpacForPreTraining, args) -> torch.optim.AdamW:
         ]
     else:
         groups = [{"params": [p for _, p in named], "weight_decay": args.weight_decay}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                             eps=args.adam_epsilon)
+    return torch.optim.AdamW(
+        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
+    )
 
 
 def mask_generator(seed: int, rank: int, step: int, micro_step: int) -> torch.Generator:
@@ -307,9 +399,9 @@ def find_latest_checkpoint(output_dir: str) -> str | None:
     candidates = []
     for name in os.listdir(output_dir):
         path = os.path.join(output_dir, name)
-        if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit():
+        if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit():
             if os.path.isfile(os.path.join(path, CHECKPOINT_MARKER)):
-                candidates.append((int(name[len(CHECKPOINT_PREFIX):]), path))
+                candidates.append((int(name[len(CHECKPOINT_PREFIX) :]), path))
     return max(candidates)[1] if candidates else None
 
 
@@ -323,8 +415,10 @@ def save_checkpoint(accelerator, output_dir, step, data_loop, args, save_models_
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
     accelerator.save_state(temporary)  # model, optimizer, registered scheduler, every process's RNG states
-    torch.save({"global_step": step, "data": data_loop.state_dict()},
-               os.path.join(temporary, f"training_state_rank{accelerator.process_index}.pt"))
+    torch.save(
+        {"global_step": step, "data": data_loop.state_dict()},
+        os.path.join(temporary, f"training_state_rank{accelerator.process_index}.pt"),
+    )
     if save_models_fn is not None:
         save_models_fn(temporary)
     accelerator.wait_for_everyone()
@@ -338,8 +432,11 @@ def save_checkpoint(accelerator, output_dir, step, data_loop, args, save_models_
             shutil.rmtree(final)
         os.replace(temporary, final)
         if args.checkpoints_total_limit > 0:
-            steps = sorted(int(n[len(CHECKPOINT_PREFIX):]) for n in os.listdir(output_dir)
-                           if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX):].isdigit())
+            steps = sorted(
+                int(n[len(CHECKPOINT_PREFIX) :])
+                for n in os.listdir(output_dir)
+                if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX) :].isdigit()
+            )
             for old in steps[: -args.checkpoints_total_limit]:
                 shutil.rmtree(os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{old}"), ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -375,12 +472,14 @@ def plot_curves(metrics_path: str, png_path: str) -> bool:
             if row.get("step") is not None and "loss" in row:
                 rows[row["step"]] = row
     steps = sorted(rows)
-    panels = [("losses", ("loss", "prediction_loss", "classification_loss")),
-              ("std of normalised vectors", ("prediction_std", "target_std")),
-              ("teacher perplexity", ("teacher_perplexity",)),
-              ("distinct teacher classes", ("num_teacher_classes",)),
-              ("student/teacher agreement", ("student_teacher_agreement",)),
-              ("learning rate", ("learning_rate",))]
+    panels = [
+        ("losses", ("loss", "prediction_loss", "classification_loss")),
+        ("std of normalised vectors", ("prediction_std", "target_std")),
+        ("teacher perplexity", ("teacher_perplexity",)),
+        ("distinct teacher classes", ("num_teacher_classes",)),
+        ("student/teacher agreement", ("student_teacher_agreement",)),
+        ("learning rate", ("learning_rate",)),
+    ]
     figure, axes = plt.subplots(2, 3, figsize=(14, 7))
     for axis, (title, keys) in zip(axes.flat, panels):
         for key in keys:
@@ -406,7 +505,7 @@ def clip_embeddings(model, feature_extractor, waveforms, batch_size: int = 16) -
     model.eval()
     embeddings = []
     for start in range(0, len(waveforms), batch_size):
-        inputs = feature_extractor(waveforms[start:start + batch_size], sampling_rate=16000, return_tensors="pt")
+        inputs = feature_extractor(waveforms[start : start + batch_size], sampling_rate=16000, return_tensors="pt")
         embeddings.append(model(**inputs).pooler_output.float())
     return torch.cat(embeddings)  # (clips, frame_embedding_size)
 
@@ -446,8 +545,12 @@ def ridge_probe_accuracy(features, labels, num_folds: int = 5) -> float:
         inner = [train[i::4] for i in range(4)]
         scores = [
             sum(
-                (_ridge_predict(features, targets, len(classes), train[~torch.isin(train, part)], part, penalty)
-                 == targets[part]).sum().item()
+                (
+                    _ridge_predict(features, targets, len(classes), train[~torch.isin(train, part)], part, penalty)
+                    == targets[part]
+                )
+                .sum()
+                .item()
                 for part in inner
             )
             for penalty in penalties
@@ -464,10 +567,12 @@ def run_demo_probe(encoder_dir: str, probe_dir: str, config: MatpacConfig, seed:
     torch.manual_seed(seed + 12345)
     random_encoder = MatpacModel(config)
     return {
-        "probe_accuracy_pretrained": ridge_probe_accuracy(clip_embeddings(pretrained, feature_extractor, waveforms),
-                                                          labels),
+        "probe_accuracy_pretrained": ridge_probe_accuracy(
+            clip_embeddings(pretrained, feature_extractor, waveforms), labels
+        ),
         "probe_accuracy_random_init": ridge_probe_accuracy(
-            clip_embeddings(random_encoder, feature_extractor, waveforms), labels),
+            clip_embeddings(random_encoder, feature_extractor, waveforms), labels
+        ),
         "probe_num_clips": len(labels),
         "probe_num_classes": len(set(labels)),
     }
@@ -508,11 +613,18 @@ def main(argv=None):
     if not (args.dataset_name or args.dataset_dir or args.data_files):
         demo_dir = os.path.join(output_dir, "demo_corpus")
         marker = os.path.join(demo_dir, "corpus.json")
-        wanted = {"num_clips": args.demo_num_clips, "seed": args.seed,
-                  "num_probe_clips_per_class": DEMO_PROBE_CLIPS_PER_CLASS}
+        wanted = {
+            "num_clips": args.demo_num_clips,
+            "seed": args.seed,
+            "num_probe_clips_per_class": DEMO_PROBE_CLIPS_PER_CLASS,
+        }
         if accelerator.is_main_process and not (os.path.isfile(marker) and read_json(marker) == wanted):
-            build_demo_corpus(demo_dir, num_clips=args.demo_num_clips, seed=args.seed,
-                              num_probe_clips_per_class=DEMO_PROBE_CLIPS_PER_CLASS)
+            build_demo_corpus(
+                demo_dir,
+                num_clips=args.demo_num_clips,
+                seed=args.seed,
+                num_probe_clips_per_class=DEMO_PROBE_CLIPS_PER_CLASS,
+            )
             with open(marker, "w") as handle:
                 json.dump(wanted, handle)
         accelerator.wait_for_everyone()
@@ -522,24 +634,43 @@ def main(argv=None):
         if args.max_steps is None and args.num_epochs is None:
             args.num_epochs = DEMO_NUM_EPOCHS
             logger.info(f"Demo: no run length given, using --num_epochs {DEMO_NUM_EPOCHS}")
-        logger.info(f"No corpus given: built the synthetic demo corpus in {demo_dir} ({demo.num_clips} clips + 1 "
-                    "corrupted file, and a labelled probe set)")
+        logger.info(
+            f"No corpus given: built the synthetic demo corpus in {demo_dir} ({demo.num_clips} clips + 1 "
+            "corrupted file, and a labelled probe set)"
+        )
     dataset, audio_column = load_audio_stream(
-        dataset_name=args.dataset_name, dataset_dir=args.dataset_dir, data_files=args.data_files,
-        dataset_config=args.dataset_config, split=args.split, audio_column=args.audio_column,
+        dataset_name=args.dataset_name,
+        dataset_dir=args.dataset_dir,
+        data_files=args.data_files,
+        dataset_config=args.dataset_config,
+        split=args.split,
+        audio_column=args.audio_column,
     )
     if corpus_size is None:
         splits = getattr(dataset.info, "splits", None) or {}
         if args.split in splits and splits[args.split].num_examples:
             corpus_size = splits[args.split].num_examples
             logger.info(f"Corpus size from the dataset info: {corpus_size} clips")
-    stream = build_crop_stream(dataset, audio_column, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
-                               rank=rank, world_size=world_size, min_clip_policy=args.min_clip_policy)
-    data_loop = PretrainingDataLoop(stream, batch_size=args.per_device_batch_size, num_workers=args.num_workers,
-                                    pin_memory=accelerator.device.type == "cuda")
+    stream = build_crop_stream(
+        dataset,
+        audio_column,
+        seed=args.seed,
+        shuffle_buffer_size=args.shuffle_buffer_size,
+        rank=rank,
+        world_size=world_size,
+        min_clip_policy=args.min_clip_policy,
+    )
+    data_loop = PretrainingDataLoop(
+        stream,
+        batch_size=args.per_device_batch_size,
+        num_workers=args.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+    )
     if not data_loop.exact_resume:
-        logger.warning("DataLoader workers without torchdata: a resumed run restarts the interrupted epoch. Install "
-                       "torchdata (StatefulDataLoader) or use --num_workers 0 for an exact resume.")
+        logger.warning(
+            "DataLoader workers without torchdata: a resumed run restarts the interrupted epoch. Install "
+            "torchdata (StatefulDataLoader) or use --num_workers 0 for an exact resume."
+        )
 
     # 3. Schedule lengths, written into the model config so its own schedules (teacher temperature, EMA) follow them.
     schedule = resolve_schedule(args, corpus_size, world_size)
@@ -554,7 +685,8 @@ def main(argv=None):
     # 4. Model, feature extractor, optimiser, learning-rate schedule.
     if args.model_name_or_path:
         model = MatpacForPreTraining.from_pretrained(
-            args.model_name_or_path, total_steps=schedule["max_steps"],
+            args.model_name_or_path,
+            total_steps=schedule["max_steps"],
             teacher_temperature_warmup_steps=schedule["teacher_temperature_warmup_steps"],
         )
         config = model.config
@@ -562,19 +694,25 @@ def main(argv=None):
         config_kwargs = {**PRESETS[args.preset], **parse_config_overrides(args.config_overrides)}
         if args.use_mcl:
             config_kwargs["use_mcl"] = True
-        config = MatpacConfig(total_steps=schedule["max_steps"],
-                              teacher_temperature_warmup_steps=schedule["teacher_temperature_warmup_steps"],
-                              **config_kwargs)
+        config = MatpacConfig(
+            total_steps=schedule["max_steps"],
+            teacher_temperature_warmup_steps=schedule["teacher_temperature_warmup_steps"],
+            **config_kwargs,
+        )
         model = MatpacForPreTraining(config)
     crop_frames = 1 + (CROP_SAMPLES - config.win_length) // config.hop_length
     if crop_frames != config.max_frames:
-        raise ValueError(f"The data pipeline makes {crop_frames}-frame crops but the model config has max_frames="
-                         f"{config.max_frames}; keep max_frames=608 for pretraining.")
+        raise ValueError(
+            f"The data pipeline makes {crop_frames}-frame crops but the model config has max_frames="
+            f"{config.max_frames}; keep max_frames=608 for pretraining."
+        )
     feature_extractor = MatpacFeatureExtractor.from_model_config(config)
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model_name = args.model_name_or_path or f"{args.preset} preset"
-    logger.info(f"Model: {'MATPAC++' if config.use_mcl else 'MATPAC'} from {model_name}, "
-                f"{num_trainable / 1e6:.2f} M trainable parameters (teachers excluded)")
+    logger.info(
+        f"Model: {'MATPAC++' if config.use_mcl else 'MATPAC'} from {model_name}, "
+        f"{num_trainable / 1e6:.2f} M trainable parameters (teachers excluded)"
+    )
     optimizer = build_optimizer(model, args)
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, schedule["warmup_steps"], schedule["max_steps"])
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -595,24 +733,35 @@ def main(argv=None):
         accelerator.load_state(checkpoint)
         state_path = os.path.join(checkpoint, f"training_state_rank{rank}.pt")
         if not os.path.isfile(state_path):
-            raise ValueError(f"{checkpoint} has no stream state for process {rank}: it was written by a run with "
-                             "fewer processes; resume with the same number of processes.")
+            raise ValueError(
+                f"{checkpoint} has no stream state for process {rank}: it was written by a run with "
+                "fewer processes; resume with the same number of processes."
+            )
         training_state = torch.load(state_path, weights_only=False)
         global_step = training_state["global_step"]
         data_loop.load_state_dict(training_state["data"])
         logger.info(f"Resumed from {checkpoint} at step {global_step} (epoch {data_loop.epoch})")
 
     hyperparameters = {
-        "preset": args.preset, "use_mcl": config.use_mcl, "learning_rate": args.learning_rate,
-        "weight_decay": args.weight_decay, "betas": f"({args.adam_beta1}, {args.adam_beta2})",
-        "adam_epsilon": args.adam_epsilon, "decay_bias_norm": not args.no_decay_bias_norm,
-        "max_grad_norm": args.max_grad_norm, "per_device_batch_size": args.per_device_batch_size,
-        "num_processes": world_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "total_batch_size": schedule["clips_per_step"], "total_steps": schedule["max_steps"],
+        "preset": args.preset,
+        "use_mcl": config.use_mcl,
+        "learning_rate": args.learning_rate,
+        "weight_decay": args.weight_decay,
+        "betas": f"({args.adam_beta1}, {args.adam_beta2})",
+        "adam_epsilon": args.adam_epsilon,
+        "decay_bias_norm": not args.no_decay_bias_norm,
+        "max_grad_norm": args.max_grad_norm,
+        "per_device_batch_size": args.per_device_batch_size,
+        "num_processes": world_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "total_batch_size": schedule["clips_per_step"],
+        "total_steps": schedule["max_steps"],
         "warmup_steps": schedule["warmup_steps"],
         "teacher_temperature_warmup_steps": schedule["teacher_temperature_warmup_steps"],
-        "mixed_precision": accelerator.mixed_precision, "seed": args.seed,
-        "shuffle_buffer_size": args.shuffle_buffer_size, "min_clip_policy": args.min_clip_policy,
+        "mixed_precision": accelerator.mixed_precision,
+        "seed": args.seed,
+        "shuffle_buffer_size": args.shuffle_buffer_size,
+        "min_clip_policy": args.min_clip_policy,
         "crop": "608 frames (97520 samples, 6.1 s)",
     }
     accelerator.init_trackers("matpac_pretraining", config=hyperparameters)
@@ -623,21 +772,27 @@ def main(argv=None):
 
     def card_fields(final_monitors: dict | None = None) -> dict:
         corpus = args.dataset_name or (["synthetic demo corpus"] if demo else args.dataset_dir or args.data_files)
-        summary = (f"Pretrained with `examples/run_pretraining.py` of matpac-hf for {global_step} optimiser steps of "
-                   f"{schedule['clips_per_step']} random 6.08 s crops on {corpus}.")
+        summary = (
+            f"Pretrained with `examples/run_pretraining.py` of matpac-hf for {global_step} optimiser steps of "
+            f"{schedule['clips_per_step']} random 6.08 s crops on {corpus}."
+        )
         if final_monitors:
             summary += " Final monitors: " + ", ".join(f"{k} {v:.4g}" for k, v in final_monitors.items()) + "."
-        fields = {"license": args.license, "training_summary": summary, "training_hyperparameters": hyperparameters,
-                  "objective": pretraining_objective(config),
-                  "tags": ["matpac++"] if config.use_mcl else None,
-                  "architecture": f"{config.num_hidden_layers} blocks, width {config.hidden_size}, "
-                                  f"{config.num_attention_heads} heads",
-                  "embedding_size": config.frame_embedding_size,
-                  "model_summary": f"A self-supervised audio encoder pretrained with "
-                                   f"{'MATPAC++' if config.use_mcl else 'MATPAC'} (Masked latent Prediction And "
-                                   f"Classification, ICASSP 2025): a ViT that turns 16 kHz audio into one "
-                                   f"{config.frame_embedding_size}-d frame embedding per 160 ms and a "
-                                   f"{config.frame_embedding_size}-d clip embedding."}
+        fields = {
+            "license": args.license,
+            "training_summary": summary,
+            "training_hyperparameters": hyperparameters,
+            "objective": pretraining_objective(config),
+            "tags": ["matpac++"] if config.use_mcl else None,
+            "architecture": f"{config.num_hidden_layers} blocks, width {config.hidden_size}, "
+            f"{config.num_attention_heads} heads",
+            "embedding_size": config.frame_embedding_size,
+            "model_summary": f"A self-supervised audio encoder pretrained with "
+            f"{'MATPAC++' if config.use_mcl else 'MATPAC'} (Masked latent Prediction And "
+            f"Classification, ICASSP 2025): a ViT that turns 16 kHz audio into one "
+            f"{config.frame_embedding_size}-d frame embedding per 160 ms and a "
+            f"{config.frame_embedding_size}-d clip embedding.",
+        }
         if args.dataset_name:
             fields["datasets"] = [args.dataset_name]
         if args.model_name_or_path:
@@ -650,8 +805,12 @@ def main(argv=None):
     model.train()
     unwrapped = accelerator.unwrap_model(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    progress = tqdm(total=schedule["max_steps"], initial=global_step, desc="pretraining",
-                    disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        total=schedule["max_steps"],
+        initial=global_step,
+        desc="pretraining",
+        disable=not accelerator.is_local_main_process,
+    )
     sums, micro_step, last_logged = {}, 0, {}
     start_time, start_step = time.perf_counter(), global_step
     batches = iter(data_loop)
@@ -660,8 +819,9 @@ def main(argv=None):
         with accelerator.accumulate(model):
             waveforms = batch["input_values"].to(accelerator.device, non_blocking=True)  # (batch, 97520)
             input_values = feature_extractor.extract_log_mel(waveforms)  # (batch, 80, 608), float32
-            outputs = model(input_values, step=global_step,
-                            generator=mask_generator(args.seed, rank, global_step, micro_step))
+            outputs = model(
+                input_values, step=global_step, generator=mask_generator(args.seed, rank, global_step, micro_step)
+            )
             accelerator.backward(outputs.loss)
             if accelerator.sync_gradients:
                 unwrapped.update_teachers(global_step)  # after backward, before the optimiser step (docstring)
@@ -676,8 +836,17 @@ def main(argv=None):
             if value is not None:
                 sums[key] = sums.get(key, 0.0) + value.detach().float()
         if ids_file is not None:
-            ids_file.write(json.dumps({"step": global_step, "micro_step": micro_step - 1, "epoch": data_loop.epoch,
-                                       "ids": batch["example_ids"]}) + "\n")
+            ids_file.write(
+                json.dumps(
+                    {
+                        "step": global_step,
+                        "micro_step": micro_step - 1,
+                        "epoch": data_loop.epoch,
+                        "ids": batch["example_ids"],
+                    }
+                )
+                + "\n"
+            )
             ids_file.flush()
         if not accelerator.sync_gradients:
             continue
@@ -710,12 +879,19 @@ def main(argv=None):
             logger.warning(f"--simulate_crash: killing the process after step {global_step}")
             os.kill(os.getpid(), signal.SIGKILL)
         if global_step % args.checkpointing_steps == 0 and global_step < schedule["max_steps"]:
+
             def models_fn(folder):
                 if accelerator.is_main_process:
                     save_models(unwrapped, feature_extractor, folder, card_fields())
 
-            path = save_checkpoint(accelerator, output_dir, global_step, data_loop, args,
-                                   models_fn if args.save_models_at_checkpoints else None)
+            path = save_checkpoint(
+                accelerator,
+                output_dir,
+                global_step,
+                data_loop,
+                args,
+                models_fn if args.save_models_at_checkpoints else None,
+            )
             logger.info(f"Saved checkpoint {path}")
     progress.close()
     if ids_file is not None:
@@ -733,14 +909,26 @@ def main(argv=None):
                 json.dump(checksums, handle)
             in_sync = len(set(checksums)) == 1
             (logger.info if in_sync else logger.warning)(
-                f"Model replicas identical across the {world_size} processes: {in_sync}")
-    monitors = {k: last_logged[k] for k in ("loss", "prediction_loss", "classification_loss", "prediction_std",
-                                            "target_std", "teacher_perplexity") if k in last_logged}
+                f"Model replicas identical across the {world_size} processes: {in_sync}"
+            )
+    monitors = {
+        k: last_logged[k]
+        for k in (
+            "loss",
+            "prediction_loss",
+            "classification_loss",
+            "prediction_std",
+            "target_std",
+            "teacher_perplexity",
+        )
+        if k in last_logged
+    }
     encoder_dir = os.path.join(output_dir, "encoder")
     if accelerator.is_main_process:
         save_models(unwrapped, feature_extractor, output_dir, card_fields(monitors))
-        logger.info(f"Saved {output_dir}/pretraining_model (continue training) and {encoder_dir} "
-                    "(AutoModel.from_pretrained)")
+        logger.info(
+            f"Saved {output_dir}/pretraining_model (continue training) and {encoder_dir} (AutoModel.from_pretrained)"
+        )
         logger.info(f"Data: {data_loop.stats.totals()} (this process)")
     accelerator.wait_for_everyone()
     # Free the DDP wrapper while every process is still here: its gradient reducer holds the process group, and
@@ -758,19 +946,24 @@ def main(argv=None):
             results = run_demo_probe(encoder_dir, demo.probe_dir, config, args.seed)
             with open(os.path.join(output_dir, "demo_probe.json"), "w") as handle:
                 json.dump(results, handle, indent=2)
-            print(f"\nDemo linear probe ({results['probe_num_classes']} synthetic sound classes, "
-                  f"{results['probe_num_clips']} clips, 5-fold cross-validation, ridge on the "
-                  f"{config.frame_embedding_size}-d clip embedding):\n"
-                  f"  pretrained encoder   : {results['probe_accuracy_pretrained']:.3f}\n"
-                  f"  random-init encoder  : {results['probe_accuracy_random_init']:.3f}")
+            print(
+                f"\nDemo linear probe ({results['probe_num_classes']} synthetic sound classes, "
+                f"{results['probe_num_clips']} clips, 5-fold cross-validation, ridge on the "
+                f"{config.frame_embedding_size}-d clip embedding):\n"
+                f"  pretrained encoder   : {results['probe_accuracy_pretrained']:.3f}\n"
+                f"  random-init encoder  : {results['probe_accuracy_random_init']:.3f}"
+            )
 
         if args.push_to_hub:
             from huggingface_hub import HfApi
 
             api = HfApi()
             api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
-            api.upload_folder(repo_id=args.hub_model_id, folder_path=encoder_dir,
-                              commit_message=f"MATPAC encoder after {global_step} pretraining steps")
+            api.upload_folder(
+                repo_id=args.hub_model_id,
+                folder_path=encoder_dir,
+                commit_message=f"MATPAC encoder after {global_step} pretraining steps",
+            )
             logger.info(f"Pushed {encoder_dir} to the Hub as {args.hub_model_id}")
 
 

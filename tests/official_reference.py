@@ -53,8 +53,17 @@ def official_mel_filters() -> torch.Tensor:
 def reference_log_mel(audio: np.ndarray) -> np.ndarray:
     """(samples,) 16 kHz mono -> (80, frames) normalised log-mel as the official front end computes it (float32)."""
     waveform = torch.as_tensor(np.asarray(audio, dtype=np.float32))[None]
-    spectrum = torch.stft(waveform, n_fft=N_FFT, hop_length=HOP, win_length=N_FFT, window=torch.hann_window(N_FFT),
-                          center=False, normalized=False, onesided=True, return_complex=True)
+    spectrum = torch.stft(
+        waveform,
+        n_fft=N_FFT,
+        hop_length=HOP,
+        win_length=N_FFT,
+        window=torch.hann_window(N_FFT),
+        center=False,
+        normalized=False,
+        onesided=True,
+        return_complex=True,
+    )
     power = spectrum.abs().pow(2.0)  # (1, 201, frames)
     mel = torch.matmul(power.transpose(-1, -2), official_mel_filters()).transpose(-1, -2)  # (1, 80, frames)
     log_mel = torch.log(mel + torch.finfo(torch.float32).eps)
@@ -76,9 +85,7 @@ def sincos_2d_with_cls(embed_dim: int, grid_height: int, grid_width: int) -> np.
     """(1 + H * W, D): zero CLS row, then row-major (frequency-major) patches; first half embeds the width (time)
     coordinate, second half the height (frequency) coordinate, as MAE's meshgrid(w, h) ordering gives."""
     width_coord, height_coord = np.meshgrid(np.arange(grid_width), np.arange(grid_height))  # each (H, W)
-    table = np.concatenate(
-        [sincos_1d(embed_dim // 2, width_coord), sincos_1d(embed_dim // 2, height_coord)], axis=1
-    )
+    table = np.concatenate([sincos_1d(embed_dim // 2, width_coord), sincos_1d(embed_dim // 2, height_coord)], axis=1)
     return np.concatenate([np.zeros((1, embed_dim)), table], axis=0)
 
 
@@ -296,9 +303,12 @@ class ClsHead(nn.Module):
     def __init__(self, in_dim, hidden_dim, bottleneck_dim, out_dim):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
             nn.Linear(hidden_dim, bottleneck_dim),
-        )  # fmt: skip
+        )
         with warnings.catch_warnings():  # the old-style weight_norm gives the official weight_g / weight_v names
             warnings.simplefilter("ignore", FutureWarning)
             self.last_layer = torch.nn.utils.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
@@ -316,8 +326,20 @@ class ClsLoss(nn.Module):
 class OfficialTrainingModel(OfficialMatpac):
     """Student + predictor + heads + center, with the teachers kept apart (fairseq stores them as nested dicts)."""
 
-    def __init__(self, embed_dim=64, depth=2, num_heads=4, decoder_dim=32, decoder_depth=2, decoder_heads=2,
-                 head_hidden=48, head_bottleneck=16, head_out=40, mcl_heads=0, n_t=608):  # fmt: skip
+    def __init__(
+        self,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        decoder_dim=32,
+        decoder_depth=2,
+        decoder_heads=2,
+        head_hidden=48,
+        head_bottleneck=16,
+        head_out=40,
+        mcl_heads=0,
+        n_t=608,
+    ):
         super().__init__(embed_dim=embed_dim, depth=depth, num_heads=num_heads, n_t=n_t)
         # the official decoder always has `decoder_pred`, also in MATPAC++ (where the K heads replace it)
         self.decoder = Decoder(embed_dim, decoder_dim, decoder_depth, decoder_heads, self.grid)
@@ -336,7 +358,10 @@ class OfficialTrainingModel(OfficialMatpac):
             "model": model_state,
             "cfg": {  # the official configuration's layout (an omegaconf DictConfig in real files; a dict here)
                 "model": {
-                    "_name": "matpac", "mask_ratio": 0.7, "ema_decay": 0.9995, "ema_end_decay": 0.9999,
+                    "_name": "matpac",
+                    "mask_ratio": 0.7,
+                    "ema_decay": 0.9995,
+                    "ema_end_decay": 0.9999,
                     "n_t": "${task.max_sample_size}",
                     "cls_head_cfg": {"ema_decay": 0.99, "warmup_n_steps": 20, "head_dim_out": 40},
                     "mcl_heads": {"n_head": 3, "temperature_start": 0.2, "temperature_end": 0.001, "decay_rate": 0.9},

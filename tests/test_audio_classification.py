@@ -148,7 +148,9 @@ def test_multi_label_loss_is_bce_with_logits():
     expected = torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits, targets)
     torch.testing.assert_close(outputs.loss, expected)
     # integer multi-hot targets work too once the problem type is set
-    torch.testing.assert_close(model(torch.randn(2, 80, 48), labels=targets.long()).loss.isfinite(), torch.tensor(True))
+    torch.testing.assert_close(
+        model(torch.randn(2, 80, 48), labels=targets.long()).loss.isfinite(), torch.tensor(True)
+    )
 
 
 @pytest.mark.parametrize("num_labels", [1, 2])
@@ -304,9 +306,26 @@ def generated_data(tmp_path_factory):
 
 
 def run_script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(SCRIPT), "--num_train_epochs", "2", "--per_device_train_batch_size", "4",
-               "--per_device_eval_batch_size", "4", "--learning_rate", "1e-3", "--use_cpu", "--seed", "0",
-               "--max_length_seconds", "1.0", "--dataloader_num_workers", "0", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--num_train_epochs",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        "--use_cpu",
+        "--seed",
+        "0",
+        "--max_length_seconds",
+        "1.0",
+        "--dataloader_num_workers",
+        "0",
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -317,10 +336,22 @@ def single_label_run(generated_data, hub_stub):
     """Fine-tunes the tiny encoder on the audiofolder with augmentation and pushes it to the local Hub stub."""
     output_dir = generated_data / "single_label_run"
     run_script(
-        "--model_name_or_path", str(generated_data / "tiny_matpac"), "--dataset_name", str(generated_data / "folder"),
-        "--output_dir", str(output_dir), "--aug_gain", "0.5", "--aug_noise", "0.5", "--aug_time_shift", "0.5",
-        "--push_to_hub", "--hub_model_id", "stub-user/matpac-tones",
-    )  # fmt: skip
+        "--model_name_or_path",
+        str(generated_data / "tiny_matpac"),
+        "--dataset_name",
+        str(generated_data / "folder"),
+        "--output_dir",
+        str(output_dir),
+        "--aug_gain",
+        "0.5",
+        "--aug_noise",
+        "0.5",
+        "--aug_time_shift",
+        "0.5",
+        "--push_to_hub",
+        "--hub_model_id",
+        "stub-user/matpac-tones",
+    )
     return output_dir
 
 
@@ -350,11 +381,23 @@ def test_script_single_label_audiofolder(single_label_run, hub_stub):
 def test_script_multi_label_csv(generated_data):
     output_dir = generated_data / "multi_label_run"
     run_script(
-        "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
-        "--train_file", str(generated_data / "tags.csv"), "--audio_column_name", "file",
-        "--label_column_name", "tags", "--label_separator", ";", "--train_val_split", "0.25",
-        "--output_dir", str(output_dir), "--classifier_pooling", "mean",
-    )  # fmt: skip
+        "--config_overrides",
+        "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
+        "--train_file",
+        str(generated_data / "tags.csv"),
+        "--audio_column_name",
+        "file",
+        "--label_column_name",
+        "tags",
+        "--label_separator",
+        ";",
+        "--train_val_split",
+        "0.25",
+        "--output_dir",
+        str(output_dir),
+        "--classifier_pooling",
+        "mean",
+    )
     metrics = json.loads((output_dir / "eval_results.json").read_text())
     assert 0.0 <= metrics["eval_mean_average_precision"] <= 1.0
     assert 0.0 <= metrics["eval_roc_auc"] <= 1.0
@@ -595,15 +638,29 @@ def test_model_card_reads_sizes_from_the_config_and_records_the_setup(tmp_path, 
     data_args = script.DataArguments(dataset_name="some/dataset", aug_gain=0.5, aug_time_shift=0.25)
     training_args = script.AudioClassificationTrainingArguments(output_dir=str(tmp_path), report_to="none")
     script.write_model_card(
-        str(tmp_path), script.ModelArguments(), data_args, training_args, config, ["a", "b"], False,
-        "the 'validation' split", {"eval_accuracy": 0.5},
-    )  # fmt: skip
+        str(tmp_path),
+        script.ModelArguments(),
+        data_args,
+        training_args,
+        config,
+        ["a", "b"],
+        False,
+        "the 'validation' split",
+        {"eval_accuracy": 0.5},
+    )
     card = (tmp_path / "README.md").read_text()
     assert "3840" not in card and "768-d" not in card
     expected = "mean of the 32-d tokens" if pooling == "mean" else "a linear layer on the 160-d clip embedding"
     assert expected in card and "(encoder frozen: linear probe)" in card
-    for row in (f"| classifier_pooling | {pooling} |", "| freeze_encoder | True |", "| classifier_dropout | 0.1 |",
-                "| aug_gain | 0.5 |", "| aug_gain_db | 6.0 |", "| aug_time_shift | 0.25 |", "| accuracy | 0.5000 |"):
+    for row in (
+        f"| classifier_pooling | {pooling} |",
+        "| freeze_encoder | True |",
+        "| classifier_dropout | 0.1 |",
+        "| aug_gain | 0.5 |",
+        "| aug_gain_db | 6.0 |",
+        "| aug_time_shift | 0.25 |",
+        "| accuracy | 0.5000 |",
+    ):
         assert row in card, row
     assert "aug_noise" not in card and "aug_pitch_shift" not in card  # off: not listed
 

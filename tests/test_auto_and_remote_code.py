@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel
-from matpac_hf import modeling_matpac
+from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel, modeling_matpac
 
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_frames=64)
@@ -88,9 +87,13 @@ def run_loader(folder, mode, tmp_path):
     # run from tmp_path so that a source checkout's `src` is not on the path; the venv's editable install is the
     # only way to matpac_hf, and "remote" mode blocks it.
     result = subprocess.run(
-        [sys.executable, str(script), str(folder), mode], capture_output=True, text=True, cwd=tmp_path, env=env,
+        [sys.executable, str(script), str(folder), mode],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
         timeout=300,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout.split("REPORT", 1)[1])
     return report, np.load(folder / f"out_{mode}.npz")
@@ -138,15 +141,17 @@ def test_remote_code_folder_saved_again_stays_loadable(saved, tmp_path):
     """A model loaded through remote code and saved again carries the code files and the auto_map on."""
     folder, inputs, outputs = saved
     script = tmp_path / "resave.py"
-    script.write_text(textwrap.dedent(
-        f"""
+    script.write_text(
+        textwrap.dedent(
+            f"""
         import sys
         sys.modules["matpac_hf"] = None
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)
         model.save_pretrained({str(tmp_path / "again")!r})
         """
-    ))  # fmt: skip
+        )
+    )
     env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr

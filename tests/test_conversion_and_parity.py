@@ -37,7 +37,7 @@ SMALL = dict(embed_dim=64, depth=2, num_heads=4)
 
 
 def make_audio(seconds: float, seed: int = 0, kind: str = "chirp") -> np.ndarray:
-    """"chirp": a rising chirp in noise; "loud_low_tone": a 0.99-amplitude 100 Hz sine over a faint harmonic and
+    """ "chirp": a rising chirp in noise; "loud_low_tone": a 0.99-amplitude 100 Hz sine over a faint harmonic and
     noise, whose quiet upper mel bands are where float32 rounding of the window and filters shows most."""
     rng = np.random.default_rng(seed)
     num_samples = int(round(seconds * SR))
@@ -144,7 +144,9 @@ def test_long_audio_equals_each_chunk_alone(small):
     inputs = feature_extractor(audio, sampling_rate=SR, return_tensors="pt")
     with torch.no_grad():
         whole = model(**inputs).last_hidden_state
-        pieces = [model(inputs["input_values"][..., start : start + 608]).last_hidden_state for start in (0, 608, 1216)]
+        pieces = [
+            model(inputs["input_values"][..., start : start + 608]).last_hidden_state for start in (0, 608, 1216)
+        ]
     assert [p.shape[1] for p in pieces] == [38, 38, 10]
     assert (whole - torch.cat(pieces, dim=1)).abs().max() < 1e-5
 
@@ -180,10 +182,21 @@ def test_command_line_round_trip(tmp_path):
     reference = randomize_(OfficialMatpac(embed_dim=64, depth=2, num_heads=4), seed=5)
     checkpoint = save_official(reference, tmp_path / "matpac.pt")
     result = subprocess.run(
-        [sys.executable, "-m", "matpac_hf.convert_original_checkpoint", "--checkpoint_path", str(checkpoint),
-         "--output_dir", str(tmp_path / "out"), "--num_attention_heads", "4"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "matpac_hf.convert_original_checkpoint",
+            "--checkpoint_path",
+            str(checkpoint),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--num_attention_heads",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "matches the fixed sin-cos table" in result.stderr
     files = {path.name for path in (tmp_path / "out").iterdir()}
@@ -201,10 +214,19 @@ def test_command_line_round_trip(tmp_path):
     # a refused file: exit status 1 and the reason on stderr, no traceback
     torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pt")
     result = subprocess.run(
-        [sys.executable, "-m", "matpac_hf.convert_original_checkpoint", "--checkpoint_path",
-         str(tmp_path / "other.pt"), "--output_dir", str(tmp_path / "bad")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "matpac_hf.convert_original_checkpoint",
+            "--checkpoint_path",
+            str(tmp_path / "other.pt"),
+            "--output_dir",
+            str(tmp_path / "bad"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1
     assert "holds no MATPAC encoder weights" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "bad").exists()
@@ -223,8 +245,9 @@ def test_audioset_finetuned_checkpoint(tmp_path):
     assert model.config.id2label == {0: "Music", 1: "Speech", 2: "Rain", 3: "Dog"}
     assert model.config.label2id["Dog"] == 3
     assert model.config.problem_type == "multi_label_classification"
-    convert_checkpoint(checkpoint, tmp_path / "by_index", num_attention_heads=4, label_file=labels,
-                       label_sort_column="index")  # fmt: skip
+    convert_checkpoint(
+        checkpoint, tmp_path / "by_index", num_attention_heads=4, label_file=labels, label_sort_column="index"
+    )
     by_index = AutoModelForAudioClassification.from_pretrained(tmp_path / "by_index")
     assert by_index.config.id2label == {0: "Speech", 1: "Music", 2: "Dog", 3: "Rain"}
 
@@ -258,9 +281,12 @@ def test_probe_checkpoint(tmp_path):
     torch.save({"probe.weight": state["probe.weight"], "probe.bias": state["probe.bias"]}, tmp_path / "esc50.pth")
     (tmp_path / "labels.json").write_text(json.dumps({"dog": 0, "rain": 2, "crow": 1}))
     convert_checkpoint(
-        tmp_path / "encoder.pt", tmp_path / "hf", probe_path=tmp_path / "esc50.pth",
-        label_file=tmp_path / "labels.json", num_attention_heads=4,
-    )  # fmt: skip
+        tmp_path / "encoder.pt",
+        tmp_path / "hf",
+        probe_path=tmp_path / "esc50.pth",
+        label_file=tmp_path / "labels.json",
+        num_attention_heads=4,
+    )
     model = AutoModelForAudioClassification.from_pretrained(tmp_path / "hf").eval()
     assert model.config.classifier_pooling == "concat"
     assert model.config.id2label == {0: "dog", 1: "crow", 2: "rain"}
@@ -271,20 +297,33 @@ def test_probe_checkpoint(tmp_path):
 
     with pytest.raises(CheckpointError, match="lists 2 labels but the classifier has 3 outputs"):
         (tmp_path / "two.txt").write_text("a\nb\n")
-        convert_checkpoint(tmp_path / "encoder.pt", tmp_path / "x", probe_path=tmp_path / "esc50.pth",
-                           label_file=tmp_path / "two.txt", num_attention_heads=4)  # fmt: skip
+        convert_checkpoint(
+            tmp_path / "encoder.pt",
+            tmp_path / "x",
+            probe_path=tmp_path / "esc50.pth",
+            label_file=tmp_path / "two.txt",
+            num_attention_heads=4,
+        )
 
     # a multi-label task's probe (named as released) gets sigmoid scores; --problem_type overrides the guess
     shutil.copy(tmp_path / "esc50.pth", tmp_path / "fsd50k.pth")
-    for problem_type, expected in ((None, "multi_label_classification"),
-                                   ("single_label_classification", "single_label_classification")):
+    for problem_type, expected in (
+        (None, "multi_label_classification"),
+        ("single_label_classification", "single_label_classification"),
+    ):
         folder = tmp_path / f"fsd50k-{problem_type}"
-        convert_checkpoint(tmp_path / "encoder.pt", folder, probe_path=tmp_path / "fsd50k.pth", num_attention_heads=4,
-                           problem_type=problem_type)  # fmt: skip
+        convert_checkpoint(
+            tmp_path / "encoder.pt",
+            folder,
+            probe_path=tmp_path / "fsd50k.pth",
+            num_attention_heads=4,
+            problem_type=problem_type,
+        )
         assert AutoModelForAudioClassification.from_pretrained(folder).config.problem_type == expected
     with pytest.raises(CheckpointError, match="only apply to a classifier"):
-        convert_checkpoint(tmp_path / "encoder.pt", tmp_path / "y", problem_type="multi_label_classification",
-                           num_attention_heads=4)  # fmt: skip
+        convert_checkpoint(
+            tmp_path / "encoder.pt", tmp_path / "y", problem_type="multi_label_classification", num_attention_heads=4
+        )
 
 
 @pytest.mark.parametrize("mcl_heads", [0, 3])
@@ -302,8 +341,13 @@ def test_fairseq_training_checkpoint(tmp_path, caplog, mcl_heads):
         assert (encoder(log_mel).last_hidden_state - reference.forward_precise(log_mel)[0]).abs().max() < TOLERANCE
 
     # everything: MatpacForPreTraining
-    convert_checkpoint(tmp_path / "checkpoint_last.pt", tmp_path / "pretraining", model_type="pretraining",
-                       num_attention_heads=4, decoder_num_attention_heads=2)  # fmt: skip
+    convert_checkpoint(
+        tmp_path / "checkpoint_last.pt",
+        tmp_path / "pretraining",
+        model_type="pretraining",
+        num_attention_heads=4,
+        decoder_num_attention_heads=2,
+    )
     model = AutoModelForPreTraining.from_pretrained(tmp_path / "pretraining").eval()
     assert model.config.use_mcl == bool(mcl_heads)
     if mcl_heads:  # the official decoder's unused single projection is reported, not converted

@@ -220,10 +220,19 @@ def test_save_and_load_round_trip(extractor, tmp_path):
     custom.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
     for name, value in {
-        "sampling_rate": 16000, "n_fft": 400, "win_length": 400, "hop_length": 160, "num_mel_bins": 80,
-        "feature_size": 80, "f_min": 30.0, "f_max": 8000.0, "log_offset": float(np.finfo(np.float32).eps),
-        "spectrogram_mean": -5.0, "spectrogram_std": 3.0, "padding_value": 0.0,
-    }.items():  # fmt: skip
+        "sampling_rate": 16000,
+        "n_fft": 400,
+        "win_length": 400,
+        "hop_length": 160,
+        "num_mel_bins": 80,
+        "feature_size": 80,
+        "f_min": 30.0,
+        "f_max": 8000.0,
+        "log_offset": float(np.finfo(np.float32).eps),
+        "spectrogram_mean": -5.0,
+        "spectrogram_std": 3.0,
+        "padding_value": 0.0,
+    }.items():
         assert saved[name] == value, name
     assert "mel_filters" not in saved and "window" not in saved and "_torch_constants" not in saved
 
@@ -276,4 +285,8 @@ def test_from_model_config_copies_the_front_end():
     for name in MatpacFeatureExtractor.FRONT_END_FIELDS:
         assert getattr(feature_extractor, name) == getattr(config, name), name
     assert feature_extractor.return_attention_mask is True
-    assert feature_extractor(np.zeros(16000, dtype=np.float32))["input_values"].shape == (1, 64, 1 + (16000 - 400) // 320)
+    assert feature_extractor(np.zeros(16000, dtype=np.float32))["input_values"].shape == (
+        1,
+        64,
+        1 + (16000 - 400) // 320,
+    )

@@ -54,8 +54,20 @@ def _run(*args):
 
 
 def test_folds_on_audiofolder_and_cache_reuse(tiny_matpac_folder, tone_folder, tmp_path, caplog):
-    args = ["--model_name_or_path", tiny_matpac_folder, "--dataset_dir", tone_folder, "--fold_column", "fold",
-            "--output_dir", tmp_path / "probe", "--max_epochs", "100", "--learning_rate", "1e-2"]
+    args = [
+        "--model_name_or_path",
+        tiny_matpac_folder,
+        "--dataset_dir",
+        tone_folder,
+        "--fold_column",
+        "fold",
+        "--output_dir",
+        tmp_path / "probe",
+        "--max_epochs",
+        "100",
+        "--learning_rate",
+        "1e-2",
+    ]
     log = _run(*args)
     results = json.loads((tmp_path / "probe" / "results.json").read_text())
     assert results["metric"] == "accuracy" and results["num_classes"] == 3 and results["n"] == 5
@@ -90,9 +102,24 @@ def test_csv_with_fixed_splits_and_seeds(tiny_matpac_folder, tone_folder, tmp_pa
             writer.writerow([tone_folder / row["file_name"], row["label"], "test" if row["fold"] == "5" else "train"])
         writer.writerow([tmp_path / "missing.wav", "low", "train"])  # unreadable: skipped, reported
     results = run_linear_probe.main(
-        ["--model_name_or_path", str(tiny_matpac_folder), "--csv_file", "data/clips.csv",
-         "--test_split", "test", "--seeds", "0", "1", "2", "--output_dir", str(tmp_path / "out"),
-         "--max_epochs", "100", "--learning_rate", "1e-2"]
+        [
+            "--model_name_or_path",
+            str(tiny_matpac_folder),
+            "--csv_file",
+            "data/clips.csv",
+            "--test_split",
+            "test",
+            "--seeds",
+            "0",
+            "1",
+            "2",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_epochs",
+            "100",
+            "--learning_rate",
+            "1e-2",
+        ]
     )
     assert results["n"] == 3 and [run["seed"] for run in results["runs"]] == [0, 1, 2]
     assert all(run["num_test"] == 6 for run in results["runs"]) and results["mean"] >= 0.8
@@ -136,8 +163,23 @@ def test_multi_label_probe_is_selected_and_scored_with_the_map_module():
     y = (x[:, :3] > 0).astype(np.float32)  # 3 tags, each linearly separable from the embeddings
     data = [{"x": x[i::3], "y": y[i::3]} for i in range(3)]
     args = run_linear_probe.parse_args(
-        ["--model_name_or_path", "unused", "--csv_file", "unused.csv", "--test_split", "test", "--output_dir", "out",
-         "--multi_label", "--learning_rate", "1e-2", "--max_epochs", "50", "--batch_size", "16"]
+        [
+            "--model_name_or_path",
+            "unused",
+            "--csv_file",
+            "unused.csv",
+            "--test_split",
+            "test",
+            "--output_dir",
+            "out",
+            "--multi_label",
+            "--learning_rate",
+            "1e-2",
+            "--max_epochs",
+            "50",
+            "--batch_size",
+            "16",
+        ]
     )
     result = run_linear_probe.train_linear_probe(*data, num_classes=3, seed=0, args=args)
     assert result["test_metric"] > 0.95 and result["validation_metric"] > 0.95

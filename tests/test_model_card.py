@@ -85,18 +85,39 @@ def test_pretraining_objective_gives_the_config_numbers():
     from matpac_hf.model_card import pretraining_objective
 
     official = pretraining_objective(MatpacConfig())
-    for fact in ("Objective (MATPAC)", "190 patches of 16 x 16", "sees 57 patches", "the other 133",
-                 "0.04 -> 0.07 over 9827 steps", "averaging the teacher probabilities (official)",
-                 "independent random draw (official)",
-                 "over 294816 steps: 0.99995 -> 0.99999 (encoder), 0.998 -> 1.0"):
+    for fact in (
+        "Objective (MATPAC)",
+        "190 patches of 16 x 16",
+        "sees 57 patches",
+        "the other 133",
+        "0.04 -> 0.07 over 9827 steps",
+        "averaging the teacher probabilities (official)",
+        "independent random draw (official)",
+        "over 294816 steps: 0.99995 -> 0.99999 (encoder), 0.998 -> 1.0",
+    ):
         assert fact in official, fact
     assert "winner-takes-all" not in official
-    short = pretraining_objective(MatpacConfig(
-        use_mcl=True, max_frames=128, total_steps=300, ema_decay_start=0.99, ema_decay_end=0.999,
-        center_update="logits", teacher_init="copy_student",
-    ))
-    for fact in ("Objective (MATPAC++)", "40 patches", "sees 12 patches", "over 300 steps: 0.99 -> 0.999 (encoder)",
-                 "teacher logits (DINO)", "copies of the student", "5 heads", "T = 0.1 x 0.99997^step"):
+    short = pretraining_objective(
+        MatpacConfig(
+            use_mcl=True,
+            max_frames=128,
+            total_steps=300,
+            ema_decay_start=0.99,
+            ema_decay_end=0.999,
+            center_update="logits",
+            teacher_init="copy_student",
+        )
+    )
+    for fact in (
+        "Objective (MATPAC++)",
+        "40 patches",
+        "sees 12 patches",
+        "over 300 steps: 0.99 -> 0.999 (encoder)",
+        "teacher logits (DINO)",
+        "copies of the student",
+        "5 heads",
+        "T = 0.1 x 0.99997^step",
+    ):
         assert fact in short, fact
     card = render_model_card("pretrained_encoder", objective=short)
     assert short in card and "official settings" not in card

@@ -151,7 +151,9 @@ def test_padded_batch_of_mixed_lengths_equals_one_by_one(model):
             alone = model(x[i : i + 1, :, :n], output_hidden_states=True)
             cols = math.ceil(n / 16)
             assert batched.frame_mask[i].sum().item() == cols
-            torch.testing.assert_close(batched.last_hidden_state[i, :cols], alone.last_hidden_state[0], atol=2e-5, rtol=0)
+            torch.testing.assert_close(
+                batched.last_hidden_state[i, :cols], alone.last_hidden_state[0], atol=2e-5, rtol=0
+            )
             torch.testing.assert_close(batched.pooler_output[i], alone.pooler_output[0], atol=2e-5, rtol=0)
             assert torch.all(batched.last_hidden_state[i, cols:] == 0)
             for layer in (0, 1, 2):

@@ -73,12 +73,15 @@ def test_crop_length_is_608_frames():
 
 
 def test_decode_guard_skips_and_counts_a_corrupted_file(tmp_path):
-    folder = _write_folder(tmp_path / "corpus", [
-        ("a.flac", _tone(6.5, 16000, 220), 16000),
-        ("b_corrupted.flac", CORRUPTED, None),
-        ("c.flac", _tone(7.0, 16000, 330), 16000),
-        ("d.flac", _tone(8.0, 16000, 440), 16000),
-    ])
+    folder = _write_folder(
+        tmp_path / "corpus",
+        [
+            ("a.flac", _tone(6.5, 16000, 220), 16000),
+            ("b_corrupted.flac", CORRUPTED, None),
+            ("c.flac", _tone(7.0, 16000, 330), 16000),
+            ("d.flac", _tone(8.0, 16000, 440), 16000),
+        ],
+    )
     dataset, column = load_audio_stream(dataset_dir=str(folder))
     stream = build_crop_stream(dataset, column, seed=0)
     items = _iterate(stream)
@@ -103,8 +106,11 @@ def test_corrupted_bytes_in_parquet_are_skipped(tmp_path):
         {"bytes": _flac_bytes(_tone(7.0, 16000, 550), 16000), "path": "good2.flac"},
     ]
     table = pa.table({"sound": rows, "label": [0, 1, 2]})
-    metadata = {"huggingface": json.dumps({"info": {"features": {"sound": {"_type": "Audio"},
-                                                                 "label": {"dtype": "int64", "_type": "Value"}}}})}
+    metadata = {
+        "huggingface": json.dumps(
+            {"info": {"features": {"sound": {"_type": "Audio"}, "label": {"dtype": "int64", "_type": "Value"}}}}
+        )
+    }
     table = table.replace_schema_metadata(metadata)
     pq.write_table(table, tmp_path / "shard-00000.parquet")
     dataset, column = load_audio_stream(data_files=str(tmp_path / "shard-00000.parquet"))
@@ -141,17 +147,20 @@ def test_segment_crop_equals_crop_of_full_decode(tmp_path, sampling_rate, channe
         crop, padded = decode_random_crop(path, seed=5, epoch=epoch, key="clip")
         assert crop.shape == (CROP_SAMPLES,) and crop.dtype == np.float32 and not padded
         offset = crop_offset(full.shape[0], CROP_SAMPLES, 5, epoch, "clip")
-        np.testing.assert_allclose(crop, full[offset:offset + CROP_SAMPLES], atol=2e-3)
+        np.testing.assert_allclose(crop, full[offset : offset + CROP_SAMPLES], atol=2e-3)
     offsets = {crop_offset(full.shape[0], CROP_SAMPLES, 5, epoch, "clip") for epoch in range(20)}
     assert len(offsets) > 15 and max(offsets) <= full.shape[0] - CROP_SAMPLES
 
 
 def test_short_clips_are_dropped_or_padded(tmp_path):
-    folder = _write_folder(tmp_path / "corpus", [
-        ("long.flac", _tone(6.2, 16000), 16000),
-        ("short.flac", _tone(5.0, 16000, 300), 16000),
-        ("short44.flac", _tone(2.0, 44100, 300), 44100),
-    ])
+    folder = _write_folder(
+        tmp_path / "corpus",
+        [
+            ("long.flac", _tone(6.2, 16000), 16000),
+            ("short.flac", _tone(5.0, 16000, 300), 16000),
+            ("short44.flac", _tone(2.0, 44100, 300), 44100),
+        ],
+    )
     dataset, column = load_audio_stream(dataset_dir=str(folder))
     dropping = build_crop_stream(dataset, column, min_clip_policy="drop")
     assert [os.path.basename(key) for key, _ in _iterate(dropping)] == ["long.flac"]
@@ -169,8 +178,9 @@ def test_short_clips_are_dropped_or_padded(tmp_path):
 
 
 def test_two_ranks_see_disjoint_examples(tmp_path):
-    folder = _write_folder(tmp_path / "corpus", [(f"c{i:02d}.flac", _tone(6.2, 16000, 200 + 40 * i), 16000)
-                                                 for i in range(9)])
+    folder = _write_folder(
+        tmp_path / "corpus", [(f"c{i:02d}.flac", _tone(6.2, 16000, 200 + 40 * i), 16000) for i in range(9)]
+    )
     dataset, column = load_audio_stream(dataset_dir=str(folder))
     seen = []
     for rank in range(2):
@@ -187,8 +197,10 @@ def _batches(loop, count):
 
 def test_resume_gives_the_same_crops_as_an_uninterrupted_stream(tmp_path):
     rates = [16000 if i % 3 else 44100 for i in range(7)]
-    folder = _write_folder(tmp_path / "corpus", [(f"c{i:02d}.flac", _tone(6.5 + 0.3 * i, rates[i], 150 + 50 * i),
-                                                  rates[i]) for i in range(7)])
+    folder = _write_folder(
+        tmp_path / "corpus",
+        [(f"c{i:02d}.flac", _tone(6.5 + 0.3 * i, rates[i], 150 + 50 * i), rates[i]) for i in range(7)],
+    )
     dataset, column = load_audio_stream(dataset_dir=str(folder))
 
     def make_loop():
@@ -240,8 +252,11 @@ def test_resume_with_workers_over_webdataset_shards(tmp_path):
 
 def test_demo_corpus(tmp_path):
     corpus = build_demo_corpus(str(tmp_path / "demo"), num_clips=12, seed=0, num_probe_clips_per_class=2)
-    infos = [sf.info(os.path.join(corpus.pretrain_dir, name)) for name in sorted(os.listdir(corpus.pretrain_dir))
-             if "corrupted" not in name]
+    infos = [
+        sf.info(os.path.join(corpus.pretrain_dir, name))
+        for name in sorted(os.listdir(corpus.pretrain_dir))
+        if "corrupted" not in name
+    ]
     assert len(infos) == 12 and all(6.5 <= info.duration <= 10.0 for info in infos)
     dataset, column = load_audio_stream(dataset_dir=corpus.pretrain_dir)
     stream = build_crop_stream(dataset, column)
@@ -257,8 +272,9 @@ def test_resume_with_a_shuffle_buffer_loses_at_most_the_buffer(tmp_path, buffer_
     """`datasets` does not save the shuffle buffer: after a resume, the clips that sat in it are not seen again in
     that epoch. Measured here (16 clips, 6 consumed before the checkpoint): 2 lost with a buffer of 2, 6 with 8.
     Never more than the buffer, and no clip is seen twice."""
-    folder = _write_folder(tmp_path / "corpus", [(f"c{i:02d}.flac", _tone(6.2, 16000, 100 + 40 * i), 16000)
-                                                 for i in range(16)])
+    folder = _write_folder(
+        tmp_path / "corpus", [(f"c{i:02d}.flac", _tone(6.2, 16000, 100 + 40 * i), 16000) for i in range(16)]
+    )
     dataset, column = load_audio_stream(dataset_dir=str(folder))
 
     def make_loop():

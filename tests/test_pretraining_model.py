@@ -299,9 +299,9 @@ def test_mcl_soft_winner_takes_all_then_hard_minimum():
     torch.testing.assert_close(grad_model, grad_hand)
     # the best candidate (lowest loss) is the prediction fed to the classification head
     best = losses.argmin(-1)
-    torch.testing.assert_close(outputs.predictions, outputs.candidate_predictions[
-        torch.arange(2)[:, None], torch.arange(14)[None, :], best
-    ])
+    torch.testing.assert_close(
+        outputs.predictions, outputs.candidate_predictions[torch.arange(2)[:, None], torch.arange(14)[None, :], best]
+    )
     assert 0 < weights.max(-1).values.mean() < 1  # soft: not one-hot at this temperature
     # the classification loss reaches each token's best candidate only (not detached, as officially)
     grad_classification = torch.autograd.grad(outputs.classification_loss, outputs.candidate_predictions)[0]
@@ -491,11 +491,24 @@ def _free_port() -> int:
 def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path, variant):
     worker = Path(__file__).with_name("pretraining_ddp_worker.py")
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        str(worker), str(tmp_path), variant,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(worker),
+        str(tmp_path),
+        variant,
+    ]
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -16,16 +16,25 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "run_pretraining.py"
-MICRO_CONFIG = ("hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
-                "decoder_hidden_size=32,decoder_num_hidden_layers=1,decoder_num_attention_heads=2,"
-                "decoder_intermediate_size=64,head_hidden_size=64,head_bottleneck_size=16,head_num_prototypes=64")
+MICRO_CONFIG = (
+    "hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
+    "decoder_hidden_size=32,decoder_num_hidden_layers=1,decoder_num_attention_heads=2,"
+    "decoder_intermediate_size=64,head_hidden_size=64,head_bottleneck_size=16,head_num_prototypes=64"
+)
 COMMON = ["--preset", "tiny", "--config_overrides", MICRO_CONFIG, "--logging_steps", "1", "--report_to", "jsonl"]
 
 
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
-    env.update({"HF_HUB_DISABLE_XET": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    env.update(
+        {
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
     env.update(extra)
     return env
 
@@ -76,9 +85,28 @@ def test_demo_run_writes_both_folders_and_pushes(tmp_path, hub_stub):
 
     out = tmp_path / "run"
     env = _env(HF_ENDPOINT=hub_stub.endpoint, HF_TOKEN=hub_stub.token, HF_HUB_OFFLINE="0")
-    result = _run(["--output_dir", out, "--demo_num_clips", 10, "--per_device_batch_size", 4, "--max_steps", 4,
-                   "--checkpointing_steps", 2, "--num_workers", 0, "--shuffle_buffer_size", 0, "--push_to_hub",
-                   "--hub_model_id", "stub-user/matpac-tiny"], env=env)
+    result = _run(
+        [
+            "--output_dir",
+            out,
+            "--demo_num_clips",
+            10,
+            "--per_device_batch_size",
+            4,
+            "--max_steps",
+            4,
+            "--checkpointing_steps",
+            2,
+            "--num_workers",
+            0,
+            "--shuffle_buffer_size",
+            0,
+            "--push_to_hub",
+            "--hub_model_id",
+            "stub-user/matpac-tiny",
+        ],
+        env=env,
+    )
     # both folders, the encoder loads with AutoModel and embeds audio
     assert (out / "pretraining_model" / "model.safetensors").is_file()
     encoder = AutoModel.from_pretrained(out / "encoder")
@@ -119,16 +147,32 @@ def test_demo_run_writes_both_folders_and_pushes(tmp_path, hub_stub):
 def test_resume_after_crash_reproduces_the_uninterrupted_losses(tmp_path, small_corpus, num_workers):
     """In-process decoding, and one DataLoader worker (the script's default; its stream position is saved through
     torchdata's StatefulDataLoader)."""
-    args = ["--dataset_dir", small_corpus, "--per_device_batch_size", 2, "--max_steps", 8, "--checkpointing_steps", 3,
-            "--num_workers", num_workers, "--shuffle_buffer_size", 0, "--seed", 3]
+    args = [
+        "--dataset_dir",
+        small_corpus,
+        "--per_device_batch_size",
+        2,
+        "--max_steps",
+        8,
+        "--checkpointing_steps",
+        3,
+        "--num_workers",
+        num_workers,
+        "--shuffle_buffer_size",
+        0,
+        "--seed",
+        3,
+    ]
     reference = tmp_path / "reference"
     _run(args + ["--output_dir", reference])
     expected = _metrics(reference)
 
     # Crash while writing checkpoint-6: checkpoint-3 is complete, checkpoint-6 only a temporary folder.
     crashed = tmp_path / "crashed"
-    result = _run(args + ["--output_dir", crashed, "--simulate_crash", "during_checkpoint",
-                          "--simulate_crash_at_step", 6], check=False)
+    result = _run(
+        args + ["--output_dir", crashed, "--simulate_crash", "during_checkpoint", "--simulate_crash_at_step", 6],
+        check=False,
+    )
     assert result.returncode == -9, result.stderr[-3000:]
     assert (crashed / "checkpoint-3" / "checkpoint_complete.json").is_file()
     assert not (crashed / "checkpoint-6").exists() and (crashed / ".tmp-checkpoint-6").exists()
@@ -150,18 +194,52 @@ def test_resume_after_crash_reproduces_the_uninterrupted_losses(tmp_path, small_
 @pytest.mark.distributed
 def test_two_cpu_processes_split_the_data_and_stay_in_sync(tmp_path, small_corpus):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    launcher = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
+    launcher = [
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+    ]
     env = _env(ACCELERATE_USE_CPU="1")
     out = tmp_path / "ddp"
-    args = ["--dataset_dir", small_corpus, "--per_device_batch_size", 2, "--max_steps", 4, "--checkpointing_steps", 2,
-            "--num_workers", 0, "--shuffle_buffer_size", 4, "--log_example_ids", "--output_dir", out,
-            "--skip_demo_probe"]
-    result = _run(args + ["--simulate_crash", "after_step", "--simulate_crash_at_step", 3], env=env,
-                  launcher=launcher, check=False)
+    args = [
+        "--dataset_dir",
+        small_corpus,
+        "--per_device_batch_size",
+        2,
+        "--max_steps",
+        4,
+        "--checkpointing_steps",
+        2,
+        "--num_workers",
+        0,
+        "--shuffle_buffer_size",
+        4,
+        "--log_example_ids",
+        "--output_dir",
+        out,
+        "--skip_demo_probe",
+    ]
+    result = _run(
+        args + ["--simulate_crash", "after_step", "--simulate_crash_at_step", 3],
+        env=env,
+        launcher=launcher,
+        check=False,
+    )
     assert result.returncode != 0 and (out / "checkpoint-2" / "checkpoint_complete.json").is_file()
     assert {p.name for p in (out / "checkpoint-2").glob("training_state_rank*.pt")} == {
-        "training_state_rank0.pt", "training_state_rank1.pt"}
+        "training_state_rank0.pt",
+        "training_state_rank1.pt",
+    }
     result = _run(args + ["--max_steps", 5, "--resume_from_checkpoint", "latest"], env=env, launcher=launcher)
     assert "checkpoint-2 at step 2" in result.stderr
 

@@ -265,8 +265,11 @@ def infer_config(
         logger.warning(
             "--max_frames %d differs from the checkpoint's position table (%d frames): chunks will be %d frames long, "
             "so outputs for inputs longer than %d frames differ from the official code.",
-            max_frames, table_frames, max_frames, min(max_frames, table_frames),
-        )  # fmt: skip
+            max_frames,
+            table_frames,
+            max_frames,
+            min(max_frames, table_frames),
+        )
 
     return MatpacConfig(
         hidden_size=int(hidden_size),
@@ -629,8 +632,9 @@ def convert_checkpoint(
         label_sort_column = "mid"
         logger.warning(
             "%s has a 'mid' column: numbering the AudioSet classes by sorted 'mid', as the official code does for "
-            "this head (pass --label_sort_column index to keep the file's own order).", label_file,
-        )  # fmt: skip
+            "this head (pass --label_sort_column index to keep the file's own order).",
+            label_file,
+        )
     labels = read_labels(label_file, label_sort_column) if label_file is not None else None
     extra = {}
     if model_type == "audio_classification":
@@ -721,9 +725,11 @@ def convert_checkpoint(
         if present is not None and model_type != "pretraining":
             not_converted.append(f"{nested} (nested dict, {len(present)} tensors)")
     if not_converted:
-        hint = " (use --model_type pretraining to keep them)" if model_type != "pretraining" and _has_family(
-            state, PRETRAINING_KEYS
-        ) else ""
+        hint = (
+            " (use --model_type pretraining to keep them)"
+            if model_type != "pretraining" and _has_family(state, PRETRAINING_KEYS)
+            else ""
+        )
         logger.warning("Not converted%s: %s", hint, _describe_keys(not_converted, limit=20))
     if report.unexpected_keys:
         logger.warning("Unexpected keys: %s", _describe_keys(report.unexpected_keys))
@@ -734,9 +740,14 @@ def convert_checkpoint(
     feature_extractor.save_pretrained(output_dir)
     logger.info(
         "Saved %s (%d layers, width %d, %d heads, max_frames %d, %.1fM parameters) to %s",
-        type(model).__name__, config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
-        config.max_frames, sum(p.numel() for p in model.parameters()) / 1e6, output_dir,
-    )  # fmt: skip
+        type(model).__name__,
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.num_attention_heads,
+        config.max_frames,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        output_dir,
+    )
     return model
 
 
@@ -745,8 +756,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Convert an official MATPAC / MATPAC++ checkpoint (.pt) into a Hugging Face folder "
         "(config.json, model.safetensors, preprocessor_config.json and the code files for trust_remote_code).",
     )
-    parser.add_argument("--checkpoint_path", required=True, help="Official .pt file: a released encoder, the "
-                        "AudioSet-fine-tuned model, or a fairseq training checkpoint.")  # fmt: skip
+    parser.add_argument(
+        "--checkpoint_path",
+        required=True,
+        help="Official .pt file: a released encoder, the AudioSet-fine-tuned model, or a fairseq training checkpoint.",
+    )
     parser.add_argument("--output_dir", required=True, help="Folder to write (created if needed).")
     parser.add_argument(
         "--model_type",
@@ -756,23 +770,50 @@ def parse_args(argv=None) -> argparse.Namespace:
         "is given, else MatpacModel (the student encoder). pretraining: the whole training state (student, teacher, "
         "predictor, classification heads, center) of a fairseq checkpoint as MatpacForPreTraining.",
     )
-    parser.add_argument("--probe_path", help="Official downstream probe (.pth with probe.weight/bias on the 3840-d "
-                        "clip embedding), converted with the encoder into MatpacForAudioClassification.")  # fmt: skip
-    parser.add_argument("--label_file", help="Class names for id2label/label2id: one per line, JSON {index: name} "
-                        "or {name: index}, or CSV with a display_name column.")  # fmt: skip
-    parser.add_argument("--label_sort_column", help="CSV only: sort the rows by this column before numbering them "
-                        "(the official AudioSet head numbers its classes by sorting by 'mid').")  # fmt: skip
-    parser.add_argument("--problem_type", choices=CLASSIFIER_PROBLEM_TYPES, help="Classifier only: softmax "
-                        "(single-label) or sigmoid (multi-label) scores. Default: multi-label for the AudioSet head "
-                        "and for probes named after FSD50K, OpenMIC, MTG-Jamendo or MagnaTagATune, else single-label.")
-    parser.add_argument("--num_mel_bins", type=int, default=80, help="Mel bands of the input (not visible in the "
-                        "weights; fixes the frequency patch rows). Default 80.")  # fmt: skip
-    parser.add_argument("--num_attention_heads", type=int, help="Encoder heads (not visible in the weights). "
-                        "Default hidden_size // 64 (12 for ViT-B).")  # fmt: skip
-    parser.add_argument("--decoder_num_attention_heads", type=int, help="Predictor heads for --model_type "
-                        "pretraining. Default decoder width // 32 (16 for 512).")  # fmt: skip
-    parser.add_argument("--max_frames", type=int, help="Frames per encoder chunk. Default: read from the "
-                        "checkpoint's position table (608; 992 for the AudioSet-fine-tuned release).")  # fmt: skip
+    parser.add_argument(
+        "--probe_path",
+        help="Official downstream probe (.pth with probe.weight/bias on the 3840-d "
+        "clip embedding), converted with the encoder into MatpacForAudioClassification.",
+    )
+    parser.add_argument(
+        "--label_file",
+        help="Class names for id2label/label2id: one per line, JSON {index: name} "
+        "or {name: index}, or CSV with a display_name column.",
+    )
+    parser.add_argument(
+        "--label_sort_column",
+        help="CSV only: sort the rows by this column before numbering them "
+        "(the official AudioSet head numbers its classes by sorting by 'mid').",
+    )
+    parser.add_argument(
+        "--problem_type",
+        choices=CLASSIFIER_PROBLEM_TYPES,
+        help="Classifier only: softmax "
+        "(single-label) or sigmoid (multi-label) scores. Default: multi-label for the AudioSet head "
+        "and for probes named after FSD50K, OpenMIC, MTG-Jamendo or MagnaTagATune, else single-label.",
+    )
+    parser.add_argument(
+        "--num_mel_bins",
+        type=int,
+        default=80,
+        help="Mel bands of the input (not visible in the weights; fixes the frequency patch rows). Default 80.",
+    )
+    parser.add_argument(
+        "--num_attention_heads",
+        type=int,
+        help="Encoder heads (not visible in the weights). Default hidden_size // 64 (12 for ViT-B).",
+    )
+    parser.add_argument(
+        "--decoder_num_attention_heads",
+        type=int,
+        help="Predictor heads for --model_type pretraining. Default decoder width // 32 (16 for 512).",
+    )
+    parser.add_argument(
+        "--max_frames",
+        type=int,
+        help="Frames per encoder chunk. Default: read from the "
+        "checkpoint's position table (608; 992 for the AudioSet-fine-tuned release).",
+    )
     parser.add_argument(
         "--trust_pickle",
         action="store_true",

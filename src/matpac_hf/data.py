@@ -33,8 +33,9 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -144,8 +145,11 @@ def load_audio_stream(
     """
     from datasets import Audio, load_dataset
 
-    given = [name for name, value in (("dataset_name", dataset_name), ("dataset_dir", dataset_dir),
-                                      ("data_files", data_files)) if value]
+    given = [
+        name
+        for name, value in (("dataset_name", dataset_name), ("dataset_dir", dataset_dir), ("data_files", data_files))
+        if value
+    ]
     if len(given) != 1:
         raise ValueError(
             f"Give exactly one corpus source among dataset_name, dataset_dir and data_files (got {given or 'none'})."
@@ -154,7 +158,12 @@ def load_audio_stream(
         if not os.path.isdir(dataset_dir):
             raise ValueError(f"dataset_dir {dataset_dir!r} is not a directory.")
         dataset = load_dataset(
-            "audiofolder", data_dir=dataset_dir, split=split, streaming=True, drop_metadata=True, drop_labels=True,
+            "audiofolder",
+            data_dir=dataset_dir,
+            split=split,
+            streaming=True,
+            drop_metadata=True,
+            drop_labels=True,
             **load_kwargs,
         )
     elif data_files is not None:
@@ -338,7 +347,7 @@ def decode_random_crop(
         mono = soxr.resample(mono, orig_sr, sampling_rate, quality="HQ")
     resampled = clock()
     local = offset - first_output_sample
-    crop = mono[local:local + crop_samples]
+    crop = mono[local : local + crop_samples]
     padded = crop.shape[0] < crop_samples
     if padded:
         if num_samples >= crop_samples and crop_samples - crop.shape[0] > 2:
@@ -443,8 +452,14 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
             try:
                 key = clip_key(audio)
                 crop, padded = decode_random_crop(
-                    audio, self.crop_samples, seed=self.seed, epoch=epoch, key=key,
-                    min_clip_policy=self.min_clip_policy, sampling_rate=self.sampling_rate, timings=self.timings,
+                    audio,
+                    self.crop_samples,
+                    seed=self.seed,
+                    epoch=epoch,
+                    key=key,
+                    min_clip_policy=self.min_clip_policy,
+                    sampling_rate=self.sampling_rate,
+                    timings=self.timings,
                 )
             except AudioDecodeError as error:
                 counters.num_corrupted += 1
@@ -466,8 +481,13 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
 
 
 def astuple_counters(counters: StreamCounters) -> tuple[int, ...]:
-    return (counters.num_read, counters.num_yielded, counters.num_corrupted, counters.num_too_short,
-            counters.num_padded)
+    return (
+        counters.num_read,
+        counters.num_yielded,
+        counters.num_corrupted,
+        counters.num_too_short,
+        counters.num_padded,
+    )
 
 
 def collate_crops(examples: list[dict]) -> dict:
@@ -558,7 +578,9 @@ class PretrainingDataLoop:
             logger.warning(
                 "The corpus stream has %d shard(s) but num_workers=%d: only %d worker(s) will decode. Store the "
                 "corpus as several parquet/webdataset shards to decode in parallel.",
-                num_shards, num_workers, num_shards,
+                num_shards,
+                num_workers,
+                num_shards,
             )
 
     @property
@@ -568,8 +590,13 @@ class PretrainingDataLoop:
 
     def _build_loader(self):
         loader_class = self.loader_class or torch.utils.data.DataLoader
-        kwargs = {"num_workers": self.num_workers, "collate_fn": collate_crops, "pin_memory": self.pin_memory,
-                  "drop_last": True, "batch_size": self.batch_size}
+        kwargs = {
+            "num_workers": self.num_workers,
+            "collate_fn": collate_crops,
+            "pin_memory": self.pin_memory,
+            "drop_last": True,
+            "batch_size": self.batch_size,
+        }
         if self.num_workers > 0:
             kwargs["persistent_workers"] = False
         with warnings.catch_warnings():  # torchdata 0.11 calls a torch API deprecated in recent torch, once per loader
@@ -633,13 +660,17 @@ class PretrainingDataLoop:
         if position is not None and kind != expected_kind:
             logger.warning(
                 "The checkpoint's stream position was saved with a %s but this run uses a %s; restarting epoch %d "
-                "from its beginning.", kind, expected_kind, self.epoch,
+                "from its beginning.",
+                kind,
+                expected_kind,
+                self.epoch,
             )
             position = None
         if position is None and self.batches_in_epoch > 0:
             logger.warning(
                 "No exact stream position in the checkpoint (DataLoader workers without torchdata): epoch %d restarts "
-                "from its beginning. Install torchdata or use num_workers=0 for an exact resume.", self.epoch,
+                "from its beginning. Install torchdata or use num_workers=0 for an exact resume.",
+                self.epoch,
             )
             self.batches_in_epoch = 0
         self._pending_position = position
@@ -669,8 +700,9 @@ def build_crop_stream(
         dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
     if world_size > 1:
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
-    return MatpacCropStream(dataset, audio_column, crop_samples=crop_samples, min_clip_policy=min_clip_policy,
-                            seed=seed)
+    return MatpacCropStream(
+        dataset, audio_column, crop_samples=crop_samples, min_clip_policy=min_clip_policy, seed=seed
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -683,7 +715,7 @@ DEMO_CLASSES = ("harmonic_tone", "chirps", "noise_bursts", "click_rhythm", "am_f
 def _envelope(num_samples: int, sampling_rate: int, attack: float, release: float) -> np.ndarray:
     env = np.ones(num_samples)
     attack_n, release_n = max(1, int(attack * sampling_rate)), max(1, int(release * sampling_rate))
-    env[:attack_n] = np.linspace(0.0, 1.0, min(attack_n, num_samples))[: num_samples]
+    env[:attack_n] = np.linspace(0.0, 1.0, min(attack_n, num_samples))[:num_samples]
     env[-release_n:] *= np.linspace(1.0, 0.0, min(release_n, num_samples))
     return env
 
@@ -709,7 +741,7 @@ def synthesize_sound(kind: str, duration: float, sampling_rate: int, rng: np.ran
             phase = 2 * np.pi * np.cumsum(f0 * vibrato) / sampling_rate
             slope = rng.uniform(0.7, 2.0)
             note = sum(np.sin(k * phase) / k**slope for k in range(1, int(rng.integers(3, 10))) if k * f0 < 7000)
-            out[position:position + note_n] = note * _envelope(note_n, sampling_rate, 0.02, 0.1)
+            out[position : position + note_n] = note * _envelope(note_n, sampling_rate, 0.02, 0.1)
             position += note_n
     elif kind == "chirps":  # exponential sweeps up or down, with gaps
         position = int(rng.uniform(0, 0.3) * sampling_rate)
@@ -718,7 +750,7 @@ def synthesize_sound(kind: str, duration: float, sampling_rate: int, rng: np.ran
             f_start, f_end = 200 * 2 ** rng.uniform(0, 5), 200 * 2 ** rng.uniform(0, 5)
             freq = f_start * (f_end / f_start) ** (np.arange(chirp_n) / chirp_n)
             chirp = np.sin(2 * np.pi * np.cumsum(freq) / sampling_rate)
-            out[position:position + chirp_n] = chirp * _envelope(chirp_n, sampling_rate, 0.01, 0.05)
+            out[position : position + chirp_n] = chirp * _envelope(chirp_n, sampling_rate, 0.01, 0.05)
             position += chirp_n + int(rng.uniform(0.05, 0.4) * sampling_rate)
     elif kind == "noise_bursts":  # white noise bursts filtered in a random band
         for _ in range(int(rng.integers(4, 14))):
@@ -728,7 +760,7 @@ def synthesize_sound(kind: str, duration: float, sampling_rate: int, rng: np.ran
             width = 2 ** rng.uniform(0.3, 1.0)
             burst = _band_filter(rng.standard_normal(burst_n), sampling_rate, center / width, center * width)
             burst *= _envelope(burst_n, sampling_rate, 0.005, 0.05) / (np.abs(burst).max() + 1e-9)
-            out[start:start + burst_n] += burst[: n - start]
+            out[start : start + burst_n] += burst[: n - start]
     elif kind == "click_rhythm":  # click trains at a tempo, each click a decaying resonance
         period = 60.0 / rng.uniform(80, 240) / int(rng.choice([1, 2, 4]))
         resonance_hz, decay = rng.uniform(800, 5000), rng.uniform(60, 300)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType, logging
@@ -299,9 +298,7 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
                 "(samples, channels)) before calling the feature extractor."
             )
         if clip.ndim != 1:
-            raise ValueError(
-                f"{position} has shape {clip.shape}; each clip must be a 1-D array of mono samples."
-            )
+            raise ValueError(f"{position} has shape {clip.shape}; each clip must be a 1-D array of mono samples.")
         kind = clip.dtype.kind
         if kind in "iu":
             bits = 8 * clip.dtype.itemsize

@@ -25,7 +25,6 @@ padding), and its timestamp is the centre of its real frames only.
 import math
 
 import torch
-
 from transformers import AutoFeatureExtractor, AutoModel
 
 

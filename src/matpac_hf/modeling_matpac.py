@@ -566,9 +566,9 @@ class MatpacModel(MatpacPreTrainedModel):
         token_mask = None
         num_time_patches = chunk_values.shape[-1] // patch_size
         if bool((chunk_time_patches < num_time_patches).any()):
-            column_valid = torch.arange(num_time_patches, device=input_values.device)[None, :] < chunk_time_patches[
-                :, None
-            ]  # (chunks, T)
+            column_valid = (
+                torch.arange(num_time_patches, device=input_values.device)[None, :] < chunk_time_patches[:, None]
+            )  # (chunks, T)
             patch_valid = column_valid[:, None, :].expand(-1, self.config.num_frequency_patches, -1).flatten(1)
             token_mask = torch.cat([torch.ones_like(patch_valid[:, :1]), patch_valid], dim=1).long()
 
@@ -589,9 +589,7 @@ class MatpacModel(MatpacPreTrainedModel):
             torch.arange(num_output_frames, device=input_values.device)[None, :] < clip_time_patches[:, None]
         ).long()
         pooler_output = last_hidden_state.sum(1) / clip_time_patches[:, None].to(last_hidden_state.dtype)
-        hidden_states = (
-            tuple(to_frames(h) for h in encoder_outputs.hidden_states) if output_hidden_states else None
-        )
+        hidden_states = tuple(to_frames(h) for h in encoder_outputs.hidden_states) if output_hidden_states else None
 
         output = MatpacModelOutput(
             last_hidden_state=last_hidden_state,

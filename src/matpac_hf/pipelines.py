@@ -21,7 +21,6 @@ import os
 
 import numpy as np
 import torch
-
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
