@@ -1,15 +1,30 @@
-"""Shared pytest fixtures: a tiny saved MATPAC folder and a local Hugging Face Hub stub."""
+"""Shared pytest fixtures and the one tiny-config factory (`from conftest import tiny_config`)."""
 
 import pytest
 
 
+# The one tiny MATPAC configuration of the test suite; tests pass overrides for what they exercise.
 TINY_MATPAC_CONFIG = dict(
     hidden_size=32,
     num_hidden_layers=2,
     num_attention_heads=2,
     intermediate_size=64,
-    max_frames=64,  # 4 patch columns per chunk: clips over 0.64 s exercise the chunking
+    decoder_hidden_size=32,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=2,
+    decoder_intermediate_size=64,
+    head_hidden_size=48,
+    head_bottleneck_size=16,
+    head_num_prototypes=40,
+    max_frames=64,  # 4 patch columns per chunk: clips over 0.64 s exercise the chunking; 5 x 4 = 20 patches
 )
+
+
+def tiny_config(**overrides):
+    """A tiny `MatpacConfig` (`TINY_MATPAC_CONFIG` updated with `overrides`)."""
+    from matpac_hf import MatpacConfig
+
+    return MatpacConfig(**{**TINY_MATPAC_CONFIG, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -17,11 +32,11 @@ def tiny_matpac_folder(tmp_path_factory):
     """A randomly initialised tiny MatpacModel + MatpacFeatureExtractor saved with `save_pretrained`."""
     import torch
 
-    from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacModel
+    from matpac_hf import MatpacFeatureExtractor, MatpacModel
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_matpac")
-    MatpacModel(MatpacConfig(**TINY_MATPAC_CONFIG)).save_pretrained(folder)
+    MatpacModel(tiny_config()).save_pretrained(folder)
     MatpacFeatureExtractor().save_pretrained(folder)
     return folder
 

@@ -6,6 +6,36 @@ from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
 
+# The audio front end (method spec, section 1). This is the one home of these numbers: `MatpacConfig` and
+# `MatpacFeatureExtractor` take their defaults from here, and `num_frames_for_samples` is the one frame-count formula.
+SAMPLING_RATE = 16000
+N_FFT = 400  # 25 ms periodic Hann window
+WIN_LENGTH = 400
+HOP_LENGTH = 160  # 10 ms
+NUM_MEL_BINS = 80
+F_MIN = 50.0
+F_MAX = 8000.0
+LOG_OFFSET = 1.1920928955078125e-07  # float32 machine epsilon
+SPECTROGRAM_MEAN = -7.056  # AudioSet log-mel statistics
+SPECTROGRAM_STD = 4.193
+
+
+def num_frames_for_samples(num_samples: int, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> int:
+    """Log-mel frames of a clip of `num_samples` samples: `1 + (num_samples - n_fft) // hop_length` (STFT without
+    centre padding); 0 for a clip shorter than one window."""
+    if num_samples < n_fft:
+        return 0
+    return 1 + (num_samples - n_fft) // hop_length
+
+
+def num_samples_for_frames(num_frames: int, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> int:
+    """Fewest samples that give `num_frames` log-mel frames: `n_fft + (num_frames - 1) * hop_length` (608 frames:
+    97 520 samples)."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
+    return n_fft + (num_frames - 1) * hop_length
+
+
 _TEACHER_INITS = ("independent", "copy_student")
 _CENTER_UPDATES = ("probabilities", "logits")
 _CLASSIFIER_POOLINGS = ("concat", "mean")
@@ -92,16 +122,16 @@ class MatpacConfig(PreTrainedConfig):
     model_type = "matpac"
 
     # audio front end
-    sampling_rate: int = 16000
-    n_fft: int = 400
-    win_length: int = 400
-    hop_length: int = 160
-    num_mel_bins: int = 80
-    f_min: float = 50.0
-    f_max: float = 8000.0
-    log_offset: float = 1.1920928955078125e-07
-    spectrogram_mean: float = -7.056
-    spectrogram_std: float = 4.193
+    sampling_rate: int = SAMPLING_RATE
+    n_fft: int = N_FFT
+    win_length: int = WIN_LENGTH
+    hop_length: int = HOP_LENGTH
+    num_mel_bins: int = NUM_MEL_BINS
+    f_min: float = F_MIN
+    f_max: float = F_MAX
+    log_offset: float = LOG_OFFSET
+    spectrogram_mean: float = SPECTROGRAM_MEAN
+    spectrogram_std: float = SPECTROGRAM_STD
 
     # patching
     patch_size: int = 16
@@ -190,8 +220,8 @@ class MatpacConfig(PreTrainedConfig):
 
     @property
     def min_num_samples(self) -> int:
-        """Shortest waveform that yields one STFT frame (one window, 400 samples)."""
-        return self.win_length
+        """Shortest waveform that yields one STFT frame (one window, `n_fft` = 400 samples)."""
+        return self.n_fft
 
     # ------------------------------------------------------------------ validation (@strict calls validate_*)
     def validate_architecture(self):
@@ -249,4 +279,4 @@ class MatpacConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
 
 
-__all__ = ["MatpacConfig"]
+__all__ = ["MatpacConfig", "num_frames_for_samples", "num_samples_for_frames"]
