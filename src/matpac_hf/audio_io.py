@@ -1,0 +1,424 @@
+# Copyright 2026 The matpac-hf developers.
+# Licensed under the MIT License.
+"""Audio I/O, in one place: decoding (soundfile), down-mix, resampling (soxr), the list of audio file extensions and the
+bad-file policy, for the pretraining stream, the pipelines, HEAR and every script.
+
+```python
+>>> from matpac_hf.audio_io import decode_audio, decode_audio_column
+>>> waveform = decode_audio("clip.wav")  # float32 mono at 16 kHz: a path, bytes, {"bytes", "path"} or {"array", ...}
+>>> dataset = dataset.cast_column("audio", Audio(decode=False))
+>>> dataset = dataset.map(decode_audio_column("audio", bad_audio="skip"), batched=True)  # {"array", "sampling_rate"}
+```
+
+Decoding never goes through `torchcodec` (which `datasets` >= 4 needs to decode `Audio` columns): an `Audio(decode=False)`
+column gives `{"bytes", "path"}` and soundfile (libsndfile: wav, flac, ogg/vorbis/opus, mp3, aiff, au) reads it.
+
+The bad-file policy (`bad_audio=` in functions, `--bad_audio` in every script) is one of `BAD_AUDIO_POLICIES`:
+`"skip"` skips an unreadable / empty / non-finite file and counts it (the counts are reported), `"error"` refuses it
+with the file name and the fix (`BadAudioPolicy`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .configuration_matpac import SAMPLING_RATE
+
+
+logger = logging.getLogger(__name__)
+
+AUDIO_FILE_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
+BAD_AUDIO_POLICIES = ("skip", "error")
+MIN_CLIP_POLICIES = ("drop", "pad")
+
+
+class AudioDecodeError(ValueError):
+    """An audio value cannot be decoded: unreadable, empty, truncated or holding non-finite samples. The message starts
+    with the file name (or `<bytes>`)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The bad-file policy
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_bad_audio_policy(bad_audio: str) -> str:
+    if bad_audio not in BAD_AUDIO_POLICIES:
+        raise ValueError(f"bad_audio must be one of {BAD_AUDIO_POLICIES}, got {bad_audio!r}.")
+    return bad_audio
+
+
+class BadAudioPolicy:
+    """Applies `bad_audio` to the decode errors of one stream of clips and counts the skipped ones.
+
+    `handle(error)` raises (policy `"error"`: an `AudioDecodeError` naming the file and the fix) or logs and counts
+    (policy `"skip"`: the first `max_logged` skips are logged, then one in 1000). `num_skipped` and `skipped_names`
+    (the first `max_logged` names) say what was skipped; `summary()` is a one-line report.
+    """
+
+    max_logged = 20
+
+    def __init__(self, bad_audio: str = "error", what: str = "clip"):
+        self.bad_audio = check_bad_audio_policy(bad_audio)
+        self.what = what
+        self.num_skipped = 0
+        self.skipped_names: list[str] = []
+
+    def handle(self, error: AudioDecodeError):
+        if self.bad_audio == "error":
+            raise AudioDecodeError(
+                f"Cannot decode {self.what} {str(error).rstrip('.')}. Fix or remove the file, or skip such files and count them with "
+                "--bad_audio skip (bad_audio='skip')."
+            ) from error
+        self.num_skipped += 1
+        if self.num_skipped <= self.max_logged:
+            self.skipped_names.append(str(error).split(": ", 1)[0])
+        if self.num_skipped <= self.max_logged or self.num_skipped % 1000 == 0:
+            logger.warning("Skipping unreadable %s (%d so far): %s", self.what, self.num_skipped, error)
+
+    def summary(self) -> str:
+        if not self.num_skipped:
+            return f"no unreadable {self.what} skipped"
+        more = " ..." if self.num_skipped > len(self.skipped_names) else ""
+        return f"{self.num_skipped} unreadable {self.what}(s) skipped: {', '.join(self.skipped_names)}{more}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def list_audio_files(folder: str | os.PathLike) -> list[Path]:
+    """Every file under `folder` (recursively) whose extension is in `AUDIO_FILE_EXTENSIONS`, sorted."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"{str(folder)!r} is not a directory.")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_FILE_EXTENSIONS and p.is_file())
+
+
+def audio_source(audio: Any) -> tuple[Any, str]:
+    """What soundfile should open for one raw audio value (path / PathLike / bytes / `{"bytes", "path"}`), and a
+    readable name for it (for messages and ids)."""
+    if isinstance(audio, dict):
+        data, path = audio.get("bytes"), audio.get("path")
+        if data:
+            return io.BytesIO(data), path or "<bytes>"
+        audio = path
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(audio)), "<bytes>"
+    if isinstance(audio, os.PathLike):
+        audio = os.fspath(audio)
+    if isinstance(audio, str) and audio:
+        if os.path.exists(audio):
+            return audio, audio
+        if audio.startswith(("http://", "https://")):
+            raise AudioDecodeError(f"{audio}: a URL; download the file first and pass its local path")
+        if "://" in audio:  # a remote path of a streaming dataset (hf://, s3://, ...)
+            from datasets.utils.file_utils import xopen
+
+            return xopen(audio, "rb"), audio
+        raise AudioDecodeError(f"{audio}: no such file")
+    raise AudioDecodeError(f"<{type(audio).__name__}>: no audio bytes nor path in this value")
+
+
+def to_mono(frames: np.ndarray) -> np.ndarray:
+    """`(samples, channels)` (or `(samples,)`) -> `(samples,)` float32, the mean of the channels.
+
+    Computed as a matrix-vector product: numpy's `mean(axis=1)` over 2 channels is ~30x slower (it reduces along the
+    short, strided axis), which made the down-mix cost more than the resampling."""
+    if frames.ndim == 1:
+        return np.ascontiguousarray(frames, dtype=np.float32)
+    if frames.shape[1] == 1:
+        return np.ascontiguousarray(frames[:, 0], dtype=np.float32)
+    weights = np.full(frames.shape[1], 1.0 / frames.shape[1], dtype=np.float32)
+    return np.ascontiguousarray(frames.astype(np.float32, copy=False) @ weights)
+
+
+def resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
+    """Mono float32 `waveform` from `orig_sr` to `target_sr` Hz (soxr, "HQ" quality); unchanged when equal."""
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if waveform.ndim != 1:
+        raise ValueError(f"Audio must be 1-D (mono) to be resampled, got shape {waveform.shape}.")
+    if int(orig_sr) == int(target_sr):
+        return waveform
+    import soxr
+
+    return soxr.resample(waveform, int(orig_sr), int(target_sr), quality="HQ").astype(np.float32, copy=False)
+
+
+def resampled_length(num_samples: int, orig_sr: int, target_sr: int = SAMPLING_RATE) -> int:
+    """Length soxr gives when resampling `num_samples` samples from `orig_sr` to `target_sr` (rounded)."""
+    if orig_sr == target_sr:
+        return num_samples
+    return int(math.floor(num_samples * target_sr / orig_sr + 0.5))
+
+
+def decode_audio(audio: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """Decodes a whole clip to a mono float32 waveform at `sampling_rate`.
+
+    Args:
+        audio: a file path (str or PathLike), the bytes of a file, `{"bytes", "path"}` (an `Audio(decode=False)`
+            value), `{"array", "sampling_rate"}` (datasets' decoded form: `(samples,)`, or 2-D with channels along the
+            shorter axis), or a
+            torchcodec `AudioDecoder` (what `datasets` >= 4 gives for a decoded `Audio` column).
+
+    Raises:
+        AudioDecodeError: the value cannot be decoded, holds no samples or non-finite ones.
+    """
+    if isinstance(audio, dict) and audio.get("array") is not None:
+        if "sampling_rate" not in audio:
+            raise AudioDecodeError(f"{audio.get('path') or '<array>'}: an 'array' without its 'sampling_rate'")
+        name, waveform, orig_sr = audio.get("path") or "<array>", np.asarray(audio["array"]), audio["sampling_rate"]
+        if waveform.ndim == 2 and waveform.shape[0] < waveform.shape[1]:  # (channels, samples), as datasets gives
+            waveform = waveform.T
+    elif hasattr(audio, "get_all_samples"):  # torchcodec.decoders.AudioDecoder
+        samples = audio.get_all_samples()
+        name, waveform, orig_sr = "<AudioDecoder>", samples.data.numpy().T, samples.sample_rate
+    else:
+        import soundfile as sf
+
+        source, name = audio_source(audio)
+        try:
+            waveform, orig_sr = sf.read(source, dtype="float32", always_2d=True)
+        except Exception as error:  # libsndfile raises several types; all mean "unreadable"
+            raise AudioDecodeError(f"{name}: {type(error).__name__}: {error}") from error
+    if waveform.shape[0] == 0:
+        raise AudioDecodeError(f"{name}: the file holds no samples")
+    mono = resample(to_mono(waveform), orig_sr, sampling_rate)
+    if not np.isfinite(mono).all():
+        raise AudioDecodeError(f"{name}: non-finite samples (NaN or inf)")
+    return mono
+
+
+def decode_audio_column(
+    column: str = "audio", sampling_rate: int = SAMPLING_RATE, bad_audio: str = "error"
+) -> DecodeAudioColumn:
+    """A `datasets` batch transform that decodes `column` (an `Audio(decode=False)` column: `{"bytes", "path"}`, or
+    plain paths) into datasets' decoded form `{"array": float32 mono, "sampling_rate", "path"}`:
+
+    ```python
+    dataset = dataset.cast_column("audio", Audio(decode=False)).map(decode_audio_column("audio"), batched=True)
+    dataset.with_transform(decode_audio_column("audio"))  # or decode on access
+    ```
+
+    With `bad_audio="skip"` the rows whose audio cannot be decoded are removed from the batch (every column) and
+    counted in the transform's `policy.num_skipped` (in this process); with `"error"` they are refused with the file
+    name and the fix. Under `with_transform`, a skipped row makes the batch shorter than the indices asked for: filter
+    first (`map` with `"skip"`) when the dataset is indexed one row at a time.
+    """
+    return DecodeAudioColumn(column, sampling_rate, bad_audio)
+
+
+class DecodeAudioColumn:
+    """The callable made by `decode_audio_column` (see there)."""
+
+    def __init__(self, column: str = "audio", sampling_rate: int = SAMPLING_RATE, bad_audio: str = "error"):
+        self.column = column
+        self.sampling_rate = sampling_rate
+        self.policy = BadAudioPolicy(bad_audio)
+
+    def __call__(self, batch: dict) -> dict:
+        if self.column not in batch:
+            raise ValueError(f"No audio column {self.column!r} in the batch, whose columns are {list(batch)}.")
+        keep, decoded = [], []
+        for index, value in enumerate(batch[self.column]):
+            try:
+                array = decode_audio(value, self.sampling_rate)
+            except AudioDecodeError as error:
+                self.policy.handle(error)
+                continue
+            path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+            keep.append(index)
+            decoded.append({"array": array, "sampling_rate": self.sampling_rate, "path": path})
+        if len(keep) == len(batch[self.column]):
+            return {**batch, self.column: decoded}
+        return {**{k: [v[i] for i in keep] for k, v in batch.items()}, self.column: decoded}
+
+
+def keep_audio_undecoded(dataset, audio_column: str):
+    """Casts `audio_column` of a `datasets` dataset so that it yields the raw `{"bytes", "path"}` (or path / bytes),
+    never decoded audio.
+
+    `Audio(decode=False)` is the documented way. In `datasets` >= 4, however, *encoding* an `Audio` value (which the
+    python-generator builders such as `audiofolder` and `webdataset` do for every example) imports `torchcodec`; when
+    it is not installed, those builders' raw values (a path string, bytes or a dict) are passed through untouched by
+    declaring the column as `Value("binary")` instead. Arrow-backed builders (parquet, Hub datasets converted to
+    parquet) never encode, so `Audio(decode=False)` works for them.
+    """
+    from datasets import Audio, Value
+
+    undecoded = dataset.cast_column(audio_column, Audio(decode=False))
+    try:
+        import datasets.config
+
+        if datasets.config.TORCHCODEC_AVAILABLE:
+            return undecoded
+    except (ImportError, AttributeError):
+        pass
+    try:
+        next(iter(undecoded.take(1)))
+        return undecoded
+    except StopIteration:
+        return undecoded
+    except ImportError as error:
+        if "torchcodec" not in str(error):
+            raise
+        logger.info("torchcodec is not installed: streaming column %r as raw path/bytes", audio_column)
+        return dataset.cast_column(audio_column, Value("binary"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Random crops (the pretraining stream decodes only the samples under the crop)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def clip_key(audio: Any) -> str:
+    """A stable identity of a clip: its path, plus a digest of its bytes when it carries bytes."""
+    data = audio.get("bytes") if isinstance(audio, dict) else audio if isinstance(audio, (bytes, bytearray)) else None
+    path = audio.get("path") if isinstance(audio, dict) else audio if isinstance(audio, str) else None
+    if data:
+        digest = hashlib.blake2b(bytes(data[:65536]) + len(data).to_bytes(8, "little"), digest_size=8).hexdigest()
+        return f"{os.path.basename(path)}#{digest}" if path else digest
+    return str(path)
+
+
+def crop_offset(num_samples: int, crop_samples: int, seed: int, epoch: int, key: str) -> int:
+    """Start of the random crop for one clip: uniform over `[0, num_samples - crop_samples]`, a pure function of
+    `(seed, epoch, key)` (so resuming, re-sharding or re-ordering never changes which crop a clip gets)."""
+    num_positions = num_samples - crop_samples + 1
+    if num_positions <= 1:
+        return 0
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % num_positions
+
+
+# Source samples decoded on each side of a crop before resampling, so that the resampling filter's edge effects fall
+# outside the crop (soxr "HQ" has a support of a few dozen samples at these rates).
+_RESAMPLE_MARGIN_SECONDS = 0.01
+
+
+def decode_random_crop(
+    audio: Any,
+    crop_samples: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    key: str | None = None,
+    min_clip_policy: str = "drop",
+    sampling_rate: int = SAMPLING_RATE,
+    timings: dict | None = None,
+) -> tuple[np.ndarray | None, int]:
+    """Decodes one random `crop_samples` crop of a clip, as mono float32 at `sampling_rate`.
+
+    Only the samples under the crop (plus a small margin for the resampling filter) are decoded and resampled; the
+    result equals cropping the fully decoded and resampled clip up to the filter's rounding (well below 1e-3). The crop
+    position is `crop_offset(num_samples, crop_samples, seed, epoch, key)`.
+
+    Returns:
+        `(crop, num_valid_samples)`: `crop` is `None` (and `num_valid_samples` 0) when the clip is shorter than the
+        crop and `min_clip_policy="drop"`; with `"pad"` a shorter clip is zero-padded at the end and
+        `num_valid_samples` (< `crop_samples`) says how many samples are real. A full crop has
+        `num_valid_samples == crop_samples`.
+
+    Raises:
+        AudioDecodeError: the clip cannot be read, is empty, truncated or holds non-finite samples.
+    """
+    import soundfile as sf
+
+    if min_clip_policy not in MIN_CLIP_POLICIES:
+        raise ValueError(f"min_clip_policy must be one of {MIN_CLIP_POLICIES}, got {min_clip_policy!r}.")
+    key = clip_key(audio) if key is None else key
+    source, name = audio_source(audio)
+    clock = time.perf_counter
+    start = clock()
+    try:
+        with sf.SoundFile(source) as sound_file:
+            orig_sr, num_frames = sound_file.samplerate, sound_file.frames
+            num_samples = resampled_length(num_frames, orig_sr, sampling_rate)
+            if num_frames <= 0:
+                raise AudioDecodeError(f"{name}: the file holds no samples")
+            if num_samples < crop_samples:
+                if min_clip_policy == "drop":
+                    return None, 0
+                segment = sound_file.read(dtype="float32", always_2d=True)
+                offset, first_output_sample = 0, 0
+            elif orig_sr == sampling_rate:
+                offset = crop_offset(num_samples, crop_samples, seed, epoch, key)
+                sound_file.seek(offset)
+                segment = sound_file.read(crop_samples, dtype="float32", always_2d=True)
+                first_output_sample = offset
+            else:
+                offset = crop_offset(num_samples, crop_samples, seed, epoch, key)
+                # Align the segment start on a sample shared by both rates so the crop lands on the same output grid
+                # as a resampling of the whole clip (44.1 kHz -> 16 kHz: every 441 input = 160 output samples).
+                step = orig_sr // math.gcd(orig_sr, sampling_rate)
+                margin = int(_RESAMPLE_MARGIN_SECONDS * orig_sr)
+                segment_start = max(0, int(offset * orig_sr / sampling_rate) - margin) // step * step
+                segment_stop = int(math.ceil((offset + crop_samples) * orig_sr / sampling_rate)) + margin
+                segment_stop = min(num_frames, segment_stop)
+                sound_file.seek(segment_start)
+                segment = sound_file.read(segment_stop - segment_start, dtype="float32", always_2d=True)
+                first_output_sample = segment_start * sampling_rate // orig_sr
+    except AudioDecodeError:
+        raise
+    except Exception as error:  # libsndfile raises several types; all mean "unreadable"
+        raise AudioDecodeError(f"{name}: {type(error).__name__}: {error}") from error
+    decoded = clock()
+    if segment.shape[0] == 0:
+        raise AudioDecodeError(f"{name}: the file holds no samples")
+    mono = to_mono(segment)
+    downmixed = clock()
+    mono = resample(mono, orig_sr, sampling_rate)
+    resampled = clock()
+    local = offset - first_output_sample
+    crop = mono[local : local + crop_samples]
+    num_valid = crop.shape[0]
+    if num_valid < crop_samples:
+        if num_samples >= crop_samples:
+            if crop_samples - num_valid > 2:
+                raise AudioDecodeError(
+                    f"{name}: the file declares {num_frames} frames but only {segment.shape[0]} could be read "
+                    "(truncated?)"
+                )
+            num_valid = crop_samples  # a resampling rounding of 1-2 samples at the very end: counted as full
+        crop = np.pad(crop, (0, crop_samples - crop.shape[0]))
+    crop = np.ascontiguousarray(crop, dtype=np.float32)
+    if not np.isfinite(crop).all():
+        raise AudioDecodeError(f"{name}: non-finite samples (NaN or inf)")
+    if timings is not None:
+        timings["decode"] = timings.get("decode", 0.0) + decoded - start
+        timings["down-mix"] = timings.get("down-mix", 0.0) + downmixed - decoded
+        timings["resample"] = timings.get("resample", 0.0) + resampled - downmixed
+        timings["crop"] = timings.get("crop", 0.0) + clock() - resampled
+    return crop, num_valid
+
+
+__all__ = [
+    "AUDIO_FILE_EXTENSIONS",
+    "AudioDecodeError",
+    "BAD_AUDIO_POLICIES",
+    "BadAudioPolicy",
+    "DecodeAudioColumn",
+    "MIN_CLIP_POLICIES",
+    "audio_source",
+    "check_bad_audio_policy",
+    "clip_key",
+    "crop_offset",
+    "decode_audio",
+    "decode_audio_column",
+    "decode_random_crop",
+    "keep_audio_undecoded",
+    "list_audio_files",
+    "resample",
+    "resampled_length",
+    "to_mono",
+]
