@@ -126,7 +126,7 @@ def audio_source(audio: Any) -> tuple[Any, str]:
             from datasets.utils.file_utils import xopen
 
             return xopen(audio, "rb"), audio
-        raise AudioDecodeError(f"{audio}: no such file")
+        raise AudioDecodeError(f"{audio}: the file does not exist")
     raise AudioDecodeError(f"<{type(audio).__name__}>: no audio bytes nor path in this value")
 
 
