@@ -28,15 +28,16 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from matpac_hf.data import (
-    CROP_SAMPLES,
-    DEMO_CLASSES,
-    PretrainingDataLoop,
-    build_crop_stream,
-    decode_random_crop,
-    load_audio_stream,
-    synthesize_sound,
-)
+from matpac_hf.audio_io import decode_random_crop
+from matpac_hf.configuration_matpac import num_samples_for_frames
+from matpac_hf.pretraining_data import CROP_FRAMES, PretrainingDataLoop, build_crop_stream, load_audio_stream
+
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from demo_corpus import DEMO_CLASSES, synthesize_sound  # noqa: E402
+
+
+CROP_SAMPLES = num_samples_for_frames(CROP_FRAMES)
 
 
 TARGET_CROPS_PER_SECOND_PER_CORE = 300
@@ -134,7 +135,7 @@ def run_data_benchmark(args):
             f"corpus: {args.num_clips} FLAC clips of {args.clip_seconds:.0f} s in {args.num_shards} webdataset "
             f"shards (1/4 at 44.1 kHz stereo), built in {time.perf_counter() - start:.1f} s"
         )
-        print(f"crop: {CROP_SAMPLES} samples (608 frames); target {TARGET_CROPS_PER_SECOND_PER_CORE} crops/s/core\n")
+        print(f"crop: {CROP_SAMPLES} samples ({CROP_FRAMES} frames); target {TARGET_CROPS_PER_SECOND_PER_CORE} crops/s/core\n")
         results = {}
         for num_workers in (0, 1, 2):
             rate = measure_pipeline(shards, num_workers, args.num_crops)
@@ -184,7 +185,7 @@ def _single_format_rate(folder, sampling_rate, stereo, args, num_clips=24):
     start = time.perf_counter()
     for epoch in range(4):
         for index, data in enumerate(clips):
-            decode_random_crop({"bytes": data, "path": None}, epoch=epoch, key=str(index))
+            decode_random_crop({"bytes": data, "path": None}, CROP_SAMPLES, epoch=epoch, key=str(index))
     return 4 * num_clips / (time.perf_counter() - start)
 
 

@@ -50,7 +50,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel
 
-from matpac_hf.data import AudioDecodeError, _keep_audio_undecoded, decode_audio
+from matpac_hf.audio_io import AudioDecodeError, decode_audio, keep_audio_undecoded
 
 
 logger = logging.getLogger("run_linear_probe")
@@ -174,7 +174,7 @@ def load_records_from_datasets(args) -> dict[str, list[dict]]:
         if isinstance(label_feature, Sequence):
             label_feature = label_feature.feature
         names = label_feature.names if isinstance(label_feature, ClassLabel) else None
-        dataset = _keep_audio_undecoded(dataset, args.audio_column)  # audio stays a path / bytes: decoded by us
+        dataset = keep_audio_undecoded(dataset, args.audio_column)  # audio stays a path / bytes: decoded by us
         records[split] = [
             {
                 "audio": example[args.audio_column],

@@ -11,7 +11,7 @@
         --teacher_temperature_warmup_epochs 10 --corpus_size 2012615 --mixed_precision fp16 --output_dir matpac_run
 
 One optimiser step (method spec, sections 4 and 5): random 6.08 s waveform crops (decoded, down-mixed and resampled by
-`matpac_hf.data` in DataLoader workers) -> normalised log-mel on the training device (`extract_log_mel`) ->
+`matpac_hf.pretraining_data` in DataLoader workers) -> normalised log-mel on the training device (`extract_log_mel`) ->
 `MatpacForPreTraining(input_values, step=step)` -> backward -> `update_teachers(step)` (EMA) -> clip the gradient norm
 at 3.0 -> AdamW step -> cosine schedule step. Checkpoints (`accelerator.save_state` plus the stream position, the step
 counters and every process's random state) are written atomically; `--resume_from_checkpoint latest` continues a run.
@@ -42,15 +42,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, get_cosine_schedule_with_warmup
 
 from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForPreTraining, MatpacModel
-from matpac_hf.data import (
-    CROP_SAMPLES,
-    DemoCorpus,
-    PretrainingDataLoop,
-    build_crop_stream,
-    build_demo_corpus,
-    load_audio_stream,
-    load_labelled_folder,
-)
+from matpac_hf.configuration_matpac import num_samples_for_frames
+from matpac_hf.pretraining_data import CROP_FRAMES, PretrainingDataLoop, build_crop_stream, load_audio_stream
+
+
+CROP_SAMPLES = num_samples_for_frames(CROP_FRAMES)
+from demo_corpus import DemoCorpus, build_demo_corpus, load_labelled_folder  # noqa: E402  (examples/demo_corpus.py)
 from matpac_hf.model_card import pretraining_objective, render_model_card
 
 
@@ -818,7 +815,7 @@ def main(argv=None):
         batch = next(batches)
         with accelerator.accumulate(model):
             waveforms = batch["input_values"].to(accelerator.device, non_blocking=True)  # (batch, 97520)
-            input_values = feature_extractor.extract_log_mel(waveforms)  # (batch, 80, 608), float32
+            input_values = feature_extractor.extract_log_mel(waveforms)  # (batch, 608, 80), float32
             outputs = model(
                 input_values, step=global_step, generator=mask_generator(args.seed, rank, global_step, micro_step)
             )

@@ -1,31 +1,39 @@
 # Copyright 2026 The matpac-hf developers.
 # Licensed under the MIT License.
-"""Streaming pretraining data pipeline (src/matpac_hf/data.py): decode guard, mono/resample, crop, split, resume."""
+"""The resumable pretraining stream (src/matpac_hf/pretraining_data.py): decode guard, crops, short clips (drop, pad
+and the valid-frame mask), counters seen from the training process, split by process, exact resume; the demo corpus."""
 
 import io
 import json
+import logging
 import os
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-import soxr
 import torch
 
-from matpac_hf.data import (
+from matpac_hf import MatpacFeatureExtractor, pretraining_data
+from matpac_hf.audio_io import AudioDecodeError, decode_audio
+from matpac_hf.configuration_matpac import num_samples_for_frames
+from matpac_hf.pretraining_data import (
     CROP_FRAMES,
-    CROP_SAMPLES,
     PretrainingDataLoop,
     build_crop_stream,
-    build_demo_corpus,
-    crop_offset,
-    decode_audio,
-    decode_random_crop,
+    frame_attention_mask,
     load_audio_stream,
-    num_samples_for_frames,
     stateful_dataloader_class,
 )
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from demo_corpus import build_demo_corpus  # noqa: E402
+
+
+CROP_SAMPLES = num_samples_for_frames(CROP_FRAMES)
 
 
 def _tone(seconds, sampling_rate, frequency=440.0, channels=1, seed=0):
@@ -66,10 +74,13 @@ def _iterate(stream):
     return [(item["example_id"], item["input_values"]) for item in stream]
 
 
-def test_crop_length_is_608_frames():
-    assert CROP_SAMPLES == num_samples_for_frames(CROP_FRAMES) == 97_520
-    assert 1 + (CROP_SAMPLES - 400) // 160 == 608
-    assert 1 + (97_280 - 400) // 160 == 606 and num_samples_for_frames(606) == 97_200  # 6.08 s -> 606 frames
+@pytest.mark.parametrize("crop_frames", [CROP_FRAMES, 304])
+def test_crops_give_crop_frames_log_mel_frames(tmp_path, crop_frames):
+    folder = _write_folder(tmp_path / "corpus", [("a.flac", _tone(6.5, 16000), 16000)])
+    dataset, column = load_audio_stream(dataset_dir=str(folder))
+    (item,) = list(build_crop_stream(dataset, column, crop_frames=crop_frames))
+    log_mel = MatpacFeatureExtractor().extract_log_mel(torch.from_numpy(item["input_values"])[None])
+    assert log_mel.shape == (1, crop_frames, 80) and item["num_valid_samples"] == item["input_values"].shape[0]
 
 
 def test_decode_guard_skips_and_counts_a_corrupted_file(tmp_path):
@@ -123,35 +134,6 @@ def test_corrupted_bytes_in_parquet_are_skipped(tmp_path):
         load_audio_stream(data_files=str(tmp_path / "shard-00000.parquet"), audio_column="audio")
 
 
-def test_stereo_44k_becomes_mono_16k(tmp_path):
-    stereo = _tone(3.0, 44100, 1000, channels=2)
-    path = str(tmp_path / "stereo.wav")
-    sf.write(path, stereo, 44100, subtype="FLOAT")
-    mono = decode_audio(path)
-    assert mono.dtype == np.float32 and mono.ndim == 1
-    assert mono.shape[0] == round(stereo.shape[0] * 16000 / 44100) == 48000
-    expected = soxr.resample(stereo.mean(axis=1), 44100, 16000, quality="HQ")
-    np.testing.assert_allclose(mono, expected, atol=1e-5)
-    # the 1 kHz tone survives at 16 kHz: spectral peak at 1000 Hz
-    spectrum = np.abs(np.fft.rfft(mono))
-    assert abs(np.argmax(spectrum) * 16000 / mono.shape[0] - 1000) < 2
-
-
-@pytest.mark.parametrize("sampling_rate,channels", [(16000, 1), (44100, 2), (48000, 1)])
-def test_segment_crop_equals_crop_of_full_decode(tmp_path, sampling_rate, channels):
-    clip = _tone(9.3, sampling_rate, 700, channels=channels, seed=3)
-    path = str(tmp_path / "clip.wav")
-    sf.write(path, clip, sampling_rate, subtype="FLOAT")
-    full = decode_audio(path)
-    for epoch in range(3):
-        crop, padded = decode_random_crop(path, seed=5, epoch=epoch, key="clip")
-        assert crop.shape == (CROP_SAMPLES,) and crop.dtype == np.float32 and not padded
-        offset = crop_offset(full.shape[0], CROP_SAMPLES, 5, epoch, "clip")
-        np.testing.assert_allclose(crop, full[offset : offset + CROP_SAMPLES], atol=2e-3)
-    offsets = {crop_offset(full.shape[0], CROP_SAMPLES, 5, epoch, "clip") for epoch in range(20)}
-    assert len(offsets) > 15 and max(offsets) <= full.shape[0] - CROP_SAMPLES
-
-
 def test_short_clips_are_dropped_or_padded(tmp_path):
     folder = _write_folder(
         tmp_path / "corpus",
@@ -166,15 +148,73 @@ def test_short_clips_are_dropped_or_padded(tmp_path):
     assert [os.path.basename(key) for key, _ in _iterate(dropping)] == ["long.flac"]
     assert dropping.counters.num_too_short == 2
     padding = build_crop_stream(dataset, column, min_clip_policy="pad")
-    items = dict(_iterate(padding))
+    items = {item["example_id"]: item for item in padding}
     assert padding.counters.num_padded == 2 and padding.counters.num_yielded == 3
     short = items[str(folder / "short.flac")]
-    assert short.shape == (CROP_SAMPLES,)
-    np.testing.assert_allclose(short[:80000], decode_audio(str(folder / "short.flac")), atol=1e-4)
-    assert np.all(short[80000:] == 0.0)
-    assert np.count_nonzero(items[str(folder / "short44.flac")][32000:]) == 0
+    assert short["input_values"].shape == (CROP_SAMPLES,) and short["num_valid_samples"] == 80000
+    np.testing.assert_allclose(short["input_values"][:80000], decode_audio(str(folder / "short.flac")), atol=1e-4)
+    assert np.all(short["input_values"][80000:] == 0.0)
+    assert items[str(folder / "short44.flac")]["num_valid_samples"] == 32000
+    assert items[str(folder / "long.flac")]["num_valid_samples"] == CROP_SAMPLES
     with pytest.raises(ValueError, match="min_clip_policy"):
         build_crop_stream(dataset, column, min_clip_policy="loop")
+
+    # The batch's valid-frame mask marks exactly the frames computed from real samples: on them the padded crop's
+    # log-mel equals the log-mel of the clip alone (the feature extractor's own attention mask of the clip).
+    batch = pretraining_data.collate_crops([items[str(folder / "short.flac")], items[str(folder / "long.flac")]])
+    mask = frame_attention_mask(batch["num_valid_samples"], CROP_FRAMES)
+    feature_extractor = MatpacFeatureExtractor()
+    alone = feature_extractor(
+        decode_audio(str(folder / "short.flac")), return_tensors="pt", return_attention_mask=True
+    )
+    assert mask.dtype == torch.int32 and mask[0].sum() == alone["attention_mask"].sum() == 498
+    assert mask[1].sum() == CROP_FRAMES and bool(mask[0, :498].all()) and not mask[0, 498:].any()
+    padded_log_mel = feature_extractor.extract_log_mel(batch["input_values"])
+    torch.testing.assert_close(padded_log_mel[0, :498], alone["input_values"][0], atol=1e-5, rtol=0)
+    assert not torch.allclose(padded_log_mel[0, 498:500], padded_log_mel[0, 496:498])  # the padding differs
+
+
+def test_dropped_clips_are_counted_in_the_training_process_with_a_worker_and_explained(tmp_path):
+    """Every clip shorter than the crop: the error names the real counts, also when a DataLoader worker did the
+    decoding (its counters live in shared memory), and the fix."""
+    folder = _write_folder(
+        tmp_path / "corpus", [(f"s{i}.flac", _tone(1.0, 16000, 200 + 50 * i), 16000) for i in range(5)]
+    )
+    dataset, column = load_audio_stream(dataset_dir=str(folder))
+    for num_workers in (0, 1):
+        loop = PretrainingDataLoop(build_crop_stream(dataset, column), batch_size=2, num_workers=num_workers)
+        with pytest.raises(ValueError, match=r"of 5 clips read, 5 were shorter than the 608-frame crop") as error:
+            next(iter(loop))
+        assert "--min_clip_policy pad" in str(error.value) and "--crop_frames" in str(error.value)
+        assert loop.stats.totals()["num_too_short"] == 5
+    # with padding the same corpus trains, and a shorter crop keeps all clips without padding
+    loop = PretrainingDataLoop(build_crop_stream(dataset, column, min_clip_policy="pad"), batch_size=2, num_workers=1)
+    batch = next(iter(loop))
+    assert batch["num_valid_samples"].tolist() == [16000, 16000] and loop.stats.totals()["num_padded"] >= 2
+    loop = PretrainingDataLoop(build_crop_stream(dataset, column, crop_frames=96), batch_size=5)
+    assert next(iter(loop))["input_values"].shape == (5, num_samples_for_frames(96))
+
+
+def test_early_warning_when_most_clips_are_dropped(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(pretraining_data, "EARLY_DROP_WARNING_CLIPS", 4)
+    clips = [(f"s{i}.flac", _tone(1.0, 16000), 16000) for i in range(3)] + [("long.flac", _tone(6.2, 16000), 16000)]
+    dataset, column = load_audio_stream(dataset_dir=str(_write_folder(tmp_path / "corpus", clips)))
+    with caplog.at_level(logging.WARNING, logger="matpac_hf.pretraining_data"):
+        assert len(list(build_crop_stream(dataset, column))) == 1
+    (warning,) = [r.getMessage() for r in caplog.records if "of the first" in r.getMessage()]
+    assert warning.startswith("3 of the first 4 clips were dropped: 3 shorter than the 608-frame crop (6.09 s)")
+    assert "--min_clip_policy pad" in warning and "--crop_frames" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="matpac_hf.pretraining_data"):
+        list(build_crop_stream(dataset, column, min_clip_policy="pad"))
+    assert not [r for r in caplog.records if "of the first" in r.getMessage()]
+
+
+def test_bad_audio_error_stops_the_stream_with_the_file_name(tmp_path):
+    folder = _write_folder(tmp_path / "corpus", [("a.flac", _tone(6.5, 16000), 16000), ("b.flac", CORRUPTED, None)])
+    dataset, column = load_audio_stream(dataset_dir=str(folder))
+    with pytest.raises(AudioDecodeError, match=r"b\.flac.*--bad_audio skip"):
+        list(build_crop_stream(dataset, column, bad_audio="error"))
 
 
 def test_two_ranks_see_disjoint_examples(tmp_path):
