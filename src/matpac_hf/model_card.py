@@ -133,16 +133,26 @@ def render_model_card(template_name_or_path: str | Path, **fields) -> str:
     return str(card)
 
 
-def pretraining_objective(config) -> str:
+def pretraining_objective(config, crop_frames: int | None = None) -> str:
     """The "Objective" paragraph of a pretrained-encoder card, with the numbers of `config` (a `MatpacConfig`) rather
-    than the official ones: the `tiny` preset, say, anneals other EMA decays over another number of steps."""
-    num_patches, visible = config.num_patches, config.num_visible_patches
+    than the official ones: the `tiny` preset, say, anneals other EMA decays over another number of steps.
+    `crop_frames`: the pretraining crop when shorter than `config.max_frames` (`run_pretraining.py --crop_frames`)."""
+    crop_frames = crop_frames or config.max_frames
+    num_patches = config.num_frequency_patches * (crop_frames // config.patch_size)
+    visible = int(num_patches * (1 - config.mask_ratio))
     patch = config.patch_size
     center = "teacher probabilities (official)" if config.center_update == "probabilities" else "teacher logits (DINO)"
     independent = config.teacher_init == "independent"
     start = "an independent random draw (official)" if independent else "copies of the student"
+    if config.teacher_temperature_warmup_steps > 0:
+        teacher_temperature = (
+            f"a temperature rising {config.teacher_temperature_start} -> {config.teacher_temperature_end} over "
+            f"{config.teacher_temperature_warmup_steps} steps"
+        )
+    else:
+        teacher_temperature = f"a constant temperature {config.teacher_temperature_end} (no warm-up)"
     text = (
-        f"**Objective ({'MATPAC++' if config.use_mcl else 'MATPAC'}).** Each {config.max_frames}-frame crop "
+        f"**Objective ({'MATPAC++' if config.use_mcl else 'MATPAC'}).** Each {crop_frames}-frame crop "
         f"({num_patches} patches of {patch} x {patch}) is masked at random per sample: the student encoder sees "
         f"{visible} patches plus a CLS token. A predictor ({config.decoder_num_hidden_layers} blocks, width "
         f"{config.decoder_hidden_size}) fills in the other {num_patches - visible} and projects them back to "
@@ -151,8 +161,7 @@ def pretraining_objective(config) -> str:
         f"{config.hidden_size}-{config.head_hidden_size}-{config.head_hidden_size}-{config.head_bottleneck_size}, "
         f"L2 norm, weight-normalised {config.head_bottleneck_size} -> {config.head_num_prototypes} prototypes) on the "
         f"predictions is trained against an EMA teacher head on the teacher latents: teacher softmax of centred "
-        f"logits at a temperature rising {config.teacher_temperature_start} -> {config.teacher_temperature_end} over "
-        f"{config.teacher_temperature_warmup_steps} steps, student temperature {config.student_temperature}, a center "
+        f"logits at {teacher_temperature}, student temperature {config.student_temperature}, a center "
         f"(momentum {config.center_momentum}) averaging the {center}. The loss is {config.prediction_loss_weight} x "
         f"prediction + {config.classification_loss_weight} x classification. Both teachers start as {start}; their "
         f"EMA decays are annealed linearly over {config.total_steps} steps: {config.ema_decay_start} -> "
