@@ -73,8 +73,8 @@ def main():
     seconds, features = best_time(
         lambda: feature_extractor(audio, sampling_rate=config.sampling_rate, return_tensors="pt"), args.repeats
     )
-    input_values = features["input_values"].to(device)  # (clips, 80, frames)
-    num_frames = input_values.shape[-1]
+    input_values = features["input_values"].to(device)  # (clips, frames, 80)
+    num_frames = input_values.shape[1]
     num_chunks = -(-num_frames // config.max_frames)
     print(
         f"log-mel: {tuple(input_values.shape)}, {num_chunks} chunks of <= {config.max_frames} frames per clip",
@@ -92,7 +92,7 @@ def main():
         with torch.no_grad():
             for clip in input_values:
                 frames = [
-                    model(clip[None, :, start : start + config.max_frames]).last_hidden_state
+                    model(clip[None, start : start + config.max_frames]).last_hidden_state
                     for start in range(0, num_frames, config.max_frames)
                 ]
                 embeddings.append(torch.cat(frames, dim=1).mean(dim=1).float())
@@ -100,9 +100,9 @@ def main():
 
     results = {}
     with torch.no_grad():  # warm-up (one short clip) so that one-off costs are not timed
-        model(input_values[:1, :, : config.max_frames])
+        model(input_values[:1, : config.max_frames])
         with torch.autocast(device.type, dtype=autocast_dtype):
-            model(input_values[:1, :, : config.max_frames])
+            model(input_values[:1, : config.max_frames])
     for name, function in (("batched precise", batched), ("one chunk per call (official loop)", per_chunk)):
         for precision in ("fp32", "bf16 autocast"):
             if precision == "fp32":

@@ -1,6 +1,6 @@
 """Does MatpacForPreTraining learn? A tiny model trained on CPU on synthetic structured log-mel spectrograms.
 
-Each clip is a normalised (80, frames) log-mel image with the structure real audio has and masked prediction can
+Each clip is a normalised (frames, 80) log-mel spectrogram with the structure real audio has and masked prediction can
 exploit: a background with a random spectral tilt, one or two harmonic tones (a fundamental and its harmonics as
 horizontal lines between an onset and an offset, the amplitude falling with the harmonic number) and broadband noise
 bursts (vertical stripes). A masked patch is predictable from its visible neighbours (a harmonic line continues, a
@@ -52,7 +52,8 @@ def tiny_pretraining_config(total_steps: int, **overrides) -> MatpacConfig:
 
 
 def synthetic_log_mel(batch_size: int, num_frames: int, generator: torch.Generator) -> torch.Tensor:
-    """`(batch, 80, num_frames)` structured log-mel images, roughly zero-mean and unit-variance."""
+    """`(batch, num_frames, 80)` structured log-mel spectrograms (the model's layout), roughly zero-mean and
+    unit-variance; each is drawn as an `(80, num_frames)` image, then transposed."""
     num_mel_bins = 80
     rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     mel = torch.arange(num_mel_bins, dtype=torch.float32)[:, None]  # (80, 1)
@@ -79,7 +80,7 @@ def synthetic_log_mel(batch_size: int, num_frames: int, generator: torch.Generat
             burst = ((frame >= start) & (frame < start + width)).float() * (mel >= low).float()
             image = image + 2.0 * burst
         clips.append(image)
-    values = torch.stack(clips)
+    values = torch.stack(clips).transpose(1, 2).contiguous()  # (batch, num_frames, 80)
     return (values - values.mean()) / values.std()
 
 

@@ -37,7 +37,7 @@ def tiny_config(**overrides) -> MatpacConfig:
 def padded_batch(seed: int = 0):
     """Two log-mel clips of 100 and 60 frames, padded to 100 (mask 0 on the padding, junk values under it)."""
     generator = torch.Generator().manual_seed(seed)
-    input_values = torch.randn(2, 80, 100, generator=generator)
+    input_values = torch.randn(2, 100, 80, generator=generator)
     attention_mask = torch.ones(2, 100, dtype=torch.long)
     attention_mask[1, 60:] = 0
     return input_values, attention_mask
@@ -93,16 +93,16 @@ def test_mean_pooling_is_masked_token_mean_then_batchnorm_then_linear():
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
     # the padded clip gets exactly what it gets alone
-    alone = model(input_values[1:, :, :60]).logits
+    alone = model(input_values[1:, :60]).logits
     torch.testing.assert_close(logits[1:], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_mean_pooling_refuses_a_single_clip_in_training():
     model = MatpacForAudioClassification(tiny_config(classifier_pooling="mean")).train()
     with pytest.raises(ValueError, match="at least 2 clips"):
-        model(torch.randn(1, 80, 32))
+        model(torch.randn(1, 32, 80))
     model.eval()
-    assert model(torch.randn(1, 80, 32)).logits.shape == (1, 3)
+    assert model(torch.randn(1, 32, 80)).logits.shape == (1, 3)
 
 
 def test_dropout_sits_before_the_classifier():
@@ -119,7 +119,7 @@ def test_dropout_sits_before_the_classifier():
 
 def test_hidden_states_are_returned_in_frame_layout():
     model = MatpacForAudioClassification(tiny_config()).eval()
-    outputs = model(torch.randn(2, 80, 64), output_hidden_states=True)
+    outputs = model(torch.randn(2, 64, 80), output_hidden_states=True)
     assert len(outputs.hidden_states) == 2  # embeddings + 1 block
     assert outputs.hidden_states[-1].shape == (2, 4, 160)
     assert outputs.loss is None
@@ -134,7 +134,7 @@ def test_single_label_loss_is_cross_entropy():
     torch.manual_seed(0)
     model = MatpacForAudioClassification(tiny_config()).eval()
     labels = torch.tensor([2, 0])
-    outputs = model(torch.randn(2, 80, 48), labels=labels)
+    outputs = model(torch.randn(2, 48, 80), labels=labels)
     assert model.config.problem_type == "single_label_classification"
     torch.testing.assert_close(outputs.loss, torch.nn.functional.cross_entropy(outputs.logits, labels))
 
@@ -143,13 +143,13 @@ def test_multi_label_loss_is_bce_with_logits():
     torch.manual_seed(0)
     model = MatpacForAudioClassification(tiny_config()).eval()
     targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
-    outputs = model(torch.randn(2, 80, 48), labels=targets)  # float targets -> multi-label (transformers' rule)
+    outputs = model(torch.randn(2, 48, 80), labels=targets)  # float targets -> multi-label (transformers' rule)
     assert model.config.problem_type == "multi_label_classification"
     expected = torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits, targets)
     torch.testing.assert_close(outputs.loss, expected)
     # integer multi-hot targets work too once the problem type is set
     torch.testing.assert_close(
-        model(torch.randn(2, 80, 48), labels=targets.long()).loss.isfinite(), torch.tensor(True)
+        model(torch.randn(2, 48, 80), labels=targets.long()).loss.isfinite(), torch.tensor(True)
     )
 
 
@@ -163,7 +163,7 @@ def test_regression_loss_is_mse(num_labels):
         targets = targets[:, 0]
     else:
         model.config.problem_type = "regression"
-    outputs = model(torch.randn(2, 80, 48), labels=targets)
+    outputs = model(torch.randn(2, 48, 80), labels=targets)
     assert model.config.problem_type == "regression"
     expected = torch.nn.functional.mse_loss(outputs.logits.reshape(targets.shape), targets)
     torch.testing.assert_close(outputs.loss, expected)
@@ -172,12 +172,12 @@ def test_regression_loss_is_mse(num_labels):
 def test_bad_labels_raise_clear_errors():
     model = MatpacForAudioClassification(tiny_config(problem_type="single_label_classification")).eval()
     with pytest.raises(ValueError, match="multi_label_classification"):
-        model(torch.randn(2, 80, 48), labels=torch.ones(2, 3, dtype=torch.long))
+        model(torch.randn(2, 48, 80), labels=torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 2\]"):
-        model(torch.randn(2, 80, 48), labels=torch.tensor([0, 3]))
+        model(torch.randn(2, 48, 80), labels=torch.tensor([0, 3]))
     model.config.problem_type = "multi_label_classification"
     with pytest.raises(ValueError, match=r"\(batch, 3\)"):
-        model(torch.randn(2, 80, 48), labels=torch.ones(2, 4))
+        model(torch.randn(2, 48, 80), labels=torch.ones(2, 4))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_bad_labels_raise_clear_errors():
 def test_freeze_encoder_trains_only_the_head(tmp_path):
     model = MatpacForAudioClassification(tiny_config(freeze_encoder=True))
     assert not any(p.requires_grad for p in model.matpac.parameters())
-    model(torch.randn(2, 80, 48), labels=torch.tensor([0, 1])).loss.backward()
+    model(torch.randn(2, 48, 80), labels=torch.tensor([0, 1])).loss.backward()
     assert all(p.grad is None for p in model.matpac.parameters())
     assert model.classifier.weight.grad is not None and model.classifier.weight.grad.abs().sum() > 0
 
@@ -212,7 +212,7 @@ def test_save_load_round_trip(tmp_path, pooling):
         classifier_pooling=pooling, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
     )
     model = MatpacForAudioClassification(config).train()
-    model(torch.randn(4, 80, 48))  # updates the BatchNorm running statistics of the "mean" head
+    model(torch.randn(4, 48, 80))  # updates the BatchNorm running statistics of the "mean" head
     model.eval()
     input_values, attention_mask = padded_batch()
     expected = model(input_values, attention_mask=attention_mask).logits

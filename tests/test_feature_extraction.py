@@ -34,7 +34,7 @@ def make_audio(num_samples: int, seed: int = 0) -> np.ndarray:
 
 
 def reference_log_mel(audio: np.ndarray) -> np.ndarray:
-    """Spec section 1 written independently: manual framing, numpy rfft, librosa filters, float64. (80, frames)."""
+    """Spec section 1 written independently: manual framing, numpy rfft, librosa filters, float64. (frames, 80)."""
     n_fft, hop = 400, 160
     num_frames = 1 + (len(audio) - n_fft) // hop
     window = scipy.signal.get_window("hann", n_fft, fftbins=True)  # periodic Hann
@@ -46,7 +46,7 @@ def reference_log_mel(audio: np.ndarray) -> np.ndarray:
     )
     mel = filters.astype(np.float64) @ power.T  # (80, frames)
     log_mel = np.log(mel + np.finfo(np.float32).eps)
-    return (log_mel - (-7.056)) / 4.193
+    return ((log_mel - (-7.056)) / 4.193).T  # (frames, 80), the feature extractor's layout
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +72,11 @@ def test_log_mel_matches_reference(extractor, num_samples, expected_frames):
     audio = make_audio(num_samples, seed=num_samples)
     features = extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="np")
     input_values = features["input_values"]
-    assert input_values.shape == (1, 80, expected_frames)
+    assert input_values.shape == (1, expected_frames, 80)
     assert input_values.dtype == np.float32
     assert extractor.num_frames(num_samples) == expected_frames
     reference = reference_log_mel(audio)
-    assert reference.shape == (80, expected_frames)
+    assert reference.shape == (expected_frames, 80)
     assert np.abs(input_values[0] - reference).max() <= 1e-4
     # equal-length input: no padding, so no mask unless asked for
     assert "attention_mask" not in features
@@ -85,7 +85,7 @@ def test_log_mel_matches_reference(extractor, num_samples, expected_frames):
 def test_torch_path_matches_reference(extractor):
     audio = np.stack([make_audio(16000, seed=1), make_audio(16000, seed=2)])  # (2, 16000)
     log_mel = extractor.extract_log_mel(torch.from_numpy(audio))
-    assert log_mel.shape == (2, 80, 98) and log_mel.dtype == torch.float32
+    assert log_mel.shape == (2, 98, 80) and log_mel.dtype == torch.float32
     for row in range(2):
         assert np.abs(log_mel[row].numpy() - reference_log_mel(audio[row])).max() <= 1e-4
 
@@ -113,16 +113,16 @@ def test_batch_of_mixed_lengths_is_padded_in_frames(extractor):
     clips = [make_audio(n, seed=10 + i) for i, n in enumerate(lengths)]
     features = extractor(clips, sampling_rate=SAMPLING_RATE, return_tensors="pt")
     input_values, attention_mask = features["input_values"], features["attention_mask"]
-    assert input_values.shape == (5, 80, 98)
+    assert input_values.shape == (5, 98, 80)
     assert attention_mask.shape == (5, 98)
     expected_frames = [98, 15, 54, 98, 1]
     assert attention_mask.sum(-1).tolist() == expected_frames
     for row, (clip, num_frames) in enumerate(zip(clips, expected_frames)):
         alone = extractor(clip, sampling_rate=SAMPLING_RATE, return_tensors="pt")["input_values"][0]
-        torch.testing.assert_close(input_values[row, :, :num_frames], alone, rtol=0, atol=1e-6)
-        assert np.abs(input_values[row, :, :num_frames].numpy() - reference_log_mel(clip)).max() <= 1e-4
+        torch.testing.assert_close(input_values[row, :num_frames], alone, rtol=0, atol=1e-6)
+        assert np.abs(input_values[row, :num_frames].numpy() - reference_log_mel(clip)).max() <= 1e-4
         assert attention_mask[row, :num_frames].eq(1).all() and attention_mask[row, num_frames:].eq(0).all()
-        assert input_values[row, :, num_frames:].eq(0.0).all()
+        assert input_values[row, num_frames:].eq(0.0).all()
 
 
 def test_input_layouts_give_the_same_features(extractor):
@@ -132,7 +132,7 @@ def test_input_layouts_give_the_same_features(extractor):
     from_list = extractor(list(clips), sampling_rate=SAMPLING_RATE)["input_values"]
     from_float64 = extractor(clips.astype(np.float64), sampling_rate=SAMPLING_RATE)["input_values"]
     from_python_list = extractor(clips[0].tolist(), sampling_rate=SAMPLING_RATE)["input_values"]
-    assert from_numpy_batch.shape == (2, 80, 23) and isinstance(from_numpy_batch, np.ndarray)
+    assert from_numpy_batch.shape == (2, 23, 80) and isinstance(from_numpy_batch, np.ndarray)
     np.testing.assert_array_equal(from_torch_batch, from_numpy_batch)
     np.testing.assert_array_equal(from_list, from_numpy_batch)
     np.testing.assert_allclose(from_float64, from_numpy_batch, atol=1e-6, rtol=0)
@@ -287,6 +287,6 @@ def test_from_model_config_copies_the_front_end():
     assert feature_extractor.return_attention_mask is True
     assert feature_extractor(np.zeros(16000, dtype=np.float32))["input_values"].shape == (
         1,
-        64,
         1 + (16000 - 400) // 320,
+        64,
     )

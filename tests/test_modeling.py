@@ -101,7 +101,7 @@ def test_position_table_survives_save_and_load(tmp_path, model):
 
 def test_output_shapes_and_frame_count(model):
     frames = 1368  # 13.7 s
-    out = model(torch.randn(2, 80, frames))
+    out = model(torch.randn(2, frames, 80))
     assert out.last_hidden_state.shape == (2, math.ceil(frames / 16), 5 * 32)
     assert out.pooler_output.shape == (2, 160)
     assert out.frame_mask.shape == (2, 86) and out.frame_mask.sum().item() == 2 * 86
@@ -110,7 +110,7 @@ def test_output_shapes_and_frame_count(model):
 
 def test_frame_embedding_concatenates_frequency_tokens_of_a_column(model):
     """Rebuild the frame embeddings by hand from the encoder on one chunk."""
-    x = torch.randn(1, 80, 64)
+    x = torch.randn(1, 64, 80)
     with torch.no_grad():
         tokens = model.encoder(model.embeddings(x)).last_hidden_state  # (1, 1 + 5 * 4, 32)
         out = model(x).last_hidden_state  # (1, 4, 160)
@@ -121,18 +121,18 @@ def test_frame_embedding_concatenates_frequency_tokens_of_a_column(model):
 
 def test_long_input_equals_consecutive_chunks_encoded_alone(model):
     torch.manual_seed(1)
-    x = torch.randn(1, 80, 608 * 2 + 100)
+    x = torch.randn(1, 608 * 2 + 100, 80)
     with torch.no_grad():
         full = model(x).last_hidden_state
-        pieces = [model(x[..., :608]), model(x[..., 608:1216]), model(x[..., 1216:])]
+        pieces = [model(x[:, :608]), model(x[:, 608:1216]), model(x[:, 1216:])]
     expected = torch.cat([p.last_hidden_state for p in pieces], dim=1)
     assert full.shape[1] == 38 + 38 + 7
     torch.testing.assert_close(full, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_last_partial_column_is_zero_padded_in_the_normalised_domain(model):
-    x = torch.randn(1, 80, 15)
-    padded = torch.nn.functional.pad(x, (0, 1))  # the official code pads with 0 after normalisation
+    x = torch.randn(1, 15, 80)
+    padded = torch.nn.functional.pad(x, (0, 0, 0, 1))  # the official code pads with 0 after normalisation
     with torch.no_grad():
         torch.testing.assert_close(model(x).last_hidden_state, model(padded).last_hidden_state)
 
@@ -140,15 +140,15 @@ def test_last_partial_column_is_zero_padded_in_the_normalised_domain(model):
 def test_padded_batch_of_mixed_lengths_equals_one_by_one(model):
     torch.manual_seed(2)
     lengths = [1, 15, 98, 606, 1368, 700]
-    x = torch.randn(len(lengths), 80, max(lengths)) * 3
+    x = torch.randn(len(lengths), max(lengths), 80) * 3
     mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
     for i, n in enumerate(lengths):
         mask[i, :n] = 1
-        x[i, :, n:] = float("nan")  # whatever sits in the padding must not reach the outputs
+        x[i, n:] = float("nan")  # whatever sits in the padding must not reach the outputs
     with torch.no_grad():
         batched = model(x, attention_mask=mask, output_hidden_states=True)
         for i, n in enumerate(lengths):
-            alone = model(x[i : i + 1, :, :n], output_hidden_states=True)
+            alone = model(x[i : i + 1, :n], output_hidden_states=True)
             cols = math.ceil(n / 16)
             assert batched.frame_mask[i].sum().item() == cols
             torch.testing.assert_close(
@@ -163,10 +163,10 @@ def test_padded_batch_of_mixed_lengths_equals_one_by_one(model):
 
 
 def test_hidden_states_mapping(model):
-    x = torch.randn(2, 80, 100)
+    x = torch.randn(2, 100, 80)
     with torch.no_grad():
         out = model(x, output_hidden_states=True)
-        chunk = model.embeddings(torch.nn.functional.pad(x, (0, 12)))
+        chunk = model.embeddings(torch.nn.functional.pad(x, (0, 0, 0, 12)))
     assert len(out.hidden_states) == model.config.num_hidden_layers + 1
     # index 0: embedded patches with positions, same frame layout
     grid = chunk[:, 1:].reshape(2, 5, 7, 32).permute(0, 2, 1, 3).reshape(2, 7, 160)
@@ -184,7 +184,7 @@ def test_sdpa_and_eager_agree_on_padded_batches():
     sdpa = MatpacModel(config).eval()
     eager = MatpacModel.from_pretrained(None, config=config, state_dict=sdpa.state_dict(), attn_implementation="eager")
     eager.eval()
-    x = torch.randn(2, 80, 700)
+    x = torch.randn(2, 700, 80)
     mask = torch.ones(2, 700, dtype=torch.long)
     mask[1, 300:] = 0
     with torch.no_grad():
@@ -199,7 +199,7 @@ def test_sdpa_and_eager_agree_on_padded_batches():
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(4)
     model = MatpacModel(tiny_config()).train()
-    x = torch.randn(2, 80, 640)
+    x = torch.randn(2, 640, 80)
 
     def grads():
         model.zero_grad()
@@ -215,7 +215,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_bf16_autocast_stays_close_to_fp32(model):
-    x = torch.randn(2, 80, 608)
+    x = torch.randn(2, 608, 80)
     with torch.no_grad():
         fp32 = model(x).pooler_output
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -229,10 +229,10 @@ def test_bf16_autocast_stays_close_to_fp32(model):
 @pytest.mark.parametrize(
     "make_input, message",
     [
-        (lambda: torch.randn(80, 100), "needs a batch dimension"),
-        (lambda: torch.randn(2, 100, 80), "must have shape \\(batch, 80, num_frames\\)"),
+        (lambda: torch.randn(100, 80), "needs a batch dimension"),
+        (lambda: torch.randn(2, 80, 100), "looks like \\(batch, 80, num_frames\\)"),
         (lambda: torch.randn(2, 16000), "Raw waveforms go through MatpacFeatureExtractor"),
-        (lambda: torch.randn(2, 80, 0), "is empty"),
+        (lambda: torch.randn(2, 0, 80), "is empty"),
         (lambda: [[0.0] * 10], "must be a torch.Tensor"),
     ],
 )
@@ -242,7 +242,7 @@ def test_bad_inputs_get_clear_errors(model, make_input, message):
 
 
 def test_bad_attention_masks_get_clear_errors(model):
-    x = torch.randn(2, 80, 50)
+    x = torch.randn(2, 50, 80)
     with pytest.raises(ValueError, match="`attention_mask` must have shape"):
         model(x, attention_mask=torch.ones(2, 49))
     mask = torch.ones(2, 50)

@@ -40,7 +40,7 @@ def tiny_model(seed: int = 0, **overrides) -> MatpacForPreTraining:
 
 
 def log_mel(batch: int, frames: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 80, frames, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(batch, frames, 80, generator=torch.Generator().manual_seed(seed))
 
 
 def capture_inputs(module: torch.nn.Module, store: list):
@@ -100,7 +100,7 @@ def test_shorter_crop_multiple_of_patch_size_cuts_positions_per_row():
 
 @pytest.mark.parametrize(
     "shape, message",
-    [((2, 80, 600), "608"), ((2, 80, 624), "Crop or pad"), ((2, 64, 608), "transpose"), ((80, 608), "shape")],
+    [((2, 600, 80), "608"), ((2, 624, 80), "Crop or pad"), ((2, 608, 64), "transpose"), ((608, 80), "shape")],
 )
 def test_bad_inputs_are_refused_clearly(shape, message):
     model = MatpacForPreTraining(tiny_config(max_frames=608))

@@ -116,7 +116,7 @@ def test_demo_run_writes_both_folders_and_pushes(tmp_path, hub_stub):
     assert student.keys() == encoder.state_dict().keys()
     assert all(torch.equal(student[name], tensor) for name, tensor in encoder.state_dict().items())
     with torch.no_grad():
-        embedding = encoder(torch.zeros(1, 80, 100)).pooler_output
+        embedding = encoder(torch.zeros(1, 100, 80)).pooler_output
     assert embedding.shape == (1, 5 * 64) and torch.isfinite(embedding).all()
     card = ModelCard.load(out / "encoder" / "README.md")
     assert card.data.pipeline_tag == "feature-extraction" and card.data.library_name == "transformers"

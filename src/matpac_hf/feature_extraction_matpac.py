@@ -73,7 +73,8 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
        filters between `f_min` and `f_max` (the filters of `librosa.filters.mel(..., htk=False, norm="slaney")`).
     3. `log(mel + log_offset)` (natural log), then `(log_mel - spectrogram_mean) / spectrogram_std`.
 
-    The result has layout `(num_mel_bins, frames)`: frequency first, time second. All the maths runs in float32 with
+    The result has layout `(frames, num_mel_bins)`: time first, frequency second (AST's layout, which transformers'
+    collators and pipelines pad along time). All the maths runs in float32 with
     torch, batched over clips of equal length (never a Python loop over frames), on CPU or on any torch device
     (`device="cuda"`). Clips of different lengths are each computed alone and then padded in the *frame* domain with
     `padding_value` up to the longest clip; `attention_mask` marks the valid frames. Long audio is never truncated:
@@ -116,15 +117,15 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
     >>> feature_extractor = MatpacFeatureExtractor()
     >>> audio = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)  # 1 s at 16 kHz
     >>> features = feature_extractor(audio, sampling_rate=16000, return_tensors="pt")
-    >>> features["input_values"].shape  # (batch, num_mel_bins, frames)
-    torch.Size([1, 80, 98])
+    >>> features["input_values"].shape  # (batch, frames, num_mel_bins)
+    torch.Size([1, 98, 80])
 
     >>> batch = [audio, audio[:8000]]  # different lengths -> padded, with a mask
     >>> features = feature_extractor(batch, sampling_rate=16000, return_tensors="pt")
     >>> features["input_values"].shape, features["attention_mask"].sum(-1).tolist()
-    (torch.Size([2, 80, 98]), [98, 48])
+    (torch.Size([2, 98, 80]), [98, 48])
 
-    >>> # GPU front end for a training loop: (batch, samples) tensor in, (batch, 80, frames) tensor out
+    >>> # GPU front end for a training loop: (batch, samples) tensor in, (batch, frames, 80) tensor out
     >>> log_mel = feature_extractor.extract_log_mel(torch.from_numpy(audio)[None])  # same device as the input
     ```
     """
@@ -241,7 +242,7 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
             waveforms (`torch.Tensor` of shape `(batch, samples)`): 16 kHz mono audio in [-1, 1], floating point.
 
         Returns:
-            `torch.Tensor` of shape `(batch, num_mel_bins, frames)`, float32, with
+            `torch.Tensor` of shape `(batch, frames, num_mel_bins)`, float32, with
             `frames = 1 + (samples - n_fft) // hop_length`.
         """
         if not isinstance(waveforms, torch.Tensor):
@@ -277,8 +278,8 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
                 return_complex=True,
             )  # (batch, n_fft // 2 + 1, frames)
             power = spectrum.abs().pow(2.0)  # (batch, n_fft // 2 + 1, frames)
-            # (batch, frames, bins) @ (bins, num_mel_bins), transposed back: the official (torchaudio) product order
-            mel_power = torch.matmul(power.transpose(-1, -2), mel_filters).transpose(-1, -2)
+            # (batch, frames, bins) @ (bins, num_mel_bins): the official (torchaudio) product order
+            mel_power = torch.matmul(power.transpose(-1, -2), mel_filters)  # (batch, frames, num_mel_bins)
             log_mel = torch.log(mel_power + self.log_offset)
             return (log_mel - self.spectrogram_mean) / self.spectrogram_std
 
@@ -374,7 +375,7 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
             device (`str` or `torch.device`, *optional*, defaults to CPU): torch device the log-mel is computed on.
 
         Returns:
-            [`BatchFeature`] with `input_values` of shape `(batch, num_mel_bins, frames)` (float32) and, when asked
+            [`BatchFeature`] with `input_values` of shape `(batch, frames, num_mel_bins)` (float32) and, when asked
             for, `attention_mask` of shape `(batch, frames)` (int32).
         """
         if sampling_rate is None:
@@ -400,19 +401,19 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
         lengths = [clip.shape[0] for clip in clips]
         frames = [self.num_frames(n) for n in lengths]
         max_frames = max(frames)
-        # (batch, num_mel_bins, max_frames), filled clip-length group by clip-length group
+        # (batch, max_frames, num_mel_bins), filled clip-length group by clip-length group
         input_values = torch.full(
-            (len(clips), self.num_mel_bins, max_frames), float(self.padding_value), dtype=torch.float32, device=device
+            (len(clips), max_frames, self.num_mel_bins), float(self.padding_value), dtype=torch.float32, device=device
         )
         attention_mask = torch.zeros((len(clips), max_frames), dtype=torch.int32, device=device)
         for length in sorted(set(lengths)):
             rows = [i for i, n in enumerate(lengths) if n == length]
             waveforms = torch.from_numpy(np.stack([clips[i] for i in rows])).to(device)  # (group, samples)
-            log_mel = self.extract_log_mel(waveforms)  # (group, num_mel_bins, num_frames)
-            num_frames = log_mel.shape[-1]
+            log_mel = self.extract_log_mel(waveforms)  # (group, num_frames, num_mel_bins)
+            num_frames = log_mel.shape[1]
             start = 0 if self.padding_side == "right" else max_frames - num_frames
             index = torch.tensor(rows, device=device)
-            input_values[index, :, start : start + num_frames] = log_mel
+            input_values[index, start : start + num_frames] = log_mel
             attention_mask[index, start : start + num_frames] = 1
 
         if return_attention_mask is None:

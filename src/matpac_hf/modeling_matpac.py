@@ -4,7 +4,8 @@
 
 Layout follows transformers' ViTMAE / AST modeling files. Tensor-shape vocabulary used in comments:
 
-* `num_mel_bins` (80) x `num_frames`: a normalised log-mel spectrogram, frequency first.
+* `num_frames` x `num_mel_bins` (80): a normalised log-mel spectrogram, time first (`input_values` is
+  `(batch, num_frames, num_mel_bins)`, AST's layout); the patch embedding transposes it to the (mel, frame) image.
 * `num_frequency_patches` (5) x `num_time_patches` (38 for a 608-frame chunk): the patch grid. Tokens are ordered
   frequency-major (all time columns of the lowest band first), as `Conv2d` output flattened over (freq, time) gives.
 * a "chunk" is one encoder call of at most `max_frames` (608) frames; long clips are cut into consecutive chunks.
@@ -111,7 +112,10 @@ def crop_position_table(position_table: torch.Tensor, num_frequency_patches: int
 
 
 class MatpacPatchEmbeddings(nn.Module):
-    """`(batch, num_mel_bins, num_frames)` log-mel -> `(batch, F * T, hidden_size)` patch tokens, frequency-major."""
+    """`(batch, num_frames, num_mel_bins)` log-mel -> `(batch, F * T, hidden_size)` patch tokens, frequency-major.
+
+    The spectrogram is transposed to the `(num_mel_bins, num_frames)` image the official model patches (frequency
+    rows, time columns), so the tokens and their order are those of the official code."""
 
     def __init__(self, config: MatpacConfig):
         super().__init__()
@@ -123,7 +127,7 @@ class MatpacPatchEmbeddings(nn.Module):
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         if input_values.dim() == 3:
-            input_values = input_values.unsqueeze(1)  # (batch, 1, num_mel_bins, num_frames)
+            input_values = input_values.transpose(1, 2).unsqueeze(1)  # (batch, 1, num_mel_bins, num_frames)
         patches = self.projection(input_values.to(self.projection.weight.dtype))  # (batch, hidden, F, T)
         return patches.flatten(2).transpose(1, 2)  # (batch, F * T, hidden)
 
@@ -142,7 +146,7 @@ class MatpacEmbeddings(nn.Module):
         )
 
     def embed_patches(self, input_values: torch.Tensor) -> torch.Tensor:
-        """`(batch, num_mel_bins, num_frames)` -> patch tokens plus positions, `(batch, F * T, hidden)`, no CLS.
+        """`(batch, num_frames, num_mel_bins)` -> patch tokens plus positions, `(batch, F * T, hidden)`, no CLS.
 
         `num_frames` must be a multiple of `patch_size` and at most `max_frames`.
         """
@@ -158,7 +162,7 @@ class MatpacEmbeddings(nn.Module):
         return torch.cat([cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        """`(batch, num_mel_bins, num_frames)` -> `(batch, 1 + F * T, hidden)`: CLS + positioned patch tokens."""
+        """`(batch, num_frames, num_mel_bins)` -> `(batch, 1 + F * T, hidden)`: CLS + positioned patch tokens."""
         return self.prepend_cls(self.embed_patches(input_values))
 
 
@@ -427,21 +431,27 @@ class MatpacModel(MatpacPreTrainedModel):
         if not isinstance(input_values, torch.Tensor):
             raise ValueError(
                 "`input_values` must be a torch.Tensor of normalised log-mel spectrograms of shape "
-                f"(batch, {num_mel_bins}, num_frames); got {type(input_values).__name__}. "
+                f"(batch, num_frames, {num_mel_bins}); got {type(input_values).__name__}. "
                 "Use MatpacFeatureExtractor(..., return_tensors='pt') to turn raw audio into `input_values`."
             )
-        if input_values.dim() == 2 and input_values.shape[0] == num_mel_bins:
+        if input_values.dim() == 2 and input_values.shape[-1] == num_mel_bins:
             raise ValueError(
                 f"`input_values` has shape {tuple(input_values.shape)}: a single spectrogram needs a batch dimension, "
-                f"use `input_values[None]` (shape (1, {num_mel_bins}, num_frames))."
+                f"use `input_values[None]` (shape (1, num_frames, {num_mel_bins}))."
             )
-        if input_values.dim() != 3 or input_values.shape[1] != num_mel_bins:
+        if input_values.dim() != 3 or input_values.shape[-1] != num_mel_bins:
+            hint = ""
+            if input_values.dim() == 3 and input_values.shape[1] == num_mel_bins:
+                hint = (
+                    f" It looks like (batch, {num_mel_bins}, num_frames), frequency first (the former "
+                    "matpac-hf layout): transpose it with `.transpose(1, 2)`."
+                )
             raise ValueError(
-                f"`input_values` must have shape (batch, {num_mel_bins}, num_frames) (log-mel, frequency first), got "
-                f"{tuple(input_values.shape)}. Raw waveforms go through MatpacFeatureExtractor first; a spectrogram "
-                "laid out (batch, num_frames, mel) must be transposed with `.transpose(1, 2)`."
+                f"`input_values` must have shape (batch, num_frames, {num_mel_bins}) (log-mel, time first, as "
+                f"MatpacFeatureExtractor returns it), got {tuple(input_values.shape)}.{hint} Raw waveforms go through "
+                "MatpacFeatureExtractor first."
             )
-        batch_size, _, num_frames = input_values.shape
+        batch_size, num_frames, _ = input_values.shape
         if batch_size == 0 or num_frames == 0:
             raise ValueError(
                 f"`input_values` is empty (shape {tuple(input_values.shape)}): every clip needs at least one frame "
@@ -473,35 +483,35 @@ class MatpacModel(MatpacPreTrainedModel):
         """Cut every clip into consecutive `max_frames` chunks and stack the chunks of all clips.
 
         Returns:
-            chunk_values: `(num_chunks, num_mel_bins, chunk_frames)`, frames past a clip's end set to 0.
+            chunk_values: `(num_chunks, chunk_frames, num_mel_bins)`, frames past a clip's end set to 0.
             chunk_time_patches: `(num_chunks,)` valid time columns per chunk (ceil(valid frames / patch_size)).
             chunk_clip_index: `(num_chunks,)` which clip each chunk belongs to.
             chunk_position: `(num_chunks,)` index of the chunk within its clip.
         """
         patch_size, max_frames = self.config.patch_size, self.config.max_frames
-        batch_size, num_mel_bins, num_frames = input_values.shape
+        batch_size, num_frames, num_mel_bins = input_values.shape
         device = input_values.device
         max_chunks = math.ceil(num_frames / max_frames)
 
         # Zero every frame past a clip's end (the official code pads with zeros in the normalised domain).
         frame_index = torch.arange(num_frames, device=device)
         valid_frames = frame_index[None, :] < frame_lengths[:, None]  # (batch, num_frames)
-        values = input_values.masked_fill(~valid_frames[:, None, :], 0.0)  # also clears NaN/inf in the padding
-        values = nn.functional.pad(values, (0, max_chunks * max_frames - num_frames))
-        values = values.view(batch_size, num_mel_bins, max_chunks, max_frames).permute(0, 2, 1, 3)
+        values = input_values.masked_fill(~valid_frames[:, :, None], 0.0)  # also clears NaN/inf in the padding
+        values = nn.functional.pad(values, (0, 0, 0, max_chunks * max_frames - num_frames))
+        values = values.view(batch_size, max_chunks, max_frames, num_mel_bins)
 
         chunk_start = torch.arange(max_chunks, device=device) * max_frames  # (max_chunks,)
         chunk_frames = (frame_lengths[:, None] - chunk_start[None, :]).clamp(0, max_frames)  # (batch, max_chunks)
         chunk_exists = chunk_frames > 0
         chunk_time_patches = torch.div(chunk_frames + patch_size - 1, patch_size, rounding_mode="floor")
 
-        chunk_values = values[chunk_exists]  # (num_chunks, num_mel_bins, max_frames)
+        chunk_values = values[chunk_exists]  # (num_chunks, max_frames, num_mel_bins)
         chunk_time_patches = chunk_time_patches[chunk_exists]
         clip_index, chunk_position = torch.nonzero(chunk_exists, as_tuple=True)
 
         # Trim to the longest chunk: a batch of short clips runs on short sequences, like each clip alone.
         max_time_patches = int(chunk_time_patches.max())
-        chunk_values = chunk_values[..., : max_time_patches * patch_size]
+        chunk_values = chunk_values[:, : max_time_patches * patch_size]
         return chunk_values, chunk_time_patches, clip_index, chunk_position
 
     def _chunks_to_frames(
@@ -542,7 +552,7 @@ class MatpacModel(MatpacPreTrainedModel):
         **kwargs,
     ) -> MatpacModelOutput | tuple:
         r"""
-        input_values (`torch.FloatTensor` of shape `(batch_size, num_mel_bins, num_frames)`):
+        input_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`):
             Normalised log-mel spectrograms from [`MatpacFeatureExtractor`]. Any number of frames >= 1.
         attention_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*):
             1 for valid frames, 0 for padding (as returned by the feature extractor for clips of different lengths).
@@ -564,7 +574,7 @@ class MatpacModel(MatpacPreTrainedModel):
 
         # Mask out padded time columns of shorter chunks (only when chunk lengths differ).
         token_mask = None
-        num_time_patches = chunk_values.shape[-1] // patch_size
+        num_time_patches = chunk_values.shape[1] // patch_size
         if bool((chunk_time_patches < num_time_patches).any()):
             column_valid = (
                 torch.arange(num_time_patches, device=input_values.device)[None, :] < chunk_time_patches[:, None]
@@ -1016,20 +1026,20 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
 
     # -- masking ------------------------------------------------------------------------------------------------------
     def _check_pretraining_inputs(self, input_values) -> int:
-        """Validates `(batch, num_mel_bins, num_frames)` and returns the number of time patches."""
+        """Validates `(batch, num_frames, num_mel_bins)` and returns the number of time patches."""
         config = self.config
-        expected = f"(batch, {config.num_mel_bins}, {config.max_frames})"
+        expected = f"(batch, {config.max_frames}, {config.num_mel_bins})"
         if not isinstance(input_values, torch.Tensor) or input_values.dim() != 3:
             shape = tuple(input_values.shape) if isinstance(input_values, torch.Tensor) else type(input_values)
             raise ValueError(
                 f"`input_values` must be a tensor of normalised log-mel spectrograms of shape {expected}, got "
                 f"{shape}. Use MatpacFeatureExtractor(..., return_tensors='pt') on {config.max_frames}-frame crops."
             )
-        batch_size, num_mel_bins, num_frames = input_values.shape
+        batch_size, num_frames, num_mel_bins = input_values.shape
         if num_mel_bins != config.num_mel_bins:
             raise ValueError(
-                f"`input_values` must have shape {expected} (log-mel, frequency first), got "
-                f"{tuple(input_values.shape)}. A spectrogram laid out (batch, frames, mel) needs `.transpose(1, 2)`."
+                f"`input_values` must have shape {expected} (log-mel, time first), got "
+                f"{tuple(input_values.shape)}. A spectrogram laid out (batch, mel, frames) needs `.transpose(1, 2)`."
             )
         samples = (config.max_frames - 1) * config.hop_length + config.win_length
         if num_frames > config.max_frames or num_frames % config.patch_size != 0 or batch_size == 0:
@@ -1079,7 +1089,7 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         return_dict: bool | None = None,
     ) -> MatpacForPreTrainingOutput | tuple:
         r"""
-        input_values (`torch.FloatTensor` of shape `(batch_size, num_mel_bins, max_frames)`):
+        input_values (`torch.FloatTensor` of shape `(batch_size, max_frames, num_mel_bins)`):
             Normalised log-mel crops of `max_frames` (608) frames, i.e. 97 520 samples. Shorter crops whose frame count
             is a multiple of `patch_size` also work (the position tables are cut per frequency row).
         step (`int`, defaults to 0):
@@ -1360,7 +1370,7 @@ class MatpacForAudioClassification(MatpacPreTrainedModel):
         return_dict: bool | None = None,
     ) -> SequenceClassifierOutput | tuple:
         r"""
-        input_values (`torch.FloatTensor` of shape `(batch_size, num_mel_bins, num_frames)`):
+        input_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`):
             Normalised log-mel spectrograms from [`MatpacFeatureExtractor`]; clips of any length.
         attention_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*):
             1 for valid frames, 0 for padding.

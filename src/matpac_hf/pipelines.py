@@ -16,7 +16,6 @@ transformers' own `"feature-extraction"` pipeline is text-only; `import matpac_h
 """
 
 import inspect
-import io
 import os
 
 import numpy as np
@@ -25,33 +24,11 @@ from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-from .hear import frame_timestamps_ms
+from .audio_io import decode_audio, resample
+from .hear import column_timestamps_ms
 
 
 TASK_NAME = "audio-feature-extraction"
-
-
-def decode_audio_file(path_or_bytes: str | os.PathLike | bytes, sampling_rate: int) -> np.ndarray:
-    """Reads an audio file (any format libsndfile reads: wav, flac, ogg, mp3...) as float32 mono at `sampling_rate`:
-    channels are averaged, other rates are resampled with soxr."""
-    import soundfile as sf
-    import soxr
-
-    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes)
-    if isinstance(source, str):
-        if source.startswith(("http://", "https://")):
-            raise ValueError(f"{source!r} is a URL; download the file first and pass its local path.")
-        if not os.path.isfile(source):
-            raise ValueError(f"Audio file {source!r} does not exist.")
-    try:
-        audio, file_rate = sf.read(source, dtype="float32", always_2d=True)  # (samples, channels)
-    except sf.LibsndfileError as error:
-        name = source if isinstance(source, str) else "<bytes>"
-        raise ValueError(f"Could not decode audio {name}: {error}") from error
-    audio = audio.mean(axis=1)
-    if file_rate != sampling_rate:
-        audio = soxr.resample(audio, file_rate, sampling_rate).astype(np.float32)
-    return audio
 
 
 class AudioFeatureExtractionPipeline(Pipeline):
@@ -93,7 +70,7 @@ class AudioFeatureExtractionPipeline(Pipeline):
     def _to_waveform(self, inputs, sampling_rate: int | None) -> np.ndarray:
         target_rate = self.feature_extractor.sampling_rate
         if isinstance(inputs, (str, os.PathLike, bytes)):
-            return decode_audio_file(inputs, target_rate)
+            return decode_audio(inputs, target_rate)
         if isinstance(inputs, dict):
             if "sampling_rate" not in inputs or not ("raw" in inputs or "array" in inputs):
                 raise ValueError(
@@ -110,11 +87,7 @@ class AudioFeatureExtractionPipeline(Pipeline):
                 '{"raw": array, "sampling_rate": int}, a file path or the bytes of an audio file.'
             )
         if sampling_rate is not None and sampling_rate != target_rate:
-            import soxr
-
-            if inputs.ndim != 1:
-                raise ValueError(f"Audio must be 1-D (mono) to be resampled, got shape {inputs.shape}.")
-            inputs = soxr.resample(inputs.astype(np.float32), sampling_rate, target_rate).astype(np.float32)
+            inputs = resample(inputs, sampling_rate, target_rate)
         return inputs
 
     def preprocess(self, inputs, sampling_rate: int | None = None):
@@ -136,19 +109,25 @@ class AudioFeatureExtractionPipeline(Pipeline):
         return getattr(self.model.config, "model_type", None) == "matpac"
 
     def _collate(self, items: list[dict]) -> dict:
-        """Stacks preprocessed inputs, right-padding every tensor along its last (time) axis. For a model that does not
-        mask padding, the items are kept apart (`_forward` runs clips of equal length together)."""
+        """Stacks preprocessed inputs, right-padding `input_values` `(1, frames, mel)` and `attention_mask`
+        `(1, frames)` along time (axis 1). For a model that does not mask padding, the items are kept apart
+        (`_forward` runs clips of equal length together)."""
         if not self._masks_padding:
             return {"unpadded_items": items}
         padding_value = float(getattr(self.feature_extractor, "padding_value", 0.0))
         batch = {}
         for key in items[0]:
             tensors = [item[key] for item in items]
-            length = max(t.shape[-1] for t in tensors)
+            if tensors[0].dim() < 2:  # per-clip scalars such as num_samples, (1,)
+                batch[key] = torch.cat(tensors, dim=0)
+                continue
+            length = max(t.shape[1] for t in tensors)
             value = padding_value if key != "attention_mask" and tensors[0].is_floating_point() else 0
-            batch[key] = torch.cat(
-                [torch.nn.functional.pad(t, (0, length - t.shape[-1]), value=value) for t in tensors], dim=0
-            )
+            padded = []
+            for t in tensors:
+                pad = [0, 0] * (t.dim() - 2) + [0, length - t.shape[1]]  # F.pad lists the last axis first
+                padded.append(torch.nn.functional.pad(t, pad, value=value))
+            batch[key] = torch.cat(padded, dim=0)
         return batch
 
     def get_iterator(
@@ -218,7 +197,7 @@ class AudioFeatureExtractionPipeline(Pipeline):
         clip_embedding = model_outputs["clip_embedding"][0].float()  # (hidden,)
         timestamps = None
         if getattr(self.model.config, "model_type", None) == "matpac":
-            timestamps = frame_timestamps_ms(int(model_outputs["num_samples"].reshape(-1)[0]), self.model.config)
+            timestamps = column_timestamps_ms(int(model_outputs["num_samples"].reshape(-1)[0]), self.model.config)
             timestamps = timestamps.float()
         if not return_tensors:
             frame_embeddings, clip_embedding = frame_embeddings.numpy(), clip_embedding.numpy()
@@ -233,4 +212,4 @@ def register_pipelines() -> None:
     )
 
 
-__all__ = ["AudioFeatureExtractionPipeline", "register_pipelines", "decode_audio_file", "TASK_NAME"]
+__all__ = ["AudioFeatureExtractionPipeline", "register_pipelines", "TASK_NAME"]
