@@ -19,8 +19,13 @@ Datasets (exactly one source):
   --dataset_name  a Hub dataset id (or any name `datasets.load_dataset` takes), e.g. ESC-50 with `--fold_column fold`
   --dataset_dir   a local audiofolder: class sub-folders, or `metadata.csv` with `file_name,label[,fold]`
   --csv_file      a CSV with columns `path,label` and optionally `fold` and `split` (paths relative to the CSV)
-Audio is decoded by soundfile (down-mixed to mono, resampled with soxr to the feature extractor's rate) in a guarded
-step: an unreadable clip is skipped with a warning and listed in the results, never silently.
+Audio is decoded by `matpac_hf.audio_io` (down-mixed to mono, resampled to the feature extractor's rate). A clip that
+cannot be decoded or is shorter than one STFT window stops the run with its name (`--bad_audio error`, the default) or
+is skipped, counted and listed in the results (`--bad_audio skip`).
+
+Baseline: `--random_init` probes a randomly initialised encoder of the same config (seeded by `--init_seed`), so the
+gain of pretraining is one flag away. Other scripts reuse the probe through `load_encoder`, `embed_waveforms` and
+`cross_validated_probe` (run_pretraining.py's demo does).
 
 Protocols:
   * `--fold_column fold`: cross-validation. Each fold in turn is the test set; the other folds are the training set,
@@ -28,10 +33,12 @@ Protocols:
   * otherwise: `--train_split` / `--test_split` (and `--validation_split`, else a held-out fraction of the training
     split) are fixed; runs differ by `--seeds` (classifier initialisation, shuffling and the held-out fraction).
 
-Example (ESC-50 style, 5 folds):
+Example (ESC-50 style, 5 folds), then the same protocol on a random encoder of the same config:
 
     python examples/run_linear_probe.py --model_name_or_path path/to/matpac --dataset_dir esc50/ \
         --fold_column fold --output_dir probe_esc50
+    python examples/run_linear_probe.py --model_name_or_path path/to/matpac --dataset_dir esc50/ \
+        --fold_column fold --output_dir probe_esc50_random --random_init
 """
 
 import argparse
@@ -50,7 +57,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel
 
-from matpac_hf.audio_io import AudioDecodeError, decode_audio, keep_audio_undecoded
+from matpac_hf.audio_io import BAD_AUDIO_POLICIES, AudioDecodeError, BadAudioPolicy, decode_audio
+from matpac_hf.classification_data import load_audio_dataset, load_audio_folder
 
 
 logger = logging.getLogger("run_linear_probe")
@@ -64,6 +72,12 @@ def parse_args(argv=None):
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", required=True, help="Local folder or Hub id of an AutoModel encoder.")
     model.add_argument("--trust_remote_code", action="store_true", help="Allow models defined by code in their repo.")
+    model.add_argument(
+        "--random_init",
+        action="store_true",
+        help="Probe a randomly initialised encoder of the model's config instead of its weights (the baseline).",
+    )
+    model.add_argument("--init_seed", type=int, default=0, help="Seed of the --random_init initialisation.")
     model.add_argument("--device", default=None, help="Torch device for the encoder (default: cuda if available).")
     model.add_argument("--bf16", action="store_true", help="Run the encoder under bfloat16 autocast.")
     model.add_argument("--embedding_batch_size", type=int, default=16, help="Clips per encoder forward pass.")
@@ -89,6 +103,13 @@ def parse_args(argv=None):
     )
     data.add_argument("--multi_label", action="store_true", help="Multi-label task (metric: macro mAP).")
     data.add_argument("--label_separator", default=";", help="Separator of several labels in one CSV cell.")
+    data.add_argument(
+        "--bad_audio",
+        choices=BAD_AUDIO_POLICIES,
+        default="error",
+        help="A clip that cannot be decoded or is shorter than one STFT window: 'error' stops with its name, 'skip' "
+        "skips it and lists it in the results.",
+    )
 
     probe = parser.add_argument_group("linear classifier")
     probe.add_argument("--seeds", type=int, nargs="+", default=[42], help="Seeds; one run per seed (and fold).")
@@ -153,35 +174,33 @@ def load_records_from_csv(args) -> dict[str, list[dict]]:
 
 
 def load_records_from_datasets(args) -> dict[str, list[dict]]:
-    from datasets import ClassLabel, Sequence, load_dataset
+    from datasets import ClassLabel
 
     if args.dataset_dir is not None:
         if not os.path.isdir(args.dataset_dir):
             raise ValueError(f"--dataset_dir {args.dataset_dir!r} is not a directory.")
-        splits = load_dataset("audiofolder", data_dir=args.dataset_dir, streaming=True)
+        splits = load_audio_folder(args.dataset_dir)  # audio column "audio": file paths
     else:
-        splits = load_dataset(args.dataset_name, args.dataset_config, streaming=True)
+        splits = load_audio_dataset(args.dataset_name, args.dataset_config)  # Audio columns undecoded
     records = {}
     for split, dataset in splits.items():
-        features = dataset.features or {}
         for column in (args.audio_column, args.label_column) + ((args.fold_column,) if args.fold_column else ()):
-            if features and column not in features:
+            if column not in dataset.column_names:
                 raise ValueError(
-                    f"Split {split!r} has no column {column!r}; its columns are {list(features)}. Pass the right one "
-                    "with --audio_column / --label_column / --fold_column."
+                    f"Split {split!r} has no column {column!r}; its columns are {dataset.column_names}. Pass the "
+                    "right one with --audio_column / --label_column / --fold_column."
                 )
-        label_feature = features.get(args.label_column)
-        if isinstance(label_feature, Sequence):
-            label_feature = label_feature.feature
+        label_feature = dataset.features[args.label_column]
+        label_feature = getattr(label_feature, "feature", label_feature)  # the item feature of a list of labels
         names = label_feature.names if isinstance(label_feature, ClassLabel) else None
-        dataset = keep_audio_undecoded(dataset, args.audio_column)  # audio stays a path / bytes: decoded by us
+        folds = dataset[args.fold_column] if args.fold_column else [None] * len(dataset)
         records[split] = [
             {
-                "audio": example[args.audio_column],
-                "labels": _labels_of(example[args.label_column], names, args.label_separator),
-                "fold": str(example[args.fold_column]) if args.fold_column else None,
+                "audio": audio,
+                "labels": _labels_of(label, names, args.label_separator),
+                "fold": None if fold is None else str(fold),
             }
-            for example in tqdm(dataset, desc=f"reading {split} metadata", leave=False)
+            for audio, label, fold in zip(dataset[args.audio_column], dataset[args.label_column], folds)
         ]
     return records
 
@@ -232,62 +251,62 @@ def cache_path(args, split: str) -> str:
             "split": split,
             "columns": [args.audio_column, args.label_column, args.fold_column, args.label_separator],
             "bf16": args.bf16,
+            "random_init_seed": args.init_seed if args.random_init else None,
+            "bad_audio": args.bad_audio,
         },
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    name = f"{_slug(args.model_name_or_path)}__{_slug(dataset)}__{_slug(split)}__{digest}.npz"
+    model = _slug(args.model_name_or_path) + (f"_random{args.init_seed}" if args.random_init else "")
+    name = f"{model}__{_slug(dataset)}__{_slug(split)}__{digest}.npz"
     return os.path.join(args.cache_dir, name)
 
 
+def load_encoder(model_name_or_path: str, random_init_seed: int | None = None, trust_remote_code=False, device=None):
+    """`(model, feature_extractor)` of an `AutoModel` audio encoder, in eval mode on `device` (default: cuda if
+    available). With `random_init_seed`, the encoder is a random initialisation of the checkpoint's config, seeded
+    (the same seed gives the same weights): the baseline a pretrained encoder must beat."""
+    from transformers import AutoConfig
+
+    import matpac_hf  # noqa: F401  (registers MATPAC with the Auto classes; other models need nothing)
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if random_init_seed is None:
+        model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    else:
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(random_init_seed)
+            model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    feature_extractor = AutoFeatureExtractor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    return model.to(device).eval(), feature_extractor
+
+
 @torch.no_grad()
-def embed_records(records, model, feature_extractor, args, desc: str):
-    """Clip embeddings of `records`, `(num_kept, hidden)` float32, and the indices of the clips that were skipped."""
+def embed_waveforms(model, feature_extractor, waveforms: list[np.ndarray], batch_size: int = 16, bf16: bool = False):
+    """Clip embeddings `(len(waveforms), dim)` float32 of mono waveforms at the feature extractor's rate:
+    `pooler_output`, or the time mean of `last_hidden_state` for a model without a pooler. Clips of similar length
+    share a batch; MATPAC masks the padding out of its pooled output, other models only batch equal lengths."""
     sampling_rate = feature_extractor.sampling_rate
     device = next(model.parameters()).device
-    # MATPAC masks padded frames out of its pooled output; other models are only batched with clips of equal length.
     pads_exactly = getattr(model.config, "model_type", None) == "matpac"
-
-    waveforms, skipped = {}, []
-    for index, record in enumerate(tqdm(records, desc=f"decoding {desc}", leave=False)):
-        try:
-            waveform = decode_audio(record["audio"], sampling_rate)
-        except AudioDecodeError as error:
-            logger.warning("Skipping unreadable clip %d of %s: %s", index, desc, error)
-            skipped.append(index)
-            continue
-        minimum = getattr(feature_extractor, "n_fft", 1)
-        if waveform.shape[0] < minimum:
-            logger.warning(
-                "Skipping clip %d of %s: %d samples, shorter than the encoder's minimum %d",
-                index,
-                desc,
-                waveform.shape[0],
-                minimum,
-            )
-            skipped.append(index)
-            continue
-        waveforms[index] = waveform
-
-    order = sorted(waveforms, key=lambda i: waveforms[i].shape[0])  # similar lengths share a batch
+    order = sorted(range(len(waveforms)), key=lambda i: waveforms[i].shape[0])
     batches, current = [], []
     for index in order:
         if current and (
-            len(current) == args.embedding_batch_size
+            len(current) == batch_size
             or (not pads_exactly and waveforms[index].shape[0] != waveforms[current[0]].shape[0])
         ):
             batches.append(current)
             current = []
         current.append(index)
-    if current:
-        batches.append(current)
+    batches += [current] if current else []
 
-    embeddings = {}
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    for batch in tqdm(batches, desc=f"embedding {desc}"):
-        inputs = feature_extractor([waveforms[i] for i in batch], sampling_rate=sampling_rate, return_tensors="pt").to(
-            device
-        )
+    embeddings = [None] * len(waveforms)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+    for batch in tqdm(batches, desc="embedding", leave=False):
+        clips = [waveforms[i] for i in batch]
+        inputs = feature_extractor(clips, sampling_rate=sampling_rate, return_tensors="pt").to(device)
         with autocast:
             outputs = model(**inputs)
         pooled = getattr(outputs, "pooler_output", None)
@@ -295,8 +314,30 @@ def embed_records(records, model, feature_extractor, args, desc: str):
             pooled = outputs.last_hidden_state.mean(1)  # (batch, hidden)
         for i, vector in zip(batch, pooled.float().cpu().numpy()):
             embeddings[i] = vector
-    kept = [i for i in range(len(records)) if i in embeddings]
-    return np.stack([embeddings[i] for i in kept]).astype(np.float32), kept, skipped
+    return np.stack(embeddings).astype(np.float32) if embeddings else np.zeros((0, 0), np.float32)
+
+
+def embed_records(records, model, feature_extractor, args, desc: str):
+    """Clip embeddings of `records`, `(num_kept, dim)` float32, the indices of the kept clips and of the skipped
+    ones (--bad_audio skip: undecodable, or shorter than one STFT window)."""
+    policy = BadAudioPolicy(args.bad_audio, what=f"{desc} clip")
+    minimum = getattr(feature_extractor, "n_fft", 1)
+    waveforms, kept, skipped = [], [], []
+    for index, record in enumerate(tqdm(records, desc=f"decoding {desc}", leave=False)):
+        try:
+            waveform = decode_audio(record["audio"], feature_extractor.sampling_rate)
+            if waveform.shape[0] < minimum:
+                raise AudioDecodeError(f"clip {index}: {waveform.shape[0]} samples, shorter than {minimum}")
+        except AudioDecodeError as error:
+            policy.handle(error)
+            skipped.append(index)
+            continue
+        waveforms.append(waveform)
+        kept.append(index)
+    if skipped:
+        logger.warning("Split %r: %s", desc, policy.summary())
+    embeddings = embed_waveforms(model, feature_extractor, waveforms, args.embedding_batch_size, args.bf16)
+    return embeddings, kept, skipped
 
 
 def load_or_compute_split(split, args, load_model):
@@ -366,8 +407,29 @@ def score_classifier(classifier, features: torch.Tensor, targets: np.ndarray, mu
     return float((logits.argmax(-1).numpy() == targets).mean())
 
 
-def train_linear_probe(train, validation, test, num_classes: int, seed: int, args) -> dict:
-    """Standardise with training statistics, train a linear layer with early stopping, return the metrics."""
+PROBE_DEFAULTS = {"learning_rate": 3e-4, "weight_decay": 0.0, "batch_size": 128, "max_epochs": 200, "patience": 20}
+
+
+def probe_settings(args) -> dict:
+    """The linear-classifier settings of the command line (keywords of `train_linear_probe`)."""
+    return {"multi_label": args.multi_label, **{name: getattr(args, name) for name in PROBE_DEFAULTS}}
+
+
+def train_linear_probe(
+    train,
+    validation,
+    test,
+    num_classes: int,
+    seed: int,
+    multi_label: bool = False,
+    learning_rate: float = PROBE_DEFAULTS["learning_rate"],
+    weight_decay: float = PROBE_DEFAULTS["weight_decay"],
+    batch_size: int = PROBE_DEFAULTS["batch_size"],
+    max_epochs: int = PROBE_DEFAULTS["max_epochs"],
+    patience: int = PROBE_DEFAULTS["patience"],
+) -> dict:
+    """Standardise with training statistics, train a linear layer (Adam) with early stopping on the validation
+    metric, return the metrics. `train` / `validation` / `test` are `{"x": (n, dim) float32, "y": targets}`."""
     mean = train["x"].mean(0, keepdims=True)
     std = train["x"].std(0, keepdims=True) + 1e-8
     x_train, x_val, x_test = (torch.from_numpy((d["x"] - mean) / std) for d in (train, validation, test))
@@ -375,74 +437,50 @@ def train_linear_probe(train, validation, test, num_classes: int, seed: int, arg
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     classifier = torch.nn.Linear(x_train.shape[1], num_classes)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    loss_fn = torch.nn.BCEWithLogitsLoss() if args.multi_label else torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss() if multi_label else torch.nn.CrossEntropyLoss()
     y_train = torch.from_numpy(train["y"])
 
     best_metric, best_epoch, best_state = -math.inf, 0, None
-    for epoch in range(1, args.max_epochs + 1):
+    for epoch in range(1, max_epochs + 1):
         classifier.train()
-        for batch in torch.randperm(len(x_train), generator=generator).split(args.batch_size):
+        for batch in torch.randperm(len(x_train), generator=generator).split(batch_size):
             loss = loss_fn(classifier(x_train[batch]), y_train[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         classifier.eval()
-        val_metric = score_classifier(classifier, x_val, validation["y"], args.multi_label)
+        val_metric = score_classifier(classifier, x_val, validation["y"], multi_label)
         if val_metric > best_metric:
             best_metric, best_epoch = val_metric, epoch
             best_state = {k: v.clone() for k, v in classifier.state_dict().items()}
-        elif epoch - best_epoch >= args.patience:
+        elif epoch - best_epoch >= patience:
             break
     classifier.load_state_dict(best_state)
     return {
         "validation_metric": best_metric,
-        "test_metric": score_classifier(classifier, x_test, test["y"], args.multi_label),
+        "test_metric": score_classifier(classifier, x_test, test["y"], multi_label),
         "best_epoch": best_epoch,
         "epochs_run": epoch,
     }
 
 
+# two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (used when scipy is absent)
+T_975 = [
+    float(v)
+    for v in "12.706 4.303 3.182 2.776 2.571 2.447 2.365 2.306 2.262 2.228 2.201 2.179 2.160 2.145 "
+    "2.131 2.120 2.110 2.101 2.093 2.086 2.080 2.074 2.069 2.064 2.060 2.056 2.052 2.048 2.045 2.042".split()
+]
+
+
 def t_quantile_975(degrees_of_freedom: int) -> float:
-    """Two-sided 95 % quantile of Student's t distribution."""
+    """Two-sided 95 % quantile of Student's t distribution (scipy's; else the table, normal quantile beyond 30)."""
     try:
         from scipy.stats import t
 
         return float(t.ppf(0.975, degrees_of_freedom))
-    except ImportError:  # scipy absent: standard table values, normal quantile beyond 30 degrees of freedom
-        table = [
-            12.706,
-            4.303,
-            3.182,
-            2.776,
-            2.571,
-            2.447,
-            2.365,
-            2.306,
-            2.262,
-            2.228,
-            2.201,
-            2.179,
-            2.160,
-            2.145,
-            2.131,
-            2.120,
-            2.110,
-            2.101,
-            2.093,
-            2.086,
-            2.080,
-            2.074,
-            2.069,
-            2.064,
-            2.060,
-            2.056,
-            2.052,
-            2.048,
-            2.045,
-            2.042,
-        ]
-        return table[degrees_of_freedom - 1] if degrees_of_freedom <= 30 else 1.960
+    except ImportError:
+        return T_975[degrees_of_freedom - 1] if degrees_of_freedom <= 30 else 1.960
 
 
 def summarise(values: list[float]) -> dict:
@@ -478,23 +516,21 @@ def hold_out(indices: np.ndarray, labels: list[list[str]], fraction: float, seed
     return np.array(sorted(train)), np.array(sorted(validation))
 
 
-def run_folds(data, class_names, args):
-    x = np.concatenate([d["embeddings"] for d in data.values()])
-    labels = [label for d in data.values() for label in d["labels"]]
-    folds = np.array([fold for d in data.values() for fold in d["folds"]])
-    y = label_targets(labels, class_names, args.multi_label)
-    test_folds = args.folds or sorted(set(folds.tolist()), key=lambda f: (len(f), f))
-    missing = sorted(set(test_folds) - set(folds.tolist()))
-    if missing:
-        raise ValueError(f"--folds {missing} do not occur in column {args.fold_column!r} ({sorted(set(folds))}).")
+def cross_validate(x, labels, folds, class_names, seeds, validation_fraction: float, test_folds=None, **settings):
+    """Each fold of `test_folds` (default: every fold, in order) in turn is the test set and the other clips the
+    training set, of which `validation_fraction` per class is held out for early stopping; repeated for every seed.
+    Returns the runs and one test metric per fold (the mean over seeds): the confidence interval is over folds."""
+    folds = np.asarray(folds)
+    y = label_targets(labels, class_names, settings.get("multi_label", False))
+    test_folds = test_folds or sorted(set(folds.tolist()), key=lambda f: (len(str(f)), str(f)))
     runs = []
     for fold in test_folds:
         test_index = np.flatnonzero(folds == fold)
-        for seed in args.seeds:
-            train_index, val_index = hold_out(np.flatnonzero(folds != fold), labels, args.validation_fraction, seed)
+        for seed in seeds:
+            train_index, val_index = hold_out(np.flatnonzero(folds != fold), labels, validation_fraction, seed)
             subset = lambda index: {"x": x[index], "y": y[index]}  # noqa: E731
             result = train_linear_probe(
-                subset(train_index), subset(val_index), subset(test_index), len(class_names), seed, args
+                subset(train_index), subset(val_index), subset(test_index), len(class_names), seed, **settings
             )
             runs.append(
                 {
@@ -514,9 +550,37 @@ def run_folds(data, class_names, args):
                 result["validation_metric"],
                 result["best_epoch"],
             )
-    # One value per fold (mean over seeds): the confidence interval is over folds.
     per_fold = [float(np.mean([r["test_metric"] for r in runs if r["fold"] == fold])) for fold in test_folds]
     return runs, per_fold
+
+
+def cross_validated_probe(
+    embeddings: np.ndarray, labels: list, num_folds: int = 5, seeds=(0,), validation_fraction: float = 0.1, **settings
+) -> dict:
+    """Linear-probe accuracy of clip `embeddings` `(clips, dim)` with single `labels` (one per clip) by stratified
+    `num_folds`-fold cross-validation (every clip is tested once; fold k holds every num_folds-th clip of each class):
+    `{"mean", "ci95", "std", "n"}` over folds plus the `"runs"`. `settings` are `train_linear_probe`'s keywords."""
+    labels = [[str(label)] for label in labels]
+    class_names = sorted({names[0] for names in labels})
+    folds = np.empty(len(labels), dtype=np.int64)
+    for name in class_names:
+        members = [i for i, names in enumerate(labels) if names[0] == name]
+        folds[members] = np.arange(len(members)) % num_folds
+    x = np.asarray(embeddings, dtype=np.float32)
+    runs, per_fold = cross_validate(x, labels, folds, class_names, seeds, validation_fraction, **settings)
+    return {**summarise(per_fold), "runs": runs}
+
+
+def run_folds(data, class_names, args):
+    x = np.concatenate([d["embeddings"] for d in data.values()])
+    labels = [label for d in data.values() for label in d["labels"]]
+    folds = [fold for d in data.values() for fold in d["folds"]]
+    missing = sorted(set(args.folds or []) - set(folds))
+    if missing:
+        raise ValueError(f"--folds {missing} do not occur in column {args.fold_column!r} ({sorted(set(folds))}).")
+    return cross_validate(
+        x, labels, folds, class_names, args.seeds, args.validation_fraction, args.folds, **probe_settings(args)
+    )
 
 
 def run_splits(data, class_names, args):
@@ -542,7 +606,7 @@ def run_splits(data, class_names, args):
         else:
             train, validation = subset(args.train_split), subset(args.validation_split)
         test = subset(args.test_split)
-        result = train_linear_probe(train, validation, test, len(class_names), seed, args)
+        result = train_linear_probe(train, validation, test, len(class_names), seed, **probe_settings(args))
         runs.append(
             {
                 "seed": seed,
@@ -574,18 +638,14 @@ def main(argv=None):
     else:
         needed = [s for s in (args.train_split, args.validation_split, args.test_split) if s is not None]
     loaded = {}
+    encoder = f"random init of its config, seed {args.init_seed}" if args.random_init else "pretrained weights"
 
     def load_model_and_records():
         if "all" not in loaded:
-            import matpac_hf  # noqa: F401  (registers MATPAC with the Auto classes; other models need nothing)
-
-            device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            logger.info("Loading %s on %s", args.model_name_or_path, device)
-            model = AutoModel.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-            feature_extractor = AutoFeatureExtractor.from_pretrained(
-                args.model_name_or_path, trust_remote_code=args.trust_remote_code
-            )
-            loaded["all"] = (model.to(device).eval(), feature_extractor, loaded.get("records") or load_records(args))
+            logger.info("Loading %s (%s)", args.model_name_or_path, encoder)
+            seed = args.init_seed if args.random_init else None
+            model, feature_extractor = load_encoder(args.model_name_or_path, seed, args.trust_remote_code, args.device)
+            loaded["all"] = (model, feature_extractor, loaded.get("records") or load_records(args))
         return loaded["all"]
 
     split_list_path = cache_path(args, "__split_names__")[: -len(".npz")] + ".json"
@@ -610,6 +670,7 @@ def main(argv=None):
     metric = "mAP" if args.multi_label else "accuracy"
     results = {
         "model": args.model_name_or_path,
+        "encoder": encoder,
         "dataset": args.dataset_name or args.dataset_dir or args.csv_file,
         "protocol": f"cross-validation over {args.fold_column!r}" if args.fold_column else "fixed splits",
         "metric": metric,

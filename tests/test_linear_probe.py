@@ -1,18 +1,25 @@
-"""examples/run_linear_probe.py end to end on a generated labelled audiofolder and a tiny random MATPAC encoder."""
+"""examples/run_linear_probe.py, in process (`main(argv)`), on a generated labelled audiofolder and tiny MATPAC
+encoders; the probe functions other scripts reuse (`load_encoder`, `embed_waveforms`, `cross_validated_probe`)."""
 
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+from conftest import tiny_config
 from sklearn.metrics import average_precision_score
 
+from matpac_hf import MatpacFeatureExtractor, MatpacModel
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_linear_probe.py"
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import run_linear_probe  # noqa: E402
+
+
 PITCHES_HZ = {"low": 220.0, "mid": 880.0, "high": 3520.0}  # two octaves apart: far apart on the mel axis
 
 
@@ -37,40 +44,26 @@ def tone_folder(tmp_path_factory):
     return folder
 
 
-def _import_script():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import run_linear_probe
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return run_linear_probe
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny MatpacModel whose weights are not a seed-0 initialisation (so no random init reproduces them)."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    torch.manual_seed(1234)
+    MatpacModel(tiny_config()).save_pretrained(folder)
+    MatpacFeatureExtractor().save_pretrained(folder)
+    return folder
 
 
-def _run(*args):
-    command = [sys.executable, str(SCRIPT), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"run_linear_probe.py failed:\n{result.stdout}\n{result.stderr[-5000:]}"
-    return result.stdout + result.stderr
+def probe_args(model, *extra):
+    return ["--model_name_or_path", str(model), "--max_epochs", "100", "--learning_rate", "1e-2", *map(str, extra)]
 
 
-def test_folds_on_audiofolder_and_cache_reuse(tiny_matpac_folder, tone_folder, tmp_path, caplog):
-    args = [
-        "--model_name_or_path",
-        tiny_matpac_folder,
-        "--dataset_dir",
-        tone_folder,
-        "--fold_column",
-        "fold",
-        "--output_dir",
-        tmp_path / "probe",
-        "--max_epochs",
-        "100",
-        "--learning_rate",
-        "1e-2",
-    ]
-    log = _run(*args)
-    results = json.loads((tmp_path / "probe" / "results.json").read_text())
+def test_folds_on_audiofolder_and_cache_reuse(checkpoint, tone_folder, tmp_path, caplog):
+    args = probe_args(checkpoint, "--dataset_dir", tone_folder, "--fold_column", "fold", "--output_dir", tmp_path)
+    with caplog.at_level("INFO", logger="run_linear_probe"):
+        results = run_linear_probe.main(args)
     assert results["metric"] == "accuracy" and results["num_classes"] == 3 and results["n"] == 5
+    assert results["encoder"] == "pretrained weights"
     assert [run["fold"] for run in results["runs"]] == ["1", "2", "3", "4", "5"]
     assert all(run["num_test"] == 6 and run["num_train"] + run["num_validation"] == 24 for run in results["runs"])
     assert results["mean"] >= 0.8, f"accuracy {results['mean']} not well above chance (1/3)"
@@ -78,20 +71,53 @@ def test_folds_on_audiofolder_and_cache_reuse(tiny_matpac_folder, tone_folder, t
     assert results["mean"] == pytest.approx(np.mean(values))
     assert results["ci95"] == pytest.approx(2.7764451 * np.std(values, ddof=1) / np.sqrt(5), abs=1e-6)
     cache = results["embedding_cache"]["train"]
-    assert not cache["reused"] and Path(cache["path"]).is_file() and "Cached embeddings" in log
+    assert not cache["reused"] and Path(cache["path"]).is_file() and "Cached embeddings" in caplog.text
 
-    # Second run (in this process, to save a start-up): embeddings come from the cache, the encoder and the audio are
-    # never loaded; same numbers.
+    # Second run: embeddings come from the cache, the encoder and the audio are never loaded; same numbers.
+    caplog.clear()
     with caplog.at_level("INFO", logger="run_linear_probe"):
-        again = _import_script().main([str(arg) for arg in args])
+        again = run_linear_probe.main(args)
     assert again["embedding_cache"]["train"]["reused"] and "Loaded cached embeddings" in caplog.text
     assert "Loading " not in caplog.text and "Embedded" not in caplog.text
     assert again["mean"] == pytest.approx(results["mean"])
-    assert json.loads((tmp_path / "probe" / "results.json").read_text())["embedding_cache"]["train"]["reused"]
+    assert json.loads((tmp_path / "results.json").read_text())["embedding_cache"]["train"]["reused"]
+
+    # --random_init in the same output folder: its own cache entry (never the pretrained embeddings), its own numbers
+    random_run = run_linear_probe.main(args + ["--random_init", "--init_seed", "3"])
+    assert random_run["encoder"] == "random init of its config, seed 3"
+    assert not random_run["embedding_cache"]["train"]["reused"]
+    assert random_run["embedding_cache"]["train"]["path"] != cache["path"]
+    with np.load(cache["path"]) as pretrained, np.load(random_run["embedding_cache"]["train"]["path"]) as random:
+        assert pretrained["embeddings"].shape == random["embeddings"].shape
+        assert np.abs(pretrained["embeddings"] - random["embeddings"]).max() > 1e-2
 
 
-def test_csv_with_fixed_splits_and_seeds(tiny_matpac_folder, tone_folder, tmp_path, monkeypatch):
-    run_linear_probe = _import_script()
+def test_random_init_is_the_same_config_seeded_and_differs_from_the_checkpoint(checkpoint):
+    rng = np.random.default_rng(0)
+    clips = [_tone(frequency, rng, seconds=0.8) for frequency in PITCHES_HZ.values()]
+
+    def embed(seed):
+        model, feature_extractor = run_linear_probe.load_encoder(str(checkpoint), random_init_seed=seed, device="cpu")
+        return model, run_linear_probe.embed_waveforms(model, feature_extractor, clips, batch_size=2)
+
+    pretrained_model, pretrained = embed(None)
+    model, first = embed(0)
+    _, again = embed(0)
+    _, other_seed = embed(1)
+    assert type(model) is type(pretrained_model) and model.config.to_dict() == pretrained_model.config.to_dict()
+    assert first.shape == pretrained.shape == (3, 5 * 32) and np.isfinite(first).all()
+    np.testing.assert_array_equal(first, again)  # same seed: bit-identical embeddings
+    assert np.abs(first - pretrained).max() > 1e-2  # not the checkpoint's weights
+    assert np.abs(first - other_seed).max() > 1e-2
+    # the random generator of the caller is left as it was
+    torch.manual_seed(7)
+    expected = torch.rand(1)
+    torch.manual_seed(7)
+    run_linear_probe.load_encoder(str(checkpoint), random_init_seed=0, device="cpu")
+    assert torch.rand(1) == expected
+
+
+def test_csv_with_fixed_splits_seeds_and_the_bad_audio_policy(checkpoint, tone_folder, tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(tone_folder / "metadata.csv")))
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)  # the CSV is given as a relative path with a folder in it: data/clips.csv
@@ -100,27 +126,12 @@ def test_csv_with_fixed_splits_and_seeds(tiny_matpac_folder, tone_folder, tmp_pa
         writer.writerow(["path", "label", "split"])
         for row in rows:
             writer.writerow([tone_folder / row["file_name"], row["label"], "test" if row["fold"] == "5" else "train"])
-        writer.writerow([tmp_path / "missing.wav", "low", "train"])  # unreadable: skipped, reported
-    results = run_linear_probe.main(
-        [
-            "--model_name_or_path",
-            str(tiny_matpac_folder),
-            "--csv_file",
-            "data/clips.csv",
-            "--test_split",
-            "test",
-            "--seeds",
-            "0",
-            "1",
-            "2",
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--max_epochs",
-            "100",
-            "--learning_rate",
-            "1e-2",
-        ]
-    )
+        writer.writerow([tmp_path / "missing.wav", "low", "train"])
+    args = probe_args(checkpoint, "--csv_file", "data/clips.csv", "--test_split", "test", "--seeds", 0, 1, 2)
+
+    with pytest.raises(ValueError, match=r"missing\.wav.*--bad_audio skip"):  # the default policy refuses it
+        run_linear_probe.main(args + ["--output_dir", str(tmp_path / "refused")])
+    results = run_linear_probe.main(args + ["--output_dir", str(tmp_path / "out"), "--bad_audio", "skip"])
     assert results["n"] == 3 and [run["seed"] for run in results["runs"]] == [0, 1, 2]
     assert all(run["num_test"] == 6 for run in results["runs"]) and results["mean"] >= 0.8
     assert results["skipped_clips"] == {"train": [str(tmp_path / "missing.wav")]}
@@ -129,8 +140,22 @@ def test_csv_with_fixed_splits_and_seeds(tiny_matpac_folder, tone_folder, tmp_pa
     assert all(Path(cache["path"]).is_file() for cache in results["embedding_cache"].values())
 
 
+def test_cross_validated_probe_tests_every_clip_once_and_separates_clusters():
+    rng = np.random.default_rng(0)
+    labels = [name for name in ("a", "b", "c") for _ in range(20)]
+    centres = {name: 4.0 * np.eye(8)[k] for k, name in enumerate("abc")}  # one direction per class
+    embeddings = np.stack([rng.standard_normal(8) + centres[label] for label in labels])
+    result = run_linear_probe.cross_validated_probe(embeddings, labels, num_folds=5, learning_rate=1e-2, batch_size=8)
+    assert result["n"] == 5 and sum(run["num_test"] for run in result["runs"]) == 60
+    assert all(run["num_test"] == 12 for run in result["runs"])  # stratified: 4 clips of each class per fold
+    assert result["mean"] >= 0.85 and result["ci95"] >= 0  # (0.90 measured; the Bayes rate is ~0.99)
+    # labels unrelated to the embeddings: chance level (1/3), far from the clusters' figure
+    shuffled = list(np.random.default_rng(1).permutation(labels))
+    chance = run_linear_probe.cross_validated_probe(embeddings, shuffled, learning_rate=1e-2, batch_size=8)
+    assert chance["mean"] < 0.6  # (0.47 measured)
+
+
 def test_map_metric_matches_a_hand_computed_value():
-    run_linear_probe = _import_script()
     scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.3, 0.2], [0.1, 0.9]])
     targets = np.array([[1, 0], [0, 1], [1, 0], [0, 0]])
     # class 0: positives at ranks 1 and 3 -> (1/1 + 2/3) / 2; class 1: positive at rank 2 -> 1/2
@@ -141,7 +166,6 @@ def test_map_metric_matches_a_hand_computed_value():
 
 
 def test_map_metric_does_not_depend_on_the_order_of_tied_scores():
-    run_linear_probe = _import_script()
     # class 0: 4 clips tied at 0.5 (1 positive), then a positive at 0.2. The only thresholds are 0.5 (precision 1/4,
     # recall 1/2) and 0.2 (precision 2/5, recall 1): AP = 1/2 * 1/4 + 1/2 * 2/5 = 0.325, whatever the clip order.
     # class 1: positives tied with a negative at 0.9 (precision 2/3, recall 1): AP = 2/3.
@@ -153,34 +177,17 @@ def test_map_metric_does_not_depend_on_the_order_of_tied_scores():
         value = run_linear_probe.mean_average_precision(scores[permutation], targets[permutation])
         assert value == pytest.approx(expected)
     assert run_linear_probe.t_quantile_975(4) == pytest.approx(2.776445, abs=1e-5)
+    assert run_linear_probe.T_975[3] == pytest.approx(2.776, abs=1e-3)  # the table used without scipy
 
 
 def test_multi_label_probe_is_selected_and_scored_with_the_map_module():
     """The multi-label probe (BCE, early stopping and test score on the mAP module) learns separable tags."""
-    run_linear_probe = _import_script()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 8)).astype(np.float32)
     y = (x[:, :3] > 0).astype(np.float32)  # 3 tags, each linearly separable from the embeddings
     data = [{"x": x[i::3], "y": y[i::3]} for i in range(3)]
-    args = run_linear_probe.parse_args(
-        [
-            "--model_name_or_path",
-            "unused",
-            "--csv_file",
-            "unused.csv",
-            "--test_split",
-            "test",
-            "--output_dir",
-            "out",
-            "--multi_label",
-            "--learning_rate",
-            "1e-2",
-            "--max_epochs",
-            "50",
-            "--batch_size",
-            "16",
-        ]
+    result = run_linear_probe.train_linear_probe(
+        *data, num_classes=3, seed=0, multi_label=True, learning_rate=1e-2, max_epochs=50, batch_size=16
     )
-    result = run_linear_probe.train_linear_probe(*data, num_classes=3, seed=0, args=args)
     assert result["test_metric"] > 0.95 and result["validation_metric"] > 0.95
     assert 1 <= result["best_epoch"] <= result["epochs_run"] <= 50
