@@ -370,7 +370,7 @@ class OfficialTrainingModel(OfficialMatpac):
                 "criterion": {"_name": "model", "loss_weights": {"loss_cls": 0.5, "loss_pred": 0.5}},
             },
             "optimizer_history": [{"criterion_name": "ModelCriterion", "num_updates": 100}],
-            "extra_state": {"epoch": 3},
+            "extra_state": {"train_iterator": {"version": 2, "epoch": 3, "iterations_in_epoch": 0, "shuffle": True}},
             "last_optimizer_state": {"state": {}, "param_groups": []},
         }
 

@@ -7,6 +7,7 @@ environment set by the `hub_stub` fixture.
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
@@ -15,16 +16,18 @@ from huggingface_hub import ModelCard
 REPO_ID = "stub-user/tiny-matpac"
 
 PUSH_SCRIPT = """
+import sys
 import numpy as np
 import torch
 import matpac_hf
 from huggingface_hub import HfApi
-from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacModel
+from matpac_hf import MatpacFeatureExtractor, MatpacModel
 from matpac_hf.model_card import render_model_card
+sys.path.insert(0, "{tests_dir}")
+from conftest import tiny_config
 
 torch.manual_seed(0)
-config = MatpacConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_frames=64)
-model = MatpacModel(config).eval()
+model = MatpacModel(tiny_config()).eval()
 feature_extractor = MatpacFeatureExtractor()
 model.push_to_hub("{repo}")
 feature_extractor.push_to_hub("{repo}")
@@ -73,7 +76,7 @@ def _run(script: str, **fields) -> str:
 def pushed(hub_stub, tmp_path_factory):
     """Pushes a tiny model, its feature extractor and a rendered card once; returns the reference-outputs file."""
     reference = tmp_path_factory.mktemp("hub") / "reference.npz"
-    assert "PUSHED" in _run(PUSH_SCRIPT, repo=REPO_ID, reference=reference)
+    assert "PUSHED" in _run(PUSH_SCRIPT, repo=REPO_ID, reference=reference, tests_dir=Path(__file__).parent)
     return reference
 
 

@@ -31,15 +31,71 @@ def test_pretrained_encoder_card_metadata_and_body():
     assert "eprint        = {2502.12031}" in card.text and "archivePrefix = {arXiv}" in card.text
 
 
+def _bibtex_block(markdown: str) -> str:
+    return markdown.split("```bibtex\n", 1)[1].split("```", 1)[0].strip()
+
+
 def test_one_citation_in_the_cards_and_the_readme():
-    assert "eprint        = {2502.12031}," in MATPAC_CITATION and "archivePrefix = {arXiv}" in MATPAC_CITATION
-    assert "booktitle     = {IEEE International Conference on Acoustics, Speech and Signal Processing (ICASSP)}," in (
-        MATPAC_CITATION
-    )
+    """The citation block of every shipped template, as rendered, is the README's, and it names the paper (arXiv
+    2502.12031, ICASSP 2025, the four authors)."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    citation_section = readme.split("## Citation", 1)[1]
-    bibtex = citation_section.split("```bibtex\n", 1)[1].split("```", 1)[0].strip()
-    assert bibtex == MATPAC_CITATION
+    readme_bibtex = _bibtex_block(readme.split("## Citation", 1)[1])
+    for template in ("pretrained_encoder", "audio_classification"):
+        card = ModelCard(render_model_card(template))
+        assert _bibtex_block(card.text.split("## Citation", 1)[1]) == readme_bibtex, template
+    fields = dict(line.strip().rstrip(",").split(" = ", 1) for line in readme_bibtex.splitlines()[1:-1])
+    fields = {key.strip(): value.strip("{}") for key, value in fields.items()}
+    assert fields["eprint"] == "2502.12031" and fields["archivePrefix"] == "arXiv" and fields["year"] == "2025"
+    assert fields["author"] == "Quelennec, Aurian and Chouteau, Pierre and Peeters, Geoffroy and Essid, Slim"
+
+
+def test_eval_results_become_the_model_index():
+    text = render_model_card(
+        "audio_classification",
+        repo_id="someone/matpac-esc50",
+        eval_results=[
+            dict(
+                task_type="audio-classification",
+                dataset_type="ashraq/esc50",
+                dataset_name="ESC-50",
+                dataset_split="test",
+                metric_type="accuracy",
+                metric_value=0.9375,
+            )
+        ],
+    )
+    assert "model-index:\n- name: someone/matpac-esc50\n" in text
+    (result,) = ModelCard(text).data.eval_results
+    assert (result.task_type, result.dataset_type, result.dataset_split) == (
+        "audio-classification",
+        "ashraq/esc50",
+        "test",
+    )
+    assert (result.metric_type, result.metric_value) == ("accuracy", 0.9375)
+    with pytest.raises(ValueError, match="not a set of huggingface_hub.EvalResult fields"):
+        render_model_card("audio_classification", eval_results=[{"accuracy": 0.9}])
+
+
+def test_local_paths_never_reach_the_card(tmp_path, caplog):
+    local = tmp_path / "my-encoder"
+    local.mkdir()
+    with caplog.at_level("WARNING", logger="matpac_hf.model_card"):
+        text = render_model_card(
+            "audio_classification", base_model=str(local), datasets=["/data/esc50", "ashraq/esc50"]
+        )
+    data = ModelCard(text).data
+    assert data.base_model is None and data.datasets == ["ashraq/esc50"]
+    assert str(tmp_path) not in text and "/data/esc50" not in text
+    assert "base_model=" in caplog.text and "is a local path or not a Hugging Face Hub id" in caplog.text
+
+
+def test_weights_notice_names_the_source_and_the_terms():
+    from matpac_hf.model_card import weights_notice
+
+    notice = weights_notice("/home/someone/Downloads/matpac_10_2048.pt")
+    assert "converted from `matpac_10_2048.pt`" in notice and "/home/someone" not in notice
+    assert "https://github.com/aurianworld/matpac/releases" in notice and "https://github.com/nttcslab/m2d" in notice
+    assert "not covered by matpac-hf's MIT licence" in notice
 
 
 def test_audio_classification_card_metadata():

@@ -8,7 +8,7 @@ python -m matpac_hf.convert_original_checkpoint \
 ```
 
 The output folder holds `config.json` (sizes inferred from the tensor shapes), `model.safetensors`,
-`preprocessor_config.json` ([`MatpacFeatureExtractor`]) and the code files, so it loads with
+`preprocessor_config.json` ([`MatpacFeatureExtractor`]), a model card `README.md` and the code files, so it loads with
 `AutoModel.from_pretrained(folder)` (and with `trust_remote_code=True` where `matpac_hf` is not installed).
 
 Understood inputs (method spec, section 7), recognised by the names and shapes found in the file:
@@ -27,6 +27,7 @@ Anything else is refused with a message naming what was found.
 """
 
 import argparse
+import copy
 import csv
 import json
 import logging
@@ -39,6 +40,13 @@ import torch
 from . import modeling_matpac
 from .configuration_matpac import MatpacConfig
 from .feature_extraction_matpac import MatpacFeatureExtractor
+from .model_card import (
+    OFFICIAL_RELEASES,
+    OFFICIAL_REPOSITORY,
+    pretraining_objective,
+    render_model_card,
+    weights_notice,
+)
 from .modeling_matpac import MatpacForAudioClassification, MatpacModel, build_2d_sincos_position_table
 
 
@@ -111,7 +119,8 @@ def load_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> di
         `state`: flat `{name: tensor}` of the model (the fairseq `model` entry, or the file itself);
         `teacher_encoder`: the `_ema` nested dict or `None`; `teacher_head`: the `_cls_head_ema` dict or `None`;
         `layout`: `"state_dict"` or `"fairseq"`; `cfg`: the fairseq `cfg` entry (a dict, or an omegaconf
-        `DictConfig` when loaded with `trust_pickle`) or `None`.
+        `DictConfig` when loaded with `trust_pickle`) or `None`; `progress`: [`training_progress`] of a fairseq file
+        (`{}` for a release file, which records none).
 
     Raises `CheckpointError` for a file that is not a dict of tensors in a known wrapper.
     """
@@ -136,7 +145,7 @@ def load_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> di
             "to tensors (an official MATPAC release), or a fairseq training checkpoint with the state under 'model'."
         )
 
-    layout, fairseq_cfg = "state_dict", None
+    layout, fairseq_cfg, progress = "state_dict", None, {}
     if isinstance(checkpoint.get("model"), dict):
         others = set(checkpoint) - {"model"}
         unknown = others - FAIRSEQ_ENTRIES
@@ -146,6 +155,7 @@ def load_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> di
                 f"fairseq training checkpoint ('model' beside {sorted(FAIRSEQ_ENTRIES)})."
             )
         fairseq_cfg = checkpoint.get("cfg")
+        progress = training_progress(checkpoint)
         checkpoint = checkpoint["model"]
         layout = "fairseq"
 
@@ -176,6 +186,7 @@ def load_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> di
         "teacher_head": teacher_head,
         "layout": layout,
         "cfg": fairseq_cfg,
+        "progress": progress,
     }
 
 
@@ -546,6 +557,142 @@ def _unique_labels(path: Path, names: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def training_progress(checkpoint: dict) -> dict:
+    """How far a fairseq training checkpoint got: `num_updates` (optimiser steps, from the last
+    `optimizer_history` entry) and `epoch` (fairseq's epoch counter, `extra_state["train_iterator"]["epoch"]`), each
+    only when recorded."""
+    progress = {}
+    history = checkpoint.get("optimizer_history")
+    if isinstance(history, list) and history and isinstance(history[-1], dict):
+        num_updates = history[-1].get("num_updates")
+        if isinstance(num_updates, int) and not isinstance(num_updates, bool):
+            progress["num_updates"] = num_updates
+    extra_state = checkpoint.get("extra_state")
+    iterator = extra_state.get("train_iterator") if isinstance(extra_state, dict) else None
+    if isinstance(iterator, dict) and isinstance(iterator.get("epoch"), int):
+        progress["epoch"] = iterator["epoch"]
+    return progress
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model card
+# ----------------------------------------------------------------------------------------------------------------------
+
+# The authors' release files (GitHub releases of aurianworld/matpac), as its inference README describes them.
+OFFICIAL_RELEASE_FILES = {
+    "matpac_10_2048.pt": ("MATPAC", "MATPAC, self-supervised on AudioSet (the paper's model)"),
+    "matpac_plus_6s_2048_enconly.pt": ("MATPAC++", "MATPAC++, self-supervised on AudioSet (general audio)"),
+    "matpac_plus_music_6s_2048_enconly.pt": ("MATPAC++", "MATPAC++, self-supervised on music"),
+    "matpac_plus_as_48_1_map_enc_and_head.pt": (
+        "MATPAC++",
+        "MATPAC++, self-supervised on AudioSet then fine-tuned on AudioSet (encoder and 527-class head)",
+    ),
+}
+OFFICIAL_PROBES_ARCHIVE = "Weights_probes_matpac.zip"
+
+
+def _weights_origin(checkpoint_path: Path, probe_path: Path | None) -> tuple[str | None, str]:
+    """(method if known, a sentence on where the weights come from); file names only, never their folders."""
+    method, description = OFFICIAL_RELEASE_FILES.get(checkpoint_path.name, (None, None))
+    if description:
+        origin = f"{description}: `{checkpoint_path.name}` from the authors' GitHub releases ({OFFICIAL_RELEASES})"
+    else:
+        origin = f"`{checkpoint_path.name}`, an official-layout MATPAC checkpoint"
+    if probe_path is not None:
+        origin += (
+            f", with the downstream probe `{probe_path.name}` (the authors release one per task and encoder in "
+            f"`{OFFICIAL_PROBES_ARCHIVE}`)"
+        )
+    return method, origin + "; converted with `python -m matpac_hf.convert_original_checkpoint`."
+
+
+def model_card_for_conversion(
+    model,
+    checkpoint_path: str | Path,
+    parts: dict,
+    model_type: str,
+    probe_path: str | Path | None = None,
+    license: str | None = None,
+    hub_model_id: str | None = None,
+    base_model: str | None = None,
+) -> str:
+    """The README.md of a converted folder. The weights are the authors': without `license`, the card says
+    `license: other` and where they come from ([`weights_notice`]), never MIT. A fairseq checkpoint's recorded
+    steps and epoch are reported; a release file records none, and the card says so. No local path is written."""
+    config = model.config
+    checkpoint_path = Path(checkpoint_path)
+    probe_path = Path(probe_path) if probe_path is not None else None
+    method, origin = _weights_origin(checkpoint_path, probe_path)
+    progress = parts.get("progress") or {}
+    if progress:
+        recorded = [f"{progress['num_updates']} optimiser steps"] if "num_updates" in progress else []
+        recorded += [f"fairseq epoch {progress['epoch']}"] if "epoch" in progress else []
+        training = f"The checkpoint records {', '.join(recorded)} of the authors' fairseq training."
+        hyperparameters = {name: progress[name] for name in ("num_updates", "epoch") if name in progress}
+    else:
+        training = (
+            "The release file records no training progress (steps, epochs); see the papers for the authors' "
+            "recipes (MATPAC: arXiv 2502.12031; MATPAC++: arXiv 2508.12709)."
+        )
+        hyperparameters = {}
+    if model_type == "pretraining":
+        hyperparameters["total_steps (schedule length in the config)"] = config.total_steps
+    fields = dict(
+        license=license or "other",
+        license_note=(
+            f"`{license}`, as given when converting. " + weights_notice(checkpoint_path.name)
+            if license
+            else weights_notice(checkpoint_path.name)
+        ),
+        base_model=base_model,
+        repo_id=hub_model_id,
+        model_name=hub_model_id,
+        tags=["matpac++"] if method == "MATPAC++" or config.use_mcl else None,
+        training_summary=training,
+        training_hyperparameters=hyperparameters or None,
+        evaluation_results=(
+            "Not re-evaluated after conversion; the conversion is checked for numerical parity with the official "
+            "inference code (matpac-hf's tests/test_conversion_and_parity.py). See the papers for the authors' results."
+        ),
+    )
+    if license is None:
+        fields.update(license_name="matpac-official-weights", license_link=OFFICIAL_REPOSITORY)
+    if model_type == "audio_classification":
+        pooling = config.classifier_pooling
+        fields.update(
+            training_summary=f"Weights: {origin} {training}",
+            classifier=(
+                "the official AudioSet head: mean of the tokens, BatchNorm1d without affine parameters, linear"
+                if pooling == "mean"
+                else f"the official linear probe on the {config.frame_embedding_size}-d clip embedding"
+            ),
+            problem_type=config.problem_type.replace("_", " "),
+            num_labels=config.num_labels,
+            labels=[config.id2label[i] for i in range(config.num_labels)],
+        )
+        template = "audio_classification"
+    else:
+        size = config.frame_embedding_size
+        fields.update(
+            model_summary=f"{OFFICIAL_RELEASE_FILES.get(checkpoint_path.name, ('', 'A MATPAC audio encoder'))[1]}, "
+            f"converted for transformers: a ViT that turns 16 kHz audio into one {size}-d frame embedding per "
+            f"160 ms and a {size}-d clip embedding.",
+            method=method,
+            source=origin,
+            architecture=f"{config.num_hidden_layers} blocks, width {config.hidden_size}, "
+            f"{config.num_attention_heads} heads",
+            embedding_size=config.frame_embedding_size,
+        )
+        if model_type == "pretraining":
+            fields["objective"] = pretraining_objective(config)  # the numbers read from the fairseq cfg
+        elif method == "MATPAC++" and not config.use_mcl:  # an encoder-only file cannot show the MCL heads
+            official = copy.deepcopy(config)
+            official.use_mcl = True
+            fields["objective"] = pretraining_objective(official) + " (Official settings.)"
+        template = "pretrained_encoder"
+    return render_model_card(template, **{key: value for key, value in fields.items() if value is not None})
+
+
 def _csv_header(path: str | Path) -> set[str]:
     """Column names of a CSV label file's first row (empty for other files)."""
     if Path(path).suffix.lower() != ".csv":
@@ -610,8 +757,14 @@ def convert_checkpoint(
     max_frames: int | None = None,
     trust_pickle: bool = False,
     problem_type: str | None = None,
+    license: str | None = None,
+    hub_model_id: str | None = None,
+    base_model: str | None = None,
 ):
-    """Converts one official checkpoint into `output_dir`; returns the converted model (in eval mode).
+    """Converts one official checkpoint into `output_dir`, with a model card (`README.md`, see
+    [`model_card_for_conversion`]: `license: other` unless `license` is given); returns the converted model (in eval
+    mode). `hub_model_id` names the repository the folder will be pushed to (used in the card's snippets);
+    `base_model` is the Hub id of the encoder a probe sits on.
 
     Raises [`CheckpointError`] (a `ValueError`) for files it does not understand.
     """
@@ -738,6 +891,10 @@ def convert_checkpoint(
     model.save_pretrained(output_dir)
     feature_extractor = MatpacFeatureExtractor.from_model_config(config)
     feature_extractor.save_pretrained(output_dir)
+    card = model_card_for_conversion(
+        model, checkpoint_path, parts, model_type, probe_path, license, hub_model_id, base_model
+    )
+    (output_dir / "README.md").write_text(card, encoding="utf-8")
     logger.info(
         "Saved %s (%d layers, width %d, %d heads, max_frames %d, %.1fM parameters) to %s",
         type(model).__name__,
@@ -815,6 +972,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         "checkpoint's position table (608; 992 for the AudioSet-fine-tuned release).",
     )
     parser.add_argument(
+        "--license",
+        help="License identifier for the card's metadata (e.g. apache-2.0), if you know the terms of the weights. "
+        "Default: 'other', with a paragraph on where the weights come from (they are the authors', not under "
+        "matpac-hf's MIT licence).",
+    )
+    parser.add_argument(
+        "--hub_model_id",
+        help="Hub repository the folder will be pushed to ('owner/name'): named in the card's usage snippets.",
+    )
+    parser.add_argument(
+        "--base_model",
+        help="Hub id of the converted encoder this probe sits on (the card's base_model), for --probe_path.",
+    )
+    parser.add_argument(
         "--trust_pickle",
         action="store_true",
         help="Load with torch.load(weights_only=False) when the file holds Python objects (this runs code from the "
@@ -840,6 +1011,9 @@ def main(argv=None):
             max_frames=args.max_frames,
             trust_pickle=args.trust_pickle,
             problem_type=args.problem_type,
+            license=args.license,
+            hub_model_id=args.hub_model_id,
+            base_model=args.base_model,
         )
     except (CheckpointError, ValueError) as error:
         logger.error("%s", error)

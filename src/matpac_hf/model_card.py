@@ -12,15 +12,21 @@
 ```
 
 Metadata (the card's YAML header) is built here with `huggingface_hub.ModelCardData`: `library_name: transformers`,
-the template's `pipeline_tag`, `license`, `base_model`, `datasets`, `metrics`, `language`, `model_name` and `tags`
-(always including `audio`, `matpac`, `self-supervised`). Every other keyword fills a variable of the template; a
-keyword that is neither metadata nor used by the template raises a `ValueError` (nothing is silently dropped).
+the template's `pipeline_tag`, `license`, `base_model`, `datasets`, `metrics`, `language`, `model_name`, `tags`
+(always including `audio`, `matpac`, `self-supervised`) and, from `eval_results`, a `model-index` (the Hub's
+evaluation results). `base_model` and `datasets` must be Hub ids: a local path is left out, with a warning (a card
+never names the machine it was written on). Every other keyword fills a variable of the template; a keyword that is neither metadata
+nor used by the template raises a `ValueError` (nothing is silently dropped).
 """
 
+import logging
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+
+logger = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).parent / "model_cards"
 
@@ -54,7 +60,13 @@ METADATA_FIELDS = (
     "tags",
     "pipeline_tag",
     "library_name",
+    "eval_results",
 )
+
+# Where the official MATPAC / MATPAC++ weights are published, and the terms that apply to them (see `weights_notice`).
+OFFICIAL_REPOSITORY = "https://github.com/aurianworld/matpac"
+OFFICIAL_RELEASES = OFFICIAL_REPOSITORY + "/releases"
+M2D_REPOSITORY = "https://github.com/nttcslab/m2d"
 
 
 def _template_path(template_name_or_path: str | Path) -> tuple[Path, str | None]:
@@ -88,14 +100,67 @@ def _as_list(value) -> list | None:
     return [value] if isinstance(value, str) else list(value)
 
 
+def _hub_id(field: str, value: str) -> str | None:
+    """`value` if it is a Hub repository id; `None`, with a warning, for a local path or anything else (a card never
+    names the machine it was written on; a crash here would lose the card at the end of a run)."""
+    try:
+        validate_repo_id(value)
+        is_id = not Path(value).expanduser().exists()
+    except HFValidationError:
+        is_id = False
+    if not is_id:
+        logger.warning(
+            "Model card: %s=%r is a local path or not a Hugging Face Hub id ('owner/name'), so the card leaves it out; "
+            "pass the Hub id it is published under to name it.",
+            field,
+            value,
+        )
+        return None
+    return value
+
+
+def _eval_results(results) -> list[EvalResult] | None:
+    """`EvalResult`s from `EvalResult` objects or dicts of its fields (`task_type`, `dataset_type`, `dataset_name`,
+    `metric_type`, `metric_value`, optional `dataset_split`, `metric_name`, ...)."""
+    if not results:
+        return None
+    converted = []
+    for result in results:
+        if isinstance(result, dict):
+            try:
+                result = EvalResult(**result)
+            except TypeError as error:
+                raise ValueError(
+                    f"eval_results entry {result} is not a set of huggingface_hub.EvalResult fields ({error}); "
+                    "give task_type, dataset_type, dataset_name, metric_type and metric_value."
+                ) from error
+        if not isinstance(result, EvalResult):
+            raise ValueError(f"eval_results entries must be dicts or huggingface_hub.EvalResult, got {result!r}.")
+        converted.append(result)
+    return converted
+
+
+def weights_notice(source_file: str | None = None) -> str:
+    """The card's licence paragraph for weights converted from the authors' release (`license: other`)."""
+    converted = f"converted from `{Path(source_file).name}` " if source_file else ""
+    return (
+        f"These weights are the MATPAC authors' (Quelennec et al.), {converted}as published in the GitHub releases of "
+        f"the official repository ({OFFICIAL_RELEASES}). They are not covered by matpac-hf's MIT licence, which "
+        f"applies to matpac-hf's code only. Check the terms of the official repository ({OFFICIAL_REPOSITORY}) before "
+        f"using or redistributing the weights: its code builds on M2D ({M2D_REPOSITORY}), which NTT releases under a "
+        "licence for evaluation purposes (its LICENSE.pdf)."
+    )
+
+
 def render_model_card(template_name_or_path: str | Path, **fields) -> str:
     """Renders a model card (the text of a Hub `README.md`).
 
     Args:
         template_name_or_path: `"pretrained_encoder"`, `"audio_classification"` or the path of a template file.
-        fields: metadata (`license` (default `"other"`), `license_name`, `license_link`, `base_model`, `datasets`,
-            `metrics`, `language`, `model_name`, extra `tags`, `pipeline_tag` to override the template's,
-            `library_name` (default `"transformers"`)) and template variables (see [`template_fields`]), e.g.
+        fields: metadata (`license` (default `"other"`), `license_name`, `license_link`, `base_model` (a Hub id),
+            `datasets` (Hub ids), `metrics`, `language`, `model_name`, extra `tags`, `pipeline_tag` to override the
+            template's, `library_name` (default `"transformers"`), `eval_results` (a list of
+            `huggingface_hub.EvalResult` or dicts of its fields: the card's `model-index`)) and template variables (see [`template_fields`]), e.g.
             `repo_id`, `model_summary`, `training_summary`, `training_hyperparameters` (a dict), `evaluation_results`
             (markdown), `labels` (a list), `license_note`.
 
@@ -113,17 +178,24 @@ def render_model_card(template_name_or_path: str | Path, **fields) -> str:
     if pipeline_tag is None:
         raise ValueError(f"Template {path} is not a shipped one: pass pipeline_tag=... (e.g. 'feature-extraction').")
     tags = list(BASE_TAGS) + [tag for tag in _as_list(fields.get("tags")) or [] if tag not in BASE_TAGS]
+    base_model = fields.get("base_model")
+    datasets = [name for name in _as_list(fields.get("datasets")) or [] if _hub_id("datasets", name)] or None
+    eval_results = _eval_results(fields.get("eval_results"))
+    model_name = fields.get("model_name")
+    if eval_results and not model_name:  # the model-index needs a name
+        model_name = fields.get("repo_id") or path.stem.replace("_", " ")
     card_data = ModelCardData(
         library_name=fields.get("library_name", "transformers"),
         pipeline_tag=pipeline_tag,
         license=fields.get("license", "other"),
         license_name=fields.get("license_name"),
         license_link=fields.get("license_link"),
-        base_model=fields.get("base_model"),
-        datasets=_as_list(fields.get("datasets")),
+        base_model=_hub_id("base_model", base_model) if base_model else None,
+        datasets=datasets,
         metrics=_as_list(fields.get("metrics")),
         language=fields.get("language"),
-        model_name=fields.get("model_name"),
+        model_name=model_name,
+        eval_results=eval_results,
         tags=tags,
     )
     template_kwargs = {key: value for key, value in fields.items() if key not in METADATA_FIELDS}
@@ -177,4 +249,13 @@ def pretraining_objective(config, crop_frames: int | None = None) -> str:
     return text
 
 
-__all__ = ["render_model_card", "pretraining_objective", "template_fields", "MATPAC_CITATION", "TEMPLATES_DIR"]
+__all__ = [
+    "render_model_card",
+    "pretraining_objective",
+    "template_fields",
+    "weights_notice",
+    "MATPAC_CITATION",
+    "TEMPLATES_DIR",
+    "OFFICIAL_REPOSITORY",
+    "OFFICIAL_RELEASES",
+]
