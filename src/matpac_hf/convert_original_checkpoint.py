@@ -399,7 +399,7 @@ def map_pretraining(state: dict) -> dict[str, str]:
     mapping.update(_map_classification_head(state, "cls_student_head.", "student_head."))
     mapping.update(_map_classification_head(state, f"{TEACHER_HEAD_KEY}.", "teacher_head."))
     if "cls_head_loss.center" in state:
-        mapping["cls_head_loss.center"] = "center"
+        mapping["cls_head_loss.center"] = "classification_loss.center"
     return mapping
 
 
@@ -660,13 +660,15 @@ def model_card_for_conversion(
     if model_type == "audio_classification":
         pooling = config.classifier_pooling
         fields.update(
+            model_summary=f"{OFFICIAL_RELEASE_FILES.get(checkpoint_path.name, ('', 'A MATPAC audio classifier'))[1]}"
+            f"{', with an official downstream probe' if probe_path is not None else ''}, converted for transformers.",
             training_summary=f"Weights: {origin} {training}",
             classifier=(
                 "the official AudioSet head: mean of the tokens, BatchNorm1d without affine parameters, linear"
                 if pooling == "mean"
                 else f"the official linear probe on the {config.frame_embedding_size}-d clip embedding"
             ),
-            problem_type=config.problem_type.replace("_", " "),
+            problem_type=config.problem_type.replace("_label_classification", "-label classification"),
             num_labels=config.num_labels,
             labels=[config.id2label[i] for i in range(config.num_labels)],
         )
