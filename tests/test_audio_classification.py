@@ -4,34 +4,37 @@
 examples/run_audio_classification.py (run end to end on generated audio)."""
 
 import csv
-import importlib.util
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import evaluate
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import tiny_config
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
-from transformers import AutoModelForAudioClassification, pipeline
+from transformers import AutoConfig, AutoModelForAudioClassification, HfArgumentParser, pipeline
 
-from matpac_hf import METRICS_DIR, MatpacConfig, MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel
+from matpac_hf import METRICS_DIR, MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel
+from matpac_hf.audio_io import decode_audio
+from matpac_hf.classification_data import ClassLabels, drop_or_refuse_bad_audio, hold_out_split, load_audio_dataset
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = REPO_ROOT / "examples" / "run_audio_classification.py"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import run_audio_classification as script  # noqa: E402
+
+
 SAMPLING_RATE = 16000
 TONE_HZ = {"low": 300.0, "mid": 1200.0, "high": 4000.0}
 
 
-def tiny_config(**overrides) -> MatpacConfig:
-    values = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=3)
-    values.update(overrides)
-    return MatpacConfig(**values)
+def head_config(**overrides):
+    """conftest's tiny config with a 3-class head and one block (overrides win)."""
+    return tiny_config(**{"num_labels": 3, "num_hidden_layers": 1, **overrides})
 
 
 def padded_batch(seed: int = 0):
@@ -55,7 +58,7 @@ def tone(freq: float, seconds: float, rng: np.random.Generator) -> np.ndarray:
 
 def test_concat_pooling_is_linear_on_the_clip_embedding():
     torch.manual_seed(0)
-    model = MatpacForAudioClassification(tiny_config(classifier_pooling="concat")).eval()
+    model = MatpacForAudioClassification(head_config(classifier_pooling="concat")).eval()
     assert model.classifier.in_features == 5 * 32
     input_values, attention_mask = padded_batch()
 
@@ -72,7 +75,7 @@ def test_concat_pooling_is_linear_on_the_clip_embedding():
 
 def test_mean_pooling_is_masked_token_mean_then_batchnorm_then_linear():
     torch.manual_seed(0)
-    model = MatpacForAudioClassification(tiny_config(classifier_pooling="mean")).eval()
+    model = MatpacForAudioClassification(head_config(classifier_pooling="mean")).eval()
     assert model.classifier.in_features == 32
     assert model.head_norm.weight is None  # BatchNorm1d without affine parameters
     model.head_norm.running_mean.uniform_(-1, 1)
@@ -98,7 +101,7 @@ def test_mean_pooling_is_masked_token_mean_then_batchnorm_then_linear():
 
 
 def test_mean_pooling_refuses_a_single_clip_in_training():
-    model = MatpacForAudioClassification(tiny_config(classifier_pooling="mean")).train()
+    model = MatpacForAudioClassification(head_config(classifier_pooling="mean")).train()
     with pytest.raises(ValueError, match="at least 2 clips"):
         model(torch.randn(1, 32, 80))
     model.eval()
@@ -106,7 +109,7 @@ def test_mean_pooling_refuses_a_single_clip_in_training():
 
 
 def test_dropout_sits_before_the_classifier():
-    model = MatpacForAudioClassification(tiny_config(classifier_dropout=0.5))
+    model = MatpacForAudioClassification(head_config(classifier_dropout=0.5))
     assert model.dropout.p == 0.5
     input_values, attention_mask = padded_batch()
     model.train()
@@ -118,7 +121,7 @@ def test_dropout_sits_before_the_classifier():
 
 
 def test_hidden_states_are_returned_in_frame_layout():
-    model = MatpacForAudioClassification(tiny_config()).eval()
+    model = MatpacForAudioClassification(head_config()).eval()
     outputs = model(torch.randn(2, 64, 80), output_hidden_states=True)
     assert len(outputs.hidden_states) == 2  # embeddings + 1 block
     assert outputs.hidden_states[-1].shape == (2, 4, 160)
@@ -132,7 +135,7 @@ def test_hidden_states_are_returned_in_frame_layout():
 
 def test_single_label_loss_is_cross_entropy():
     torch.manual_seed(0)
-    model = MatpacForAudioClassification(tiny_config()).eval()
+    model = MatpacForAudioClassification(head_config()).eval()
     labels = torch.tensor([2, 0])
     outputs = model(torch.randn(2, 48, 80), labels=labels)
     assert model.config.problem_type == "single_label_classification"
@@ -141,7 +144,7 @@ def test_single_label_loss_is_cross_entropy():
 
 def test_multi_label_loss_is_bce_with_logits():
     torch.manual_seed(0)
-    model = MatpacForAudioClassification(tiny_config()).eval()
+    model = MatpacForAudioClassification(head_config()).eval()
     targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
     outputs = model(torch.randn(2, 48, 80), labels=targets)  # float targets -> multi-label (transformers' rule)
     assert model.config.problem_type == "multi_label_classification"
@@ -156,7 +159,7 @@ def test_multi_label_loss_is_bce_with_logits():
 @pytest.mark.parametrize("num_labels", [1, 2])
 def test_regression_loss_is_mse(num_labels):
     torch.manual_seed(0)
-    model = MatpacForAudioClassification(tiny_config(num_labels=num_labels)).eval()
+    model = MatpacForAudioClassification(head_config(num_labels=num_labels)).eval()
     targets = torch.randn(2, num_labels)
     if num_labels == 1:
         model.config.problem_type = None  # one output -> regression (transformers' rule)
@@ -170,7 +173,7 @@ def test_regression_loss_is_mse(num_labels):
 
 
 def test_bad_labels_raise_clear_errors():
-    model = MatpacForAudioClassification(tiny_config(problem_type="single_label_classification")).eval()
+    model = MatpacForAudioClassification(head_config(problem_type="single_label_classification")).eval()
     with pytest.raises(ValueError, match="multi_label_classification"):
         model(torch.randn(2, 48, 80), labels=torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 2\]"):
@@ -186,7 +189,7 @@ def test_bad_labels_raise_clear_errors():
 
 
 def test_freeze_encoder_trains_only_the_head(tmp_path):
-    model = MatpacForAudioClassification(tiny_config(freeze_encoder=True))
+    model = MatpacForAudioClassification(head_config(freeze_encoder=True))
     assert not any(p.requires_grad for p in model.matpac.parameters())
     model(torch.randn(2, 48, 80), labels=torch.tensor([0, 1])).loss.backward()
     assert all(p.grad is None for p in model.matpac.parameters())
@@ -199,7 +202,7 @@ def test_freeze_encoder_trains_only_the_head(tmp_path):
     assert reloaded.classifier.weight.requires_grad
 
     # the method freezes a full fine-tuning model and records it in the config
-    full = MatpacForAudioClassification(tiny_config())
+    full = MatpacForAudioClassification(head_config())
     assert all(p.requires_grad for p in full.matpac.parameters())
     full.freeze_encoder()
     assert full.config.freeze_encoder and not any(p.requires_grad for p in full.matpac.parameters())
@@ -208,7 +211,7 @@ def test_freeze_encoder_trains_only_the_head(tmp_path):
 @pytest.mark.parametrize("pooling", ["concat", "mean"])
 def test_save_load_round_trip(tmp_path, pooling):
     labels = ["dog", "rain", "siren"]
-    config = tiny_config(
+    config = head_config(
         classifier_pooling=pooling, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
     )
     model = MatpacForAudioClassification(config).train()
@@ -227,13 +230,13 @@ def test_save_load_round_trip(tmp_path, pooling):
 
 
 def test_encoder_checkpoint_loads_into_the_classifier(tmp_path):
-    encoder = MatpacModel(tiny_config())
+    encoder = MatpacModel(head_config())
     encoder.save_pretrained(tmp_path)
     model = MatpacForAudioClassification.from_pretrained(tmp_path, num_labels=4)
     assert model.classifier.out_features == 4
     for name, parameter in encoder.state_dict().items():
         torch.testing.assert_close(model.matpac.state_dict()[name], parameter)
-    auto = AutoModelForAudioClassification.from_config(tiny_config())
+    auto = AutoModelForAudioClassification.from_config(head_config())
     assert isinstance(auto, MatpacForAudioClassification)
 
 
@@ -276,7 +279,7 @@ def test_multi_label_modules_match_sklearn():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The example script, end to end, and the pipeline on its output
+# The example script, end to end (in process), and the pipeline on its output
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -301,110 +304,102 @@ def generated_data(tmp_path_factory):
         writer.writeheader()
         writer.writerows(rows)
     torch.manual_seed(0)
-    MatpacModel(tiny_config()).save_pretrained(root / "tiny_matpac")
+    MatpacModel(head_config()).save_pretrained(root / "tiny_matpac")
     return root
 
 
-def run_script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        str(SCRIPT),
-        "--num_train_epochs",
-        "2",
-        "--per_device_train_batch_size",
-        "4",
-        "--per_device_eval_batch_size",
-        "4",
-        "--learning_rate",
-        "1e-3",
-        "--use_cpu",
-        "--seed",
-        "0",
-        "--max_length_seconds",
-        "1.0",
-        "--dataloader_num_workers",
-        "0",
-        *args,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+def run_script(*args: str) -> dict:
+    """`main(argv)` in this process with small training settings; returns the final evaluation metrics."""
+    common = ["--num_train_epochs", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4"]
+    common += ["--learning_rate", "1e-3", "--use_cpu", "--seed", "0", "--max_length_seconds", "1.0"]
+    common += ["--dataloader_num_workers", "0", "--report_to", "none"]
+    return script.main([*common, *map(str, args)])
 
 
 @pytest.fixture(scope="module")
-def single_label_run(generated_data, hub_stub):
+def in_process_hub(hub_stub):
+    """The Hub stub for in-process code: transformers' shared HfApi points at it (huggingface_hub read the
+    environment at import time), and Xet is off (the stub speaks basic LFS)."""
+    import transformers.utils.hub as transformers_hub
+    from huggingface_hub import HfApi, constants
+
+    api = HfApi(endpoint=hub_stub.endpoint, token=hub_stub.token, library_name="transformers")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(transformers_hub, "_hf_api", api)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        yield hub_stub
+
+
+@pytest.fixture(scope="module")
+def single_label_run(generated_data, in_process_hub):
     """Fine-tunes the tiny encoder on the audiofolder with augmentation and pushes it to the local Hub stub."""
     output_dir = generated_data / "single_label_run"
     run_script(
-        "--model_name_or_path",
-        str(generated_data / "tiny_matpac"),
-        "--dataset_name",
-        str(generated_data / "folder"),
-        "--output_dir",
-        str(output_dir),
-        "--aug_gain",
-        "0.5",
-        "--aug_noise",
-        "0.5",
-        "--aug_time_shift",
-        "0.5",
-        "--push_to_hub",
-        "--hub_model_id",
-        "stub-user/matpac-tones",
+        *("--model_name_or_path", generated_data / "tiny_matpac", "--dataset_name", generated_data / "folder"),
+        *("--output_dir", output_dir, "--aug_gain", "0.5", "--aug_noise", "0.5", "--aug_time_shift", "0.5"),
+        *("--push_to_hub", "--hub_model_id", "stub-user/matpac-tones"),
     )
     return output_dir
 
 
-@pytest.mark.slow
-def test_script_single_label_audiofolder(single_label_run, hub_stub):
+def held_out_clips(folder: Path, fraction: float = 0.15, seed: int = 0):
+    """The evaluation clips the script holds out of `folder` (same loader, same split), decoded, with their labels."""
+    train = load_audio_dataset(str(folder))["train"]
+    _, held_out = hold_out_split(train, fraction, "label", seed)
+    return [decode_audio(path) for path in held_out["audio"]], held_out["label"]
+
+
+def test_script_single_label_audiofolder(single_label_run, in_process_hub, generated_data):
     metrics = json.loads((single_label_run / "eval_results.json").read_text())
-    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
-    assert math.isfinite(metrics["eval_loss"])
     config = json.loads((single_label_run / "config.json").read_text())
-    assert sorted(config["id2label"].values()) == sorted(TONE_HZ)
+    assert (
+        sorted(config["id2label"].values()) == sorted(TONE_HZ) and config.get("use_weighted_layer_sum", False) is False
+    )
     assert config["problem_type"] == "single_label_classification"
     state = json.loads((single_label_run / "trainer_state.json").read_text())
     assert [round(entry["epoch"]) for entry in state["log_history"] if "eval_accuracy" in entry] == [1, 2]
     assert state["best_metric"] is not None  # load_best_model_at_end tracked the best checkpoint
+
+    # the reported accuracy is the saved model's on the held-out clips (whole clips, through the feature extractor)
+    waveforms, names = held_out_clips(generated_data / "folder")
+    model = MatpacForAudioClassification.from_pretrained(single_label_run).eval()
+    feature_extractor = MatpacFeatureExtractor.from_pretrained(single_label_run)
+    with torch.no_grad():
+        logits = model(**feature_extractor(waveforms, sampling_rate=SAMPLING_RATE, return_tensors="pt")).logits
+    predicted = [model.config.id2label[int(index)] for index in logits.argmax(-1)]
+    assert len(names) == 4 and metrics["eval_accuracy"] == pytest.approx(np.mean(np.array(predicted) == names))
+    assert math.isfinite(metrics["eval_loss"])
+
     card = (single_label_run / "README.md").read_text()
     assert "pipeline_tag: audio-classification" in card and "library_name: transformers" in card
-    assert "Quelennec" in card and "accuracy" in card
+    assert "Quelennec" in card and f"| accuracy | {metrics['eval_accuracy']:.4f} |" in card
+    assert str(generated_data) not in card  # no local paths
     assert (single_label_run / "preprocessor_config.json").exists()
-
-    pushed = hub_stub.files("stub-user/matpac-tones")
+    pushed = in_process_hub.files("stub-user/matpac-tones")
     assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"} <= set(pushed)
-    pushed_card = hub_stub.read_blob(pushed["README.md"].sha256).decode()
+    pushed_card = in_process_hub.read_blob(pushed["README.md"].sha256).decode()
     assert pushed_card == card and "stub-user/matpac-tones" in pushed_card
 
 
-@pytest.mark.slow
-def test_script_multi_label_csv(generated_data):
+def test_script_multi_label_csv_with_weighted_layer_sum_and_frozen_encoder(generated_data):
     output_dir = generated_data / "multi_label_run"
-    run_script(
-        "--config_overrides",
-        "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
-        "--train_file",
-        str(generated_data / "tags.csv"),
-        "--audio_column_name",
-        "file",
-        "--label_column_name",
-        "tags",
-        "--label_separator",
-        ";",
-        "--train_val_split",
-        "0.25",
-        "--output_dir",
-        str(output_dir),
-        "--classifier_pooling",
-        "mean",
+    metrics = run_script(
+        *("--config_overrides", "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"),
+        *("--train_file", generated_data / "tags.csv", "--audio_column_name", "file", "--label_column_name", "tags"),
+        *("--label_separator", ";", "--train_val_split", "0.25", "--output_dir", output_dir),
+        *("--classifier_pooling", "mean", "--use_weighted_layer_sum", "--freeze_encoder"),
     )
-    metrics = json.loads((output_dir / "eval_results.json").read_text())
-    assert 0.0 <= metrics["eval_mean_average_precision"] <= 1.0
-    assert 0.0 <= metrics["eval_roc_auc"] <= 1.0
+    assert 0.0 <= metrics["eval_mean_average_precision"] <= 1.0 and 0.0 <= metrics["eval_roc_auc"] <= 1.0
     config = json.loads((output_dir / "config.json").read_text())
-    assert config["problem_type"] == "multi_label_classification"
-    assert config["classifier_pooling"] == "mean"
+    assert config["problem_type"] == "multi_label_classification" and config["classifier_pooling"] == "mean"
+    assert config["use_weighted_layer_sum"] is True and config["freeze_encoder"] is True
     assert sorted(config["id2label"].values()) == sorted(TONE_HZ)
+
+    # frozen encoder: only the layer weights and the head train
+    model = MatpacForAudioClassification.from_pretrained(output_dir)
+    initial = torch.full_like(model.layer_weights, 1 / model.layer_weights.numel())  # uniform at initialisation
+    assert model.layer_weights.shape == (3,) and not torch.allclose(model.layer_weights, initial)
+    assert not any(p.requires_grad for p in model.matpac.parameters()) and model.layer_weights.requires_grad
 
     classifier = pipeline("audio-classification", model=str(output_dir))
     clip = tone(TONE_HZ["mid"], 1.0, np.random.default_rng(1))
@@ -417,7 +412,6 @@ def test_script_multi_label_csv(generated_data):
         assert by_label[name] == pytest.approx(float(expected[index]), abs=1e-5)
 
 
-@pytest.mark.slow
 def test_pipeline_on_the_fine_tuned_folder(single_label_run):
     classifier = pipeline("audio-classification", model=str(single_label_run))
     assert isinstance(classifier.model, MatpacForAudioClassification)
@@ -444,19 +438,32 @@ def test_pipeline_on_the_fine_tuned_folder(single_label_run):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The script's data helpers
+# Data loading (matpac_hf.classification_data) and the script's checks
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def load_script_module():
-    spec = importlib.util.spec_from_file_location("run_audio_classification", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_audio_folders_load_undecoded_without_torchcodec(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, label in (("train", "dog"), ("train", "rain"), ("validation", "dog"), ("validation", "rain")):
+        (tmp_path / "split" / split / label).mkdir(parents=True)
+        sf.write(tmp_path / "split" / split / label / "0.wav", tone(440.0, 0.1, rng), SAMPLING_RATE)
+    splits = load_audio_dataset(str(tmp_path / "split"))
+    assert sorted(splits) == ["train", "validation"] and splits["train"]["label"] == ["dog", "rain"]
+    assert splits["train"]["audio"] == [str(tmp_path / "split" / "train" / name / "0.wav") for name in ("dog", "rain")]
+
+    (tmp_path / "meta" / "clips").mkdir(parents=True)
+    sf.write(tmp_path / "meta" / "clips" / "a.wav", tone(440.0, 0.1, rng), SAMPLING_RATE)
+    (tmp_path / "meta" / "metadata.csv").write_text("file_name,label,fold\nclips/a.wav,dog,3\n")
+    meta = load_audio_dataset(str(tmp_path / "meta"))["train"]
+    assert meta[0] == {"audio": str(tmp_path / "meta" / "clips" / "a.wav"), "label": "dog", "fold": 3}
+
+    (tmp_path / "flat").mkdir()
+    sf.write(tmp_path / "flat" / "a.wav", tone(440.0, 0.1, rng), SAMPLING_RATE)
+    with pytest.raises(ValueError, match="not inside class folders"):
+        load_audio_dataset(str(tmp_path / "flat"))
 
 
-def test_bad_audio_is_refused_or_dropped_with_a_listing(tmp_path):
-    script = load_script_module()
+def test_bad_audio_is_refused_or_dropped_and_counted(tmp_path, caplog):
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -464,109 +471,99 @@ def test_bad_audio_is_refused_or_dropped_with_a_listing(tmp_path):
             sf.write(tmp_path / name / f"{index}.wav", tone(440.0, 0.3, rng), SAMPLING_RATE)
     (tmp_path / "a" / "broken.wav").write_bytes(b"not a wav file")
     sf.write(tmp_path / "b" / "tiny.wav", np.zeros(100, dtype=np.float32), SAMPLING_RATE)  # < 400 samples
+    train = load_audio_dataset(str(tmp_path))["train"]
+    assert len(train) == 8
 
-    splits = script.scan_audio_folder(tmp_path, "audio", "label")
-    assert splits["train"].features["label"].names == ["a", "b"]
-    data_args = script.DataArguments(dataset_name=str(tmp_path))
-    with pytest.raises(ValueError, match=r"(?s)2 of 8 train clips.*broken\.wav.*tiny\.wav.*--skip_bad_audio"):
-        script.drop_or_refuse_bad_audio(splits, data_args, 400 / SAMPLING_RATE)
-    data_args.skip_bad_audio = True
-    kept = script.drop_or_refuse_bad_audio(splits, data_args, 400 / SAMPLING_RATE)
-    assert len(kept["train"]) == 6
-
-    # decoding: stereo is averaged to mono and 8 kHz is resampled to 16 kHz
-    stereo = np.stack([tone(440.0, 0.5, rng), np.zeros(8000, np.float32)], axis=1)
-    sf.write(tmp_path / "stereo.wav", stereo[::2], 8000)
-    audio = script.load_audio(str(tmp_path / "stereo.wav"), SAMPLING_RATE)
-    assert audio.ndim == 1 and abs(audio.size - 8000) <= 2
-    assert np.abs(audio).max() == pytest.approx(np.abs(stereo[:, 0]).max() / 2, rel=0.1)
+    with pytest.raises(ValueError, match=r"broken\.wav.*--bad_audio skip"):
+        drop_or_refuse_bad_audio(train, "audio", SAMPLING_RATE, min_samples=400, bad_audio="error")
+    with caplog.at_level("WARNING"):
+        kept = drop_or_refuse_bad_audio(train, "audio", SAMPLING_RATE, min_samples=400, bad_audio="skip")
+    assert len(kept) == 6 and not any(path.endswith(("broken.wav", "tiny.wav")) for path in kept["audio"])
+    assert "dropped 2 of 8" in caplog.text and "tiny.wav: shorter than 400 samples" in caplog.text
+    # the script applies the policy before training: the default refuses, naming the file
+    with pytest.raises(ValueError, match=r"broken\.wav"):
+        script.main(["--dataset_name", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--use_cpu"])
 
 
-def test_label_encoder_multi_label_from_separator():
-    import datasets
-
-    script = load_script_module()
+def test_class_labels_multi_label_from_separator():
     splits = datasets.DatasetDict(
         {
             "train": datasets.Dataset.from_dict({"label": ["dog;bark", "cat", "dog"]}),
             "eval": datasets.Dataset.from_dict({"label": ["cat;dog"]}),
         }
     )
-    encoder = script.LabelEncoder(splits, "label", ";")
-    assert encoder.multi_label and encoder.class_names == ["bark", "cat", "dog"]
+    encoder = ClassLabels.from_dataset(splits, "label", ";")
+    assert encoder.multi_label and encoder.names == ["bark", "cat", "dog"]
     np.testing.assert_array_equal(encoder("dog;bark"), [1.0, 0.0, 1.0])
-    single = script.LabelEncoder(splits, "label", None)
-    assert not single.multi_label and single("cat") == single.class_names.index("cat")
+    single = ClassLabels.from_dataset(splits, "label")
+    assert not single.multi_label and single("cat") == single.names.index("cat")
+    listed = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": [["b", "a"], ["c"]]})})
+    np.testing.assert_array_equal(ClassLabels.from_dataset(listed, "label")(["c", "a"]), [1.0, 0.0, 1.0])
 
 
-def test_label_encoder_sorts_integer_labels_numerically(caplog):
-    import datasets
-
-    script = load_script_module()
+def test_class_labels_sort_integer_labels_numerically(caplog):
     splits = datasets.DatasetDict(
         {
             "train": datasets.Dataset.from_dict({"label": [11, 2, 0, 10, 1, 3, 4, 5, 6, 7, 8, 9]}),
             "eval": datasets.Dataset.from_dict({"label": [10, 2]}),
         }
     )
-    with caplog.at_level("INFO", logger="run_audio_classification"):
-        encoder = script.LabelEncoder(splits, "label", None)
-    assert encoder.class_names == [str(value) for value in range(12)]  # not '0', '1', '10', '11', '2', ...
+    with caplog.at_level("INFO", logger="matpac_hf.classification_data"):
+        encoder = ClassLabels.from_dataset(splits, "label")
+    assert encoder.names == [str(value) for value in range(12)]  # not '0', '1', '10', '11', '2', ...
     assert [encoder(value) for value in (0, 2, 10, 11)] == [0, 2, 10, 11]  # identity mapping
     assert "'10' -> 10" in caplog.text and "'2' -> 2" in caplog.text
-    config = tiny_config(num_labels=12)
-    script.configure_for_dataset(config, script.ModelArguments(), encoder.class_names, multi_label=False)
+    config = head_config(num_labels=12)
+    script.configure_for_dataset(config, script.ModelArguments(), encoder.names, multi_label=False)
     assert config.id2label[2] == "2" and config.id2label[10] == "10" and config.label2id["11"] == 11
 
     # integer strings split on a separator (multi-label) sort the same way; other names sort as strings
-    multi = script.LabelEncoder(
-        datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": ["2;10", "1", "3;20"]})}), "label", ";"
-    )
-    assert multi.class_names == ["1", "2", "3", "10", "20"]
+    multi = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": ["2;10", "1", "3;20"]})})
+    multi = ClassLabels.from_dataset(multi, "label", ";")
+    assert multi.names == ["1", "2", "3", "10", "20"]
     np.testing.assert_array_equal(multi("2;10"), [0, 1, 0, 1, 0])
-    named = script.LabelEncoder(
-        datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": ["b10", "b2", "a"]})}), "label", None
+    named = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": ["b10", "b2", "a"]})})
+    assert ClassLabels.from_dataset(named, "label").names == ["a", "b10", "b2"]
+    class_label = datasets.Dataset.from_dict({"label": [1, 0]}).cast_column(
+        "label", datasets.ClassLabel(names=["x", "y"])
     )
-    assert named.class_names == ["a", "b10", "b2"]
+    assert ClassLabels.from_dataset({"train": class_label}, "label").names == ["x", "y"]
 
     floats = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": [0.5, 1.5]})})
     with pytest.raises(ValueError, match="not regression"):
-        script.LabelEncoder(floats, "label", None)
+        ClassLabels.from_dataset(floats, "label")
 
 
-def test_freeze_encoder_flag_is_tri_state(tmp_path):
-    from transformers import AutoConfig, HfArgumentParser
-
-    script = load_script_module()
+@pytest.mark.parametrize("flag", ["freeze_encoder", "use_weighted_layer_sum"])
+def test_head_flags_are_tri_state(tmp_path, flag):
     parser = HfArgumentParser(script.ModelArguments)
-    parse = lambda *argv: parser.parse_args_into_dataclasses(list(argv))[0].freeze_encoder  # noqa: E731
-    assert parse() is None and parse("--freeze_encoder") is True
-    assert parse("--freeze_encoder", "False") is False and parse("--freeze_encoder", "true") is True
+    parse = lambda *argv: getattr(parser.parse_args_into_dataclasses(list(argv))[0], flag)  # noqa: E731
+    assert parse() is None and parse(f"--{flag}") is True
+    assert parse(f"--{flag}", "False") is False and parse(f"--{flag}", "true") is True
 
     labels = ["dog", "rain", "siren"]
     label_maps = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
-    MatpacForAudioClassification(tiny_config(freeze_encoder=True, **label_maps)).save_pretrained(tmp_path)
-    for flag, expected in ((None, True), (True, True), (False, False)):
+    MatpacForAudioClassification(head_config(**{flag: True}, **label_maps)).save_pretrained(tmp_path)
+    for given, expected in ((None, True), (True, True), (False, False)):
         config = AutoConfig.from_pretrained(tmp_path)
-        script.configure_for_dataset(config, script.ModelArguments(freeze_encoder=flag), labels, multi_label=False)
-        assert config.freeze_encoder is expected
-    # an explicit False fine-tunes the whole model of a checkpoint saved frozen
-    model = MatpacForAudioClassification.from_pretrained(tmp_path, config=config)
-    assert all(p.requires_grad for p in model.parameters())
+        script.configure_for_dataset(config, script.ModelArguments(**{flag: given}), labels, multi_label=False)
+        assert getattr(config, flag) is expected
+    model = MatpacForAudioClassification.from_pretrained(tmp_path, config=config)  # the explicit False wins
+    if flag == "freeze_encoder":  # a checkpoint saved frozen fine-tunes the whole model
+        assert all(p.requires_grad for p in model.parameters())
+    else:
+        assert not hasattr(model, "layer_weights") or model.layer_weights is None
 
 
 def test_classifier_checkpoint_with_other_labels_warns_or_refuses(tmp_path, caplog):
-    from transformers import AutoConfig
-
-    script = load_script_module()
     labels = ["dog", "rain", "siren"]
     MatpacForAudioClassification(
-        tiny_config(id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+        head_config(id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     ).save_pretrained(tmp_path)
 
     def configure(class_names, **model_args):
         config = AutoConfig.from_pretrained(tmp_path)
-        with caplog.at_level("WARNING", logger="run_audio_classification"):
+        with caplog.at_level("WARNING", logger="matpac_hf.classification_data"):
             script.configure_for_dataset(config, script.ModelArguments(**model_args), class_names, multi_label=False)
         return config
 
@@ -581,7 +578,7 @@ def test_classifier_checkpoint_with_other_labels_warns_or_refuses(tmp_path, capl
     configure(["cat", "dog"], ignore_mismatched_sizes=True)
     assert "re-initialised" in caplog.text
     # an encoder checkpoint has no classifier to compare with
-    MatpacModel(tiny_config()).save_pretrained(tmp_path / "encoder")
+    MatpacModel(head_config()).save_pretrained(tmp_path / "encoder")
     caplog.clear()
     config = AutoConfig.from_pretrained(tmp_path / "encoder")
     script.configure_for_dataset(config, script.ModelArguments(), ["cat", "dog"], multi_label=False)
@@ -589,15 +586,14 @@ def test_classifier_checkpoint_with_other_labels_warns_or_refuses(tmp_path, capl
 
 
 def test_data_source_conflicts_and_feature_extractor_errors(tmp_path):
-    script = load_script_module()
     with pytest.raises(ValueError, match="not both"):
         script.DataArguments(dataset_name="some/dataset", train_file="train.csv")
     with pytest.raises(ValueError, match="--validation_file .* needs --train_file"):
         script.DataArguments(dataset_name="some/dataset", validation_file="valid.csv")
 
     (tmp_path / "empty").mkdir()
-    MatpacModel(tiny_config()).save_pretrained(tmp_path / "encoder")  # no preprocessor_config.json
-    config = tiny_config()
+    MatpacModel(head_config()).save_pretrained(tmp_path / "encoder")  # no preprocessor_config.json
+    config = head_config()
     with pytest.raises(ValueError, match="--feature_extractor_name .*empty.* could not be loaded"):
         script.load_feature_extractor(script.ModelArguments(feature_extractor_name=str(tmp_path / "empty")), config)
     # no extractor given and none in the checkpoint: the config's front end
@@ -612,41 +608,31 @@ def test_data_source_conflicts_and_feature_extractor_errors(tmp_path):
 
 
 def test_held_out_evaluation_split_is_stratified_for_string_labels(caplog):
-    import datasets
-
-    script = load_script_module()
     labels = ["dog"] * 10 + ["rain"] * 10 + ["siren"] * 10
     train = datasets.Dataset.from_dict({"audio": [f"{i}.wav" for i in range(30)], "label": labels})
-    data_args = script.DataArguments(dataset_name="unused", train_val_split=0.3)
-    splits = script.select_splits(datasets.DatasetDict({"train": train}), data_args, seed=0)
-    assert sorted(splits["eval"]["label"]) == ["dog"] * 3 + ["rain"] * 3 + ["siren"] * 3
-    assert splits["train"].column_names == ["audio", "label"] and splits["train"].features == train.features
+    kept, held_out = hold_out_split(train, 0.3, "label", seed=0)
+    assert sorted(held_out["label"]) == ["dog"] * 3 + ["rain"] * 3 + ["siren"] * 3
+    assert kept.column_names == ["audio", "label"] and kept.features == train.features
     assert caplog.text == ""
 
     # a class with one clip cannot be stratified: a random hold-out, with a warning
     lonely = datasets.Dataset.from_dict({"audio": [f"{i}.wav" for i in range(31)], "label": labels + ["cat"]})
-    with caplog.at_level("WARNING", logger="run_audio_classification"):
-        splits = script.select_splits(datasets.DatasetDict({"train": lonely}), data_args, seed=0)
+    with caplog.at_level("WARNING", logger="matpac_hf.classification_data"):
+        kept, held_out = hold_out_split(lonely, 0.3, "label", seed=0)
     assert "Cannot hold out a class-stratified evaluation split" in caplog.text
-    assert len(splits["eval"]) + len(splits["train"]) == 31
+    assert len(kept) + len(held_out) == 31
 
 
 @pytest.mark.parametrize("pooling", ["concat", "mean"])
 def test_model_card_reads_sizes_from_the_config_and_records_the_setup(tmp_path, pooling):
-    script = load_script_module()
-    config = tiny_config(classifier_pooling=pooling, freeze_encoder=True, classifier_dropout=0.1)
+    config = head_config(classifier_pooling=pooling, freeze_encoder=True, classifier_dropout=0.1)
     data_args = script.DataArguments(dataset_name="some/dataset", aug_gain=0.5, aug_time_shift=0.25)
     training_args = script.AudioClassificationTrainingArguments(output_dir=str(tmp_path), report_to="none")
+    labels = ClassLabels(["a", "b"], multi_label=False)
+    _, augment = script.build_augmentation(data_args)
+    metrics = {"eval_accuracy": 0.5, "eval_runtime": 1.0}
     script.write_model_card(
-        str(tmp_path),
-        script.ModelArguments(),
-        data_args,
-        training_args,
-        config,
-        ["a", "b"],
-        False,
-        "the 'validation' split",
-        {"eval_accuracy": 0.5},
+        script.ModelArguments(), data_args, training_args, config, labels, "the 'validation' split", metrics, augment
     )
     card = (tmp_path / "README.md").read_text()
     assert "3840" not in card and "768-d" not in card
@@ -655,6 +641,7 @@ def test_model_card_reads_sizes_from_the_config_and_records_the_setup(tmp_path, 
     for row in (
         f"| classifier_pooling | {pooling} |",
         "| freeze_encoder | True |",
+        "| use_weighted_layer_sum | False |",
         "| classifier_dropout | 0.1 |",
         "| aug_gain | 0.5 |",
         "| aug_gain_db | 6.0 |",
@@ -662,21 +649,19 @@ def test_model_card_reads_sizes_from_the_config_and_records_the_setup(tmp_path, 
         "| accuracy | 0.5000 |",
     ):
         assert row in card, row
-    assert "aug_noise" not in card and "aug_pitch_shift" not in card  # off: not listed
-
-    no_augmentation = script.augmentation_settings(script.DataArguments(dataset_name="some/dataset"))
-    assert no_augmentation == {"augmentation": "none"}
+    assert "aug_noise" not in card and "aug_pitch_shift" not in card and "runtime" not in card  # off: not listed
+    assert script.build_augmentation(script.DataArguments(dataset_name="d")) == (None, {"augmentation": "none"})
+    with pytest.raises(ValueError, match="--aug_noise_snr_db must be 'min,max'"):
+        script.build_augmentation(script.DataArguments(dataset_name="d", aug_noise=0.5, aug_noise_snr_db="40,10"))
 
 
 def test_pipeline_workaround_for_files_at_other_rates(tmp_path):
     """transformers' audio-classification pipeline needs torchaudio to resample and ffmpeg to read files; the README's
-    workaround decodes with matpac_hf.data.decode_audio (soundfile + soxr) and passes a 16 kHz array."""
+    workaround decodes with matpac_hf.audio_io.decode_audio (soundfile + soxr) and passes a 16 kHz array."""
     import soxr
 
-    from matpac_hf.data import decode_audio
-
     torch.manual_seed(0)
-    MatpacForAudioClassification(tiny_config()).save_pretrained(tmp_path / "model")
+    MatpacForAudioClassification(head_config()).save_pretrained(tmp_path / "model")
     MatpacFeatureExtractor().save_pretrained(tmp_path / "model")
     classifier = pipeline("audio-classification", model=str(tmp_path / "model"))
 
