@@ -9,29 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config  # max_frames=64: 5 x 4 = 20 patches, 6 visible, 14 masked
 from transformers import AutoModelForPreTraining
 
 from matpac_hf import MatpacConfig, MatpacForPreTraining, MatpacModel
 from matpac_hf.modeling_matpac import ema_decays_at, mcl_temperature_at, teacher_temperature_at
-
-
-def tiny_config(**overrides) -> MatpacConfig:
-    values = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        decoder_hidden_size=32,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=64,
-        head_hidden_size=48,
-        head_bottleneck_size=16,
-        head_num_prototypes=40,
-        max_frames=64,  # 5 x 4 = 20 patches: 6 visible, 14 masked
-    )
-    values.update(overrides)
-    return MatpacConfig(**values)
 
 
 def tiny_model(seed: int = 0, **overrides) -> MatpacForPreTraining:
@@ -380,6 +362,145 @@ def test_monitors_have_the_documented_meaning():
     assert tuple_outputs[3].shape == (4, 20) and tuple_outputs[3].dtype == torch.bool  # loss, losses, mask, ...
 
 
+# ------------------------------------------------------------------------------------------- short clips (padding)
+
+
+def _outputs_and_gradients(model, values, **kwargs):
+    outputs = model(values, **kwargs)
+    outputs.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return outputs, grads
+
+
+@pytest.mark.parametrize("use_mcl", [False, True], ids=["matpac", "matpac++"])
+def test_all_ones_attention_mask_gives_exactly_the_unmasked_numbers(use_mcl):
+    values, noise = log_mel(3, 64), torch.rand(3, 20, generator=torch.Generator().manual_seed(4))
+    runs = []
+    for attention_mask in (None, torch.ones(3, 64, dtype=torch.long)):
+        model = tiny_model(use_mcl=use_mcl).train()
+        outputs, grads = _outputs_and_gradients(model, values, attention_mask=attention_mask, step=7, noise=noise)
+        runs.append((outputs, grads, model.center.clone()))
+    (plain, plain_grads, plain_center), (masked, masked_grads, masked_center) = runs
+    for key, value in plain.items():
+        assert torch.equal(value, masked[key]), key
+    assert plain_grads.keys() == masked_grads.keys() and len(plain_grads) > 30
+    for name, grad in plain_grads.items():
+        assert torch.equal(grad, masked_grads[name]), name
+    assert torch.equal(plain_center, masked_center) and plain_center.abs().sum() > 0
+    assert plain.valid_patches.all() and plain.valid_predictions.all() and plain.valid_predictions.shape == (3, 14)
+
+
+# 4 columns of 16 frames per 64-frame crop: clip lengths 64, 40 and 17 frames -> 4, 3 and 2 valid columns (a column
+# with at least one valid frame counts), i.e. 20, 15 and 10 valid patches: 6 / 4 / 3 visible, 14 / 11 / 7 masked.
+CLIP_FRAMES = [64, 40, 17]
+CLIP_COLUMNS = [4, 3, 2]
+
+
+def _padded_batch():
+    values = log_mel(3, 64, seed=3)
+    attention_mask = (torch.arange(64)[None, :] < torch.tensor(CLIP_FRAMES)[:, None]).long()
+    noise = torch.rand(3, 20, generator=torch.Generator().manual_seed(6))
+    return values, attention_mask, noise
+
+
+def _clip_alone(values, noise, b):
+    """Clip `b` of the padded batch on its own: cut to its valid columns, its padded frames zeroed (the model's rule)."""
+    columns = CLIP_COLUMNS[b]
+    clip = values[b : b + 1, : columns * 16].clone()
+    clip[:, CLIP_FRAMES[b] :] = 0.0
+    return clip, noise[b].view(5, 4)[:, :columns].reshape(1, -1)
+
+
+def test_padded_patches_are_never_visible_nor_targets_and_their_values_do_not_matter():
+    model = tiny_model().train()
+    student_inputs, teacher_inputs = [], []
+    capture_inputs(model.matpac.encoder, student_inputs)
+    capture_inputs(model.teacher_encoder, teacher_inputs)
+    values, attention_mask, noise = _padded_batch()
+    outputs = model(values, attention_mask=attention_mask, step=2, noise=noise)
+
+    column = torch.arange(20) % 4  # frequency-major patches: column of each patch
+    valid = column[None, :] < torch.tensor(CLIP_COLUMNS)[:, None]  # (3, 20)
+    assert torch.equal(outputs.valid_patches, valid)
+    assert not (outputs.mask & ~valid).any()  # padded patches are never targets
+    assert outputs.mask.sum(1).tolist() == [14, 11, 7]
+    assert outputs.predictions.shape == (3, 14, 32) and outputs.valid_predictions.sum(1).tolist() == [14, 11, 7]
+    # the student sees exactly each clip's visible patches (6, 4, 3 of them), the teacher exactly its masked ones
+    patch_tokens = model.matpac.embeddings.embed_patches(values.masked_fill(~attention_mask.bool()[..., None], 0))
+    student_tokens, teacher_tokens = student_inputs[0][0], teacher_inputs[0][0]
+    assert student_tokens.shape == (3, 1 + 6, 32) and teacher_tokens.shape == (3, 1 + 14, 32)
+    for b, (num_visible, num_masked) in enumerate([(6, 14), (4, 11), (3, 7)]):
+        order = [p for p in noise[b].argsort().tolist() if valid[b, p]]
+        visible, masked = order[:num_visible], order[num_visible:]
+        assert set(visible) | set(masked) == set(valid[b].nonzero().flatten().tolist())
+        assert outputs.mask[b].nonzero().flatten().tolist() == sorted(masked)
+        torch.testing.assert_close(student_tokens[b, 1 : 1 + num_visible], patch_tokens.detach()[b, visible])
+        torch.testing.assert_close(teacher_tokens[b, 1 : 1 + num_masked], patch_tokens.detach()[b, masked])
+
+    # whatever the padding holds (even NaN), nothing changes: losses, center, gradients
+    runs = []
+    for fill in (0.0, float("nan"), 1e4):
+        model = tiny_model().train()
+        padded = values.masked_fill(~attention_mask.bool()[..., None], fill)
+        result, grads = _outputs_and_gradients(model, padded, attention_mask=attention_mask, step=2, noise=noise)
+        runs.append((result, grads, model.center.clone()))
+    for result, grads, center in runs[1:]:
+        assert torch.equal(result.loss, runs[0][0].loss) and torch.equal(center, runs[0][2])
+        for name, grad in runs[0][1].items():
+            assert torch.equal(grads[name], grad), name
+
+
+@pytest.mark.parametrize("use_mcl", [False, True], ids=["matpac", "matpac++"])
+def test_padded_batch_equals_its_clips_alone(use_mcl):
+    """Losses, predictions, center update and monitors of a padded batch are those of its clips run one by one on
+    their valid columns, pooled over the valid masked tokens (token-weighted means)."""
+    model = tiny_model(use_mcl=use_mcl, teacher_temperature_warmup_steps=10).eval()
+    teacher_logits = []
+    model.teacher_head.register_forward_hook(lambda mod, args, output: teacher_logits.append(output.detach()))
+    values, attention_mask, noise = _padded_batch()
+    batch = model(values, attention_mask=attention_mask, step=3, noise=noise)
+    batch_teacher_logits = teacher_logits.pop()
+
+    alone = []
+    for b in range(3):
+        clip, clip_noise = _clip_alone(values, noise, b)
+        alone.append(model(clip, noise=clip_noise, step=3))
+    counts = [int(o.mask.sum()) for o in alone]
+    assert counts == [14, 11, 7]
+    for b, clip in enumerate(alone):
+        torch.testing.assert_close(batch.predictions[b, : counts[b]], clip.predictions[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch_teacher_logits[b, : counts[b]], teacher_logits[b][0], rtol=1e-5, atol=1e-5)
+        assert torch.equal(batch.mask[b].view(5, 4)[:, : CLIP_COLUMNS[b]].reshape(-1), clip.mask[0])
+    for key in ("prediction_loss", "classification_loss", "loss"):
+        pooled = sum(getattr(o, key) * n for o, n in zip(alone, counts)) / sum(counts)
+        torch.testing.assert_close(getattr(batch, key), pooled, rtol=1e-5, atol=1e-6, msg=key)
+
+    # monitors and the center over the 32 valid masked tokens only
+    probs = torch.cat([torch.softmax(logits[0] / 0.049, dim=-1) for logits in teacher_logits])  # tau_t, step 3
+    mean_probs = probs.mean(0)
+    perplexity = torch.exp(-(mean_probs * torch.log(mean_probs + 1e-7)).sum())
+    torch.testing.assert_close(batch.teacher_perplexity, perplexity, rtol=1e-4, atol=1e-5)
+    assert batch.num_teacher_classes.item() == probs.argmax(-1).unique().numel()
+    model.train()
+    model(values, attention_mask=attention_mask, step=3, noise=noise)
+    torch.testing.assert_close(model.center[0, 0], 0.1 * mean_probs, rtol=1e-4, atol=1e-7)
+
+
+def test_bad_attention_masks_are_refused_clearly():
+    model = tiny_model(mask_ratio=0.9)  # 5 patches (one column) leave no visible patch at this ratio
+    values = log_mel(2, 64)
+    short = (torch.arange(64)[None, :] < torch.tensor([[64], [10]])).long()
+    with pytest.raises(ValueError, match=r"Clips \[1\] of the batch have 5 valid patches"):
+        model(values, attention_mask=short)
+    not_right_padded = torch.ones(2, 64, dtype=torch.long)
+    not_right_padded[0, :5] = 0
+    with pytest.raises(ValueError, match="not right-padded"):
+        tiny_model()(values, attention_mask=not_right_padded)
+    with pytest.raises(ValueError, match=r"`attention_mask` must have shape \(batch, num_frames\)"):
+        tiny_model()(values, attention_mask=torch.ones(2, 60))
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     def gradients(checkpointing: bool):
         model = tiny_model(seed=3).train()
@@ -461,22 +582,28 @@ def test_student_only_folder_gives_teachers_copied_from_the_loaded_student(tmp_p
 
 
 DDP_VARIANTS = {
-    # name: (config overrides, clips of the 4-clip batch given to rank 0; rank 1 gets the rest)
-    "matpac-even": ({}, 2),
+    # name: (config overrides, clips of the 4-clip batch given to rank 0 (rank 1 gets the rest), valid frames per clip
+    # of the 64-frame crops or None for no attention_mask)
+    "matpac-even": ({}, 2, None),
     # MATPAC++, DINO's logits center, and unequal batches (3 + 1): the loss must still be the mean over all tokens
-    "matpac++-logits-uneven": ({"use_mcl": True, "mcl_num_heads": 3, "center_update": "logits"}, 3),
+    "matpac++-logits-uneven": ({"use_mcl": True, "mcl_num_heads": 3, "center_update": "logits"}, 3, None),
+    # short clips: unequal numbers of valid masked tokens on the two processes (14 + 11 + 7 vs 14)
+    "matpac-padded": ({}, 3, [64, 40, 17, 64]),
 }
 
 
 def ddp_reference_setup(variant: str = "matpac-even"):
-    """Shared by the test and tests/pretraining_ddp_worker.py: a tiny model, 2 batches of 4 clips, their noise, and
-    how many clips rank 0 takes."""
-    overrides, rank0_clips = DDP_VARIANTS[variant]
+    """Shared by the test and tests/pretraining_ddp_worker.py: a tiny model, 2 batches of 4 clips, their noise and
+    attention masks (None without padding), and how many clips rank 0 takes."""
+    overrides, rank0_clips, clip_frames = DDP_VARIANTS[variant]
     decays = dict(ema_decay_start=0.9, ema_decay_end=0.9, head_ema_decay_start=0.9, head_ema_decay_end=0.9)
     model = tiny_model(seed=0, **decays, **overrides)
     batches = [log_mel(4, 64, seed=10 + step) for step in range(2)]
     noises = [torch.rand(4, 20, generator=torch.Generator().manual_seed(20 + step)) for step in range(2)]
-    return model, batches, noises, rank0_clips
+    attention_mask = None
+    if clip_frames is not None:
+        attention_mask = (torch.arange(64)[None, :] < torch.tensor(clip_frames)[:, None]).long()
+    return model, batches, noises, [attention_mask] * 2, rank0_clips
 
 
 def _free_port() -> int:
@@ -485,10 +612,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.distributed
-@pytest.mark.parametrize("variant", sorted(DDP_VARIANTS))
-def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path, variant):
+@pytest.fixture(scope="module")
+def ddp_records(tmp_path_factory):
+    """One 2-process launch (CPU, gloo) for every variant: `{variant: [rank 0 record, rank 1 record]}`."""
+    out_dir = tmp_path_factory.mktemp("ddp")
     worker = Path(__file__).with_name("pretraining_ddp_worker.py")
     command = [
         sys.executable,
@@ -506,20 +633,27 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path, var
         "--main_process_port",
         str(_free_port()),
         str(worker),
-        str(tmp_path),
-        variant,
+        str(out_dir),
+        *sorted(DDP_VARIANTS),
     ]
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    return {
+        variant: [torch.load(out_dir / f"{variant}-rank{rank}.pt") for rank in range(2)] for variant in DDP_VARIANTS
+    }
 
-    model, batches, noises, _ = ddp_reference_setup(variant)
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("variant", sorted(DDP_VARIANTS))
+def test_two_processes_match_one_process_on_the_concatenated_batch(ddp_records, variant):
+    model, batches, noises, attention_masks, _ = ddp_reference_setup(variant)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model.train()
     centers = []
-    for step, (batch, noise) in enumerate(zip(batches, noises)):
-        model(batch, step=step, noise=noise).loss.backward()
+    for step, (batch, noise, attention_mask) in enumerate(zip(batches, noises, attention_masks)):
+        model(batch, attention_mask=attention_mask, step=step, noise=noise).loss.backward()
         model.update_teachers(step)
         if step == 0:
             grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -527,7 +661,7 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path, var
         optimizer.zero_grad()
         centers.append(model.center.clone())
 
-    for record in ranks:
+    for record in ddp_records[variant]:
         assert record["grads"].keys() == grads.keys()
         for name, grad in grads.items():
             torch.testing.assert_close(record["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)

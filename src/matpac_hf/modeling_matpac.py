@@ -411,7 +411,7 @@ class MatpacModel(MatpacPreTrainedModel):
     # Loading the student from a MatpacForPreTraining or MatpacForAudioClassification folder: the other parts of
     # those models are expected there and are not part of the encoder.
     _keys_to_ignore_on_load_unexpected = [
-        r"^(predictor|student_head|teacher_encoder|teacher_head|center|classifier|head_norm)\b"
+        r"^(predictor|student_head|teacher_encoder|teacher_head|classification_loss|center|classifier|head_norm)\b"
     ]
 
     def __init__(self, config: MatpacConfig):
@@ -662,10 +662,134 @@ def _check_step(step) -> int:
     return value
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Masking (method spec, section 4 step 2)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PatchMasking:
+    """Which patches the student sees and which it must predict: the output of [`random_masking`].
+
+    `B` = batch, `L` = patches per clip, `V` / `M` = the most visible / masked patches of a clip in the batch. Without
+    padding every clip has `V = int(L * (1 - mask_ratio))` visible and `M = L - V` masked patches (57 and 133 of 190).
+
+    Attributes:
+        ids_visible (`(B, V)`): the visible patches in permutation order (the student's input).
+        ids_masked (`(B, M)`): the masked patches in permutation order (the teacher's input, the prediction targets).
+        ids_restore (`(B, L)`): for every patch in patch order, its index in `cat([V student tokens, L - V mask
+            tokens])`: un-shuffles the predictor's input, as ViTMAE's `ids_restore`.
+        mask (`(B, L)` bool): True for the masked patches (targets), False for visible and padded ones.
+        visible_token_mask (`(B, V)` bool or None): True where `ids_visible` holds one of the clip's visible patches
+            (the rest of a clip with fewer than `V` is filler); None when no clip is padded.
+        masked_token_mask (`(B, M)` bool or None): True where `ids_masked` holds one of the clip's masked patches.
+    """
+
+    ids_visible: torch.LongTensor
+    ids_masked: torch.LongTensor
+    ids_restore: torch.LongTensor
+    mask: torch.BoolTensor
+    visible_token_mask: torch.BoolTensor | None = None
+    masked_token_mask: torch.BoolTensor | None = None
+
+
+def random_masking(noise: torch.Tensor, mask_ratio: float, valid_patches: torch.Tensor | None = None) -> PatchMasking:
+    """Per-clip unstructured random masking, as ViTMAE's `random_masking`: the patches sorted by `noise` (uniform
+    noise gives a uniformly random permutation); of a clip's `n` valid patches the `int(n * (1 - mask_ratio))` first
+    are visible (57 of 190), the other `n - int(n * (1 - mask_ratio))` are masked (133).
+
+    Args:
+        noise (`(B, L)`): one score per patch; the lowest scores are visible.
+        mask_ratio (`float`): fraction of the patches the student does not see (0.7).
+        valid_patches (`(B, L)` bool, *optional*): patches that hold audio (short clips). Padded patches are given the
+            score +inf, so they sort after every valid patch and are neither visible nor masked; each clip's counts
+            follow its own number of valid patches (`V` / `M` are then the largest counts of the batch, see
+            [`PatchMasking`]). None: every patch is valid.
+    """
+    batch_size, num_patches = noise.shape
+    if valid_patches is not None:
+        noise = noise.masked_fill(~valid_patches, torch.inf)
+    ids_shuffle = torch.argsort(noise, dim=1)  # (B, L)
+    rank = torch.argsort(ids_shuffle, dim=1)  # (B, L): position of every patch in the permutation
+    if valid_patches is None:
+        num_visible = int(num_patches * (1 - mask_ratio))
+        return PatchMasking(
+            ids_visible=ids_shuffle[:, :num_visible],
+            ids_masked=ids_shuffle[:, num_visible:],
+            ids_restore=rank,
+            mask=rank >= num_visible,
+        )
+
+    # Per clip: n valid patches, int(n * (1 - mask_ratio)) visible (the float64 product is Python's), the rest masked.
+    num_valid = valid_patches.sum(1)  # (B,)
+    num_visible = torch.floor(num_valid.double() * (1 - mask_ratio)).long()  # (B,)
+    num_masked = num_valid - num_visible
+    max_visible, max_masked = int(num_visible.max()), int(num_masked.max())
+    arange = torch.arange(max(max_visible, max_masked), device=noise.device)
+    # The masked patches of clip b sit at permutation positions [num_visible[b], num_valid[b]).
+    masked_positions = (num_visible[:, None] + arange[None, :max_masked]).clamp(max=num_patches - 1)  # (B, M)
+    # Visible patches -> their student token; masked (and padded) ones -> one of the L - V mask tokens (all equal).
+    mask_token_index = max_visible + (rank - num_visible[:, None]).clamp(0, num_patches - max_visible - 1)
+    return PatchMasking(
+        ids_visible=ids_shuffle[:, :max_visible],
+        ids_masked=torch.gather(ids_shuffle, 1, masked_positions),
+        ids_restore=torch.where(rank < num_visible[:, None], rank, mask_token_index),
+        mask=(rank >= num_visible[:, None]) & valid_patches,
+        visible_token_mask=arange[None, :max_visible] < num_visible[:, None],
+        masked_token_mask=arange[None, :max_masked] < num_masked[:, None],
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Prediction loss and MATPAC++ winner-takes-all (method spec, section 4 steps 6 and 11)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def cosine_prediction_losses(normalized_predictions: torch.Tensor, normalized_targets: torch.Tensor) -> torch.Tensor:
+    """Per-token prediction loss `2 - 2 cos(prediction, target)` of L2-normalised vectors: `(..., hidden)` ->
+    `(...)` (broadcasting, e.g. MATPAC++ candidates `(B, M, K, hidden)` against targets `(B, M, 1, hidden)`)."""
+    return 2 - 2 * (normalized_predictions * normalized_targets).sum(-1)
+
+
+def mcl_winner_takes_all(
+    candidate_losses: torch.Tensor, temperature: float, min_temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """MATPAC++ winner-takes-all over the K candidates of every token.
+
+    `candidate_losses` `(B, M, K)` -> `(losses (B, M), best_candidate (B, M), temperature used)`. Soft while
+    `temperature > min_temperature`: `sum_k w_k l_k` with `w = softmax(-l / temperature)` (no gradient through the
+    weights); after that the hard minimum (and the reported temperature is `min_temperature`). `best_candidate` (the
+    lowest loss) is the candidate that feeds the classification head."""
+    best_candidate = candidate_losses.argmin(dim=-1)
+    if temperature > min_temperature:
+        weights = torch.softmax(-candidate_losses.detach() / temperature, dim=-1)
+        return (weights * candidate_losses).sum(-1), best_candidate, temperature
+    return candidate_losses.min(dim=-1).values, best_candidate, min_temperature
+
+
+def select_candidate(candidates: torch.Tensor, best_candidate: torch.Tensor) -> torch.Tensor:
+    """`(B, M, K, D)` candidates, `(B, M)` indices -> `(B, M, D)`: each token's chosen candidate."""
+    index = best_candidate[..., None, None].expand(-1, -1, 1, candidates.shape[-1])
+    return torch.gather(candidates, 2, index).squeeze(2)
+
+
+def _tokens(values: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """`(B, M, ...)` per-token values -> `(tokens, ...)`: all of them, or those where `token_mask` `(B, M)` is True."""
+    return values.reshape(-1, *values.shape[2:]) if token_mask is None else values[token_mask]
+
+
+def _with_cls(token_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`(B, S)` bool mask of a token sequence -> `(B, 1 + S)` with the CLS token (always attended) first."""
+    if token_mask is None:
+        return None
+    return torch.cat([token_mask.new_ones(token_mask.shape[0], 1), token_mask], dim=1)
+
+
 @dataclass
 class MatpacForPreTrainingOutput(ModelOutput):
     """
-    Output of [`MatpacForPreTraining`]. With `B` = batch, `L` = patches per clip (190), `M` = masked patches (133).
+    Output of [`MatpacForPreTraining`]. With `B` = batch, `L` = patches per clip of the input (190), `M` = masked patches
+    per clip (133; with padded clips, the most of any clip of the batch, see `valid_predictions`).
 
     Args:
         loss (`torch.FloatTensor` of shape `()`):
@@ -677,8 +801,8 @@ class MatpacForPreTrainingOutput(ModelOutput):
             Mean over the masked tokens of the cross-entropy between the centred, sharpened teacher probabilities and
             the student head's log-probabilities.
         mask (`torch.BoolTensor` of shape `(B, L)`):
-            True for masked patches (seen by the teacher, predicted by the student), False for the visible ones, in
-            frequency-major patch order.
+            True for masked patches (seen by the teacher, predicted by the student), False for the visible ones (and
+            padded ones, see `valid_patches`), in frequency-major patch order.
         predictions (`torch.FloatTensor` of shape `(B, M, hidden_size)`):
             The predictor's outputs for the masked patches, in the order of the random permutation (MATPAC++: the best
             candidate of each token, the one fed to the student head).
@@ -698,6 +822,12 @@ class MatpacForPreTrainingOutput(ModelOutput):
             applies at this step).
         mcl_temperature (`torch.FloatTensor` of shape `()`, MATPAC++ only):
             Soft winner-takes-all temperature at this step (`mcl_temperature_min` once the hard minimum is used).
+        valid_patches (`torch.BoolTensor` of shape `(B, L)`):
+            True for patches that hold audio (a time column with at least one valid frame of `attention_mask`; all
+            True without it). Padded patches are neither visible nor masked.
+        valid_predictions (`torch.BoolTensor` of shape `(B, M)`):
+            True for the rows of `predictions` (and `candidate_predictions`) that belong to a masked patch of the
+            clip; all True unless clips of the batch have different numbers of valid patches.
     """
 
     loss: torch.FloatTensor | None = None
@@ -715,6 +845,8 @@ class MatpacForPreTrainingOutput(ModelOutput):
     ema_decay: torch.FloatTensor | None = None
     head_ema_decay: torch.FloatTensor | None = None
     mcl_temperature: torch.FloatTensor | None = None
+    valid_patches: torch.BoolTensor | None = None
+    valid_predictions: torch.BoolTensor | None = None
 
 
 class MatpacPredictor(nn.Module):
@@ -746,14 +878,20 @@ class MatpacPredictor(nn.Module):
             self.decoder_pred = nn.Linear(width, config.hidden_size)
 
     def forward(
-        self, student_hidden_states: torch.Tensor, ids_restore: torch.Tensor, ids_masked: torch.Tensor
+        self,
+        student_hidden_states: torch.Tensor,
+        ids_restore: torch.Tensor,
+        ids_masked: torch.Tensor,
+        valid_patches: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
             student_hidden_states: `(batch, 1 + num_visible, hidden)` student encoder output, CLS first, visible
                 tokens in the order of the random permutation.
-            ids_restore: `(batch, num_patches)` rank of each patch in the permutation (un-shuffles it).
+            ids_restore: `(batch, num_patches)` index of each patch in `cat([visible tokens, mask tokens])`
+                (un-shuffles it; see [`PatchMasking`]).
             ids_masked: `(batch, num_masked)` indices of the masked patches, in permutation order.
+            valid_patches: `(batch, num_patches)` bool, *optional*: padded patches (False) are left out of attention.
 
         Returns:
             `(batch, num_masked, hidden)` predictions, or `(batch, num_masked, mcl_num_heads, hidden)` candidates.
@@ -778,8 +916,13 @@ class MatpacPredictor(nn.Module):
             ],
             dim=1,
         )  # (batch, 1 + num_patches, width)
+        attention_mask = None
+        if valid_patches is not None:
+            attention_mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden_states, attention_mask=_with_cls(valid_patches)
+            )
         for layer in self.layers:
-            hidden_states, _ = layer(hidden_states)
+            hidden_states, _ = layer(hidden_states, attention_mask)
         hidden_states = self.decoder_norm(hidden_states)
 
         masked_states = torch.gather(hidden_states[:, 1:], 1, ids_masked[..., None].expand(-1, -1, width))
@@ -830,14 +973,84 @@ class MatpacClassificationHead(nn.Module):
         return self.last_layer(bottleneck)
 
 
+class MatpacClassificationLoss(nn.Module):
+    """The classification loss and its center (method spec, section 4 steps 7 and 9), as DINO's `DINOLoss` (and the
+    official `cls_head_loss`): the module owns the `center` buffer `(1, 1, num_prototypes)` (saved as
+    `classification_loss.center`), the update rule and its distributed average.
+
+    Per masked token: teacher probabilities `softmax((P - center) / tau_t)` (no gradient), student log-probabilities
+    `log_softmax(P_hat / tau_s)`, loss `-sum_k teacher_prob_k * student_logprob_k`. In training mode the forward then
+    updates the center (see [`~MatpacClassificationLoss.update_center`]), after the probabilities are computed.
+    """
+
+    def __init__(self, config: MatpacConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("center", torch.zeros(1, 1, config.head_num_prototypes))
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        teacher_temperature: float,
+        token_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+        """
+        Args:
+            student_logits, teacher_logits: `(B, M, num_prototypes)` head outputs for the masked tokens (float32).
+            teacher_temperature: tau_t at this step.
+            token_mask: `(B, M)` bool, *optional*: the tokens that count (padded clips); None: all of them.
+
+        Returns:
+            `(losses (B, M), teacher_probs (B, M, num_prototypes), share)`: `share` is the factor of
+            [`~MatpacClassificationLoss.update_center`] (1.0 in eval mode, where the center is not updated).
+        """
+        with torch.no_grad():
+            teacher_probs = torch.softmax((teacher_logits - self.center) / teacher_temperature, dim=-1)
+        student_log_probs = torch.log_softmax(student_logits / self.config.student_temperature, dim=-1)
+        losses = -(teacher_probs * student_log_probs).sum(-1)  # (B, M)
+        share = 1.0
+        if self.training:
+            share = self.update_center(
+                teacher_probs if self.config.center_update == "probabilities" else teacher_logits, token_mask
+            )
+        return losses, teacher_probs, share
+
+    @torch.no_grad()
+    def update_center(self, teacher_output: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`center <- m * center + (1 - m) * mean(teacher_output)` over the (valid) tokens of all processes.
+
+        One `all_reduce` of `num_prototypes + 1` floats per step (the sum and the token count together, the count
+        made on the device: no host sync) when a process group is initialised. Every process must call it the same
+        number of times, as under DDP.
+
+        Returns the factor `world_size * local_tokens / global_tokens` that turns this process's token mean into its
+        share of the mean over all processes' tokens (1.0 when the processes have equal numbers of tokens, or without
+        a process group): DDP averages the gradients of the processes, so scaling each local mean by it makes the
+        gradient that of the global token mean (method spec, section 4.8), as fairseq's sum / total sample size does."""
+        tokens = _tokens(teacher_output.float(), token_mask)  # (tokens, num_prototypes)
+        num_local_tokens = tokens.shape[0]
+        total = torch.cat([tokens.sum(0), tokens.new_full((1,), num_local_tokens)])  # (num_prototypes + 1,)
+        world_size = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(total)
+            world_size = torch.distributed.get_world_size()
+        num_global_tokens = total[-1]
+        batch_mean = total[:-1] / num_global_tokens
+        momentum = self.config.center_momentum
+        self.center.copy_(self.center * momentum + batch_mean.view_as(self.center) * (1 - momentum))
+        return world_size * num_local_tokens / num_global_tokens  # a 0-d tensor: no host sync on accelerators
+
+
 class MatpacForPreTraining(MatpacPreTrainedModel):
     """MATPAC / MATPAC++ pretraining: masked latent prediction (M2D) plus DINO-style classification.
 
     Modules: `matpac` (the student [`MatpacModel`]: patch embedding, CLS, position table, encoder; so
     `MatpacModel.from_pretrained(folder)` on a saved pretraining folder gives the student), `predictor`,
     `student_head`, and the EMA teachers `teacher_encoder` (blocks + final norm; it shares the student's patch
-    embedding, CLS token and positions, used under no-grad) and `teacher_head`, plus the `center` buffer
-    `(1, 1, num_prototypes)`. Teacher weights and the center are saved and restored with `save_pretrained` /
+    embedding, CLS token and positions, used under no-grad) and `teacher_head`, plus `classification_loss`
+    ([`MatpacClassificationLoss`], which owns the `center` buffer `(1, 1, num_prototypes)`, also reachable as
+    `model.center`). Teacher weights and the center are saved and restored with `save_pretrained` /
     `from_pretrained`; teacher parameters have `requires_grad=False` (also after loading), so
     `[p for p in model.parameters() if p.requires_grad]` is exactly what the optimiser must train.
 
@@ -869,9 +1082,16 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         self.student_head = MatpacClassificationHead(config)
         self.teacher_encoder = MatpacEncoder(config)
         self.teacher_head = MatpacClassificationHead(config)
-        self.register_buffer("center", torch.zeros(1, 1, config.head_num_prototypes))
+        # Registered last: its `_init_weights` branch (center, then the teachers) must run after the students'.
+        self.classification_loss = MatpacClassificationLoss(config)
+        self._ema_parameter_lists = None  # flat (teacher, student) parameter lists of `update_teachers`, built once
         self._freeze_non_trainable_parameters()
         self.post_init()
+
+    @property
+    def center(self) -> torch.Tensor:
+        """The center `(1, 1, num_prototypes)`, owned by `classification_loss` (the same tensor)."""
+        return self.classification_loss.center
 
     def get_input_embeddings(self) -> MatpacPatchEmbeddings:
         return self.matpac.embeddings.patch_embeddings
@@ -896,9 +1116,11 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         """Base initialisation plus the predictor, the heads, the center and the teachers (see the class docstring).
 
         Every write goes through `transformers.initialization`, which skips tensors `from_pretrained` has loaded. The
-        model itself is visited last (children first), so the teacher init sees the student's final weights. (It owns
-        the `center` buffer, so transformers skips it only when `from_pretrained` loaded the center, i.e. a full
-        pretraining folder whose teachers were loaded too.)"""
+        teachers are initialised in the branch of `classification_loss`, the last child visited (children in
+        registration order), so the teacher init sees the student's final weights. (That module owns the `center`
+        buffer, so transformers skips it only when `from_pretrained` loaded the center, i.e. a full pretraining
+        folder whose teachers were loaded too; the model itself owns no tensor, and transformers skips such modules
+        for custom-code models.)"""
         std = self.config.initializer_range
         if isinstance(module, MatpacPredictor):
             init.normal_(module.mask_token, std=std)
@@ -917,8 +1139,8 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
             init.ones_(module.original0)
         elif isinstance(module, nn.Linear) and nn.utils.parametrize.is_parametrized(module):
             pass  # the prototype layer itself: initialised through its parametrisation above
-        elif module is self:
-            init.zeros_(self.center)
+        elif isinstance(module, MatpacClassificationLoss):
+            init.zeros_(module.center)
             self._init_teachers()
         else:
             super()._init_weights(module)
@@ -986,43 +1208,52 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         Returns the `(encoder_decay, head_decay)` that were applied (`(1.0, 1.0)` at step 0).
         """
         step = _check_step(step)
-        low_precision = sorted({str(p.dtype) for p in self.teacher_encoder.parameters() if p.dtype.itemsize < 4})
-        if low_precision:
-            raise ValueError(
-                f"The teachers are in {', '.join(low_precision)}: an EMA step with decay ~0.99995 moves a weight by "
-                "less than half a unit in the last place, so the teachers would silently stop learning. Keep the "
-                "model in float32 and train under autocast (accelerate's --mixed_precision bf16/fp16) instead of "
-                "casting it."
-            )
+        (teacher_encoder, student_encoder), (teacher_head, student_head) = self._ema_parameters()
         if step == 0:
             return 1.0, 1.0
         encoder_decay, head_decay = ema_decays_at(self.config, step)
-        _ema_update(self.teacher_encoder, self.matpac.encoder, encoder_decay)
-        _ema_update(self.teacher_head, self.student_head, head_decay)
+        for teachers, students, decay in (
+            (teacher_encoder, student_encoder, encoder_decay),
+            (teacher_head, student_head, head_decay),
+        ):
+            if decay < 1.0:  # one multi-tensor `lerp_` per teacher: teacher += (1 - d) * (student - teacher)
+                torch._foreach_lerp_(teachers, students, 1.0 - decay)
         return encoder_decay, head_decay
 
-    @torch.no_grad()
-    def _update_center(self, teacher_output: torch.Tensor) -> torch.Tensor:
-        """`center <- m * center + (1 - m) * mean(teacher_output)` over batch and tokens of all processes.
+    def _ema_parameters(self) -> tuple[tuple[list[nn.Parameter], list[nn.Parameter]], ...]:
+        """`((teacher encoder, student encoder), (teacher head, student head))` flat parameter lists, matched by name;
+        built once, and again after `.to()` / `.cuda()` / `.float()` (see `_apply`). Refuses low-precision teachers."""
+        if self._ema_parameter_lists is None:
+            low_precision = sorted(
+                {str(p.dtype) for p in (*self.teacher_encoder.parameters(), *self.teacher_head.parameters())}
+                - {"torch.float32", "torch.float64"}
+            )
+            if low_precision:
+                raise ValueError(
+                    f"The teachers are in {', '.join(low_precision)}: an EMA step with decay ~0.99995 moves a weight "
+                    "by less than half a unit in the last place, so the teachers would silently stop learning. Keep "
+                    "the model in float32 and train under autocast (accelerate's --mixed_precision bf16/fp16) "
+                    "instead of casting it."
+                )
+            lists = []
+            for teacher, student in (
+                (self.teacher_encoder, self.matpac.encoder),
+                (self.teacher_head, self.student_head),
+            ):
+                students = dict(student.named_parameters())
+                pairs = [(parameter, students[name]) for name, parameter in teacher.named_parameters()]
+                if any(t.dtype != s.dtype or t.device != s.device for t, s in pairs):
+                    raise ValueError(
+                        "The students and the EMA teachers must share dtype and device (float32; train under "
+                        "autocast rather than casting a part of the model)."
+                    )
+                lists.append(([t for t, _ in pairs], [s for _, s in pairs]))
+            self._ema_parameter_lists = tuple(lists)
+        return self._ema_parameter_lists
 
-        Returns the factor `world_size * local_tokens / global_tokens` that turns this process's token mean into its
-        share of the mean over all processes' tokens (1.0 when the processes have equal batches, or without a process
-        group): DDP averages the gradients of the processes, so scaling each local mean by it makes the gradient that
-        of the global token mean (method spec, section 4.8), as fairseq's sum / total sample size does."""
-        teacher_output = teacher_output.float().reshape(-1, teacher_output.shape[-1])  # (tokens, num_prototypes)
-        num_local_tokens = teacher_output.shape[0]
-        total = torch.cat(
-            [teacher_output.sum(0), teacher_output.new_tensor([num_local_tokens])]
-        )  # (num_prototypes + 1,): sum, then count
-        world_size = 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(total)
-            world_size = torch.distributed.get_world_size()
-        num_global_tokens = total[-1]
-        batch_mean = total[:-1] / num_global_tokens
-        momentum = self.config.center_momentum
-        self.center.copy_(self.center * momentum + batch_mean.view_as(self.center) * (1 - momentum))
-        return world_size * num_local_tokens / num_global_tokens  # a 0-d tensor: no host sync on accelerators
+    def _apply(self, *args, **kwargs):
+        self._ema_parameter_lists = None  # `.to()`, `.cuda()`, `.half()`, ... may replace the parameters
+        return super()._apply(*args, **kwargs)
 
     # -- masking ------------------------------------------------------------------------------------------------------
     def _check_pretraining_inputs(self, input_values) -> int:
@@ -1060,14 +1291,15 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         return num_frames // config.patch_size
 
     @staticmethod
-    def _patch_order(
+    def _masking_noise(
         batch_size: int,
         num_patches: int,
         device: torch.device,
         generator: torch.Generator | None,
         noise: torch.Tensor | None,
     ) -> torch.Tensor:
-        """`(batch, num_patches)` per-sample uniformly random permutation: argsort of uniform noise (MAE / M2D)."""
+        """`(batch, num_patches)` masking scores: uniform noise (its argsort is a uniformly random permutation, as in
+        MAE / M2D), or the given `noise` once checked."""
         if noise is None:
             generator_device = generator.device if generator is not None else device
             noise = torch.rand((batch_size, num_patches), generator=generator, device=generator_device)
@@ -1077,12 +1309,61 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
                 f"`noise` must be a tensor of shape (batch, num_patches) = {(batch_size, num_patches)}: one score per "
                 f"patch, the lowest scores are the visible patches. Got {shape}."
             )
-        return torch.argsort(noise.to(device), dim=1)
+        return noise.to(device)
+
+    def _drop_padding(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Short clips: keep the time columns that hold audio.
+
+        A 16-frame time column is valid when it holds at least one valid frame of `attention_mask` (the rule of
+        [`MatpacModel`]'s `frame_mask`, so pretraining sees the patches the encoder gets downstream); the padded frames
+        of a partly valid column are set to 0 (the official padding value), so the padding's content never matters.
+        Columns after the batch's longest clip are cut (a shorter crop, positions cut per frequency row).
+
+        Returns `(input_values, noise, valid_patches)` cut to the kept columns; `valid_patches` `(batch, L)` bool is
+        None when every clip fills them all (then the numbers are exactly those of the unpadded call on the cut crop).
+        """
+        config = self.config
+        frame_lengths = self.matpac._check_inputs(input_values, attention_mask)  # (batch,), mask validated
+        batch_size, num_frames, _ = input_values.shape
+        patch_size, num_frequency_patches = config.patch_size, config.num_frequency_patches
+        num_columns = torch.div(frame_lengths + patch_size - 1, patch_size, rounding_mode="floor")  # (batch,)
+        kept_columns = int(num_columns.max())
+        fewest_patches = num_frequency_patches * int(num_columns.min())
+        fewest_visible = int(fewest_patches * (1 - config.mask_ratio))
+        if fewest_visible < 1 or fewest_visible >= fewest_patches:
+            short = torch.nonzero(num_columns == num_columns.min()).flatten().tolist()
+            raise ValueError(
+                f"Clips {short} of the batch have {fewest_patches} valid patches (attention_mask), of which "
+                f"mask_ratio={config.mask_ratio} leaves {fewest_visible} visible; pretraining needs at least one "
+                f"visible and one masked patch. Drop clips shorter than {patch_size * 2} frames, or pad less."
+            )
+        valid_frames = torch.arange(num_frames, device=input_values.device)[None, :] < frame_lengths[:, None]
+        input_values = input_values.masked_fill(~valid_frames[:, :, None], 0.0)[:, : kept_columns * patch_size]
+        noise = noise.reshape(batch_size, num_frequency_patches, -1)[:, :, :kept_columns].reshape(batch_size, -1)
+        if bool((num_columns == kept_columns).all()):
+            return input_values, noise, None
+        valid_columns = torch.arange(kept_columns, device=input_values.device)[None, :] < num_columns[:, None]
+        valid_patches = valid_columns[:, None, :].expand(-1, num_frequency_patches, -1).reshape(batch_size, -1)
+        return input_values, noise, valid_patches
+
+    def _to_input_grid(self, patch_values: torch.Tensor, num_time_patches: int, fill) -> torch.Tensor:
+        """`(batch, F * kept_columns)` per-patch values -> `(batch, F * num_time_patches)` of the input's grid, the cut
+        columns set to `fill`."""
+        batch_size = patch_values.shape[0]
+        grid = patch_values.reshape(batch_size, self.config.num_frequency_patches, -1)
+        if grid.shape[-1] == num_time_patches:
+            return patch_values
+        full = grid.new_full((batch_size, self.config.num_frequency_patches, num_time_patches), fill)
+        full[:, :, : grid.shape[-1]] = grid
+        return full.reshape(batch_size, -1)
 
     # -- forward ------------------------------------------------------------------------------------------------------
     def forward(
         self,
         input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         step: int = 0,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
@@ -1092,6 +1373,15 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         input_values (`torch.FloatTensor` of shape `(batch_size, max_frames, num_mel_bins)`):
             Normalised log-mel crops of `max_frames` (608) frames, i.e. 97 520 samples. Shorter crops whose frame count
             is a multiple of `patch_size` also work (the position tables are cut per frequency row).
+        attention_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*):
+            1 for valid frames, 0 for padding (right-padded, as [`MatpacFeatureExtractor`] returns it), for crops of
+            clips shorter than the crop. A 16-frame time column is valid when it holds at least one valid frame (its
+            padded frames are set to 0); the patches of the other columns are padding: never visible, never
+            predicted, and left out of both losses, the center update and the monitors. Each clip of `n` valid
+            patches gets `int(n * (1 - mask_ratio))` visible and the rest masked (see [`random_masking`]); the student,
+            teacher and predictor run on the batch's largest counts with the rest masked out of attention, and
+            `valid_predictions` marks the real rows of `predictions`. The losses are means over all valid masked
+            tokens. Without padding (or with an all-ones mask) the numbers are exactly those of the call without it.
         step (`int`, defaults to 0):
             Optimiser updates completed so far; drives the teacher temperature, the MATPAC++ temperature and the
             reported EMA decays. Pass the same value to [`~MatpacForPreTraining.update_teachers`].
@@ -1099,110 +1389,127 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
             Random source of the masking (for reproducible masks).
         noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
             Explicit masking scores instead of random ones: per sample, the `int(num_patches * (1 - mask_ratio))`
-            patches with the lowest scores are visible, the others masked.
+            patches with the lowest scores are visible, the others masked (of the valid patches, with padding).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
         step = _check_step(step)
         num_time_patches = self._check_pretraining_inputs(input_values)
-        batch_size = input_values.shape[0]
-        hidden_size = config.hidden_size
-        num_patches = config.num_frequency_patches * num_time_patches
-        num_visible = int(num_patches * (1 - config.mask_ratio))
-        device = input_values.device
+        batch_size, device = input_values.shape[0], input_values.device
+        noise = self._masking_noise(
+            batch_size, config.num_frequency_patches * num_time_patches, device, generator, noise
+        )  # (B, L)
+        valid_patches = None  # (B, L) bool with padded clips, else None: every patch counts
+        if attention_mask is not None:
+            input_values, noise, valid_patches = self._drop_padding(input_values, attention_mask, noise)
 
-        # Masking: per sample, a random permutation; its first `num_visible` patches are visible, the rest masked.
-        ids_shuffle = self._patch_order(batch_size, num_patches, device, generator, noise)  # (B, L)
-        ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
-        ids_visible, ids_masked = ids_shuffle[:, :num_visible], ids_shuffle[:, num_visible:]  # (B, V), (B, M)
-        mask = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=device)
-        mask.scatter_(1, ids_masked, True)  # (B, L), True = masked
-
+        # 1. Embed the crops into patch tokens with positions (shared by student and teacher).
         embeddings = self.matpac.embeddings
-        patch_tokens = embeddings.embed_patches(input_values)  # (B, L, hidden), positions added
-        visible_tokens = torch.gather(patch_tokens, 1, ids_visible[..., None].expand(-1, -1, hidden_size))
+        patch_tokens = embeddings.embed_patches(input_values)  # (B, L, hidden)
 
-        # Student on CLS + visible tokens, then the predictor.
-        student_hidden_states = self.matpac.encoder(embeddings.prepend_cls(visible_tokens)).last_hidden_state
-        predictions = self.predictor(student_hidden_states, ids_restore, ids_masked)  # (B, M, [K,] hidden)
+        # 2. Mask: per clip a random permutation, its first 30 % visible, the rest masked.
+        masking = random_masking(noise, config.mask_ratio, valid_patches)
+        visible_token_mask, masked_token_mask = masking.visible_token_mask, masking.masked_token_mask
 
-        # Teacher on CLS + masked tokens (the shared embedding, no gradient).
+        # 3. Student encoder on CLS + visible tokens.
+        visible_tokens = _gather_tokens(patch_tokens, masking.ids_visible)  # (B, V, hidden)
+        student_hidden_states = self.matpac.encoder(
+            embeddings.prepend_cls(visible_tokens), attention_mask=_with_cls(visible_token_mask)
+        ).last_hidden_state
+
+        # 4. Predictor: mask tokens, un-shuffle, positions, blocks -> predictions for the masked patches.
+        predictions = self.predictor(
+            student_hidden_states, masking.ids_restore, masking.ids_masked, valid_patches
+        )  # (B, M, [K,] hidden)
+
+        # 5. Teacher encoder on CLS + masked tokens (the shared embedding, no gradient).
         with torch.no_grad():
-            masked_tokens = torch.gather(patch_tokens, 1, ids_masked[..., None].expand(-1, -1, hidden_size))
-            targets = self.teacher_encoder(embeddings.prepend_cls(masked_tokens)).last_hidden_state[:, 1:]
+            masked_tokens = _gather_tokens(patch_tokens, masking.ids_masked)  # (B, M, hidden)
+            targets = self.teacher_encoder(
+                embeddings.prepend_cls(masked_tokens), attention_mask=_with_cls(masked_token_mask)
+            ).last_hidden_state[:, 1:]
             normalized_targets = nn.functional.normalize(targets.float(), dim=-1)  # (B, M, hidden)
 
-        # Prediction loss per masked token: 2 - 2 cos (losses in float32).
+        # 6. Prediction loss per masked token, 2 - 2 cos (losses in float32); 11. MATPAC++: winner-takes-all over the
+        # candidates, the best one feeds the classification head.
         normalized_predictions = nn.functional.normalize(predictions.float(), dim=-1)
         candidate_predictions, mcl_temperature = None, None
         if config.use_mcl:
-            candidate_losses = 2 - 2 * (normalized_predictions * normalized_targets[:, :, None]).sum(-1)  # (B, M, K)
-            best_candidate = candidate_losses.argmin(dim=-1)  # (B, M)
-            mcl_temperature = mcl_temperature_at(config, step)
-            if mcl_temperature > config.mcl_temperature_min:
-                weights = torch.softmax(-candidate_losses.detach() / mcl_temperature, dim=-1)  # soft WTA, no gradient
-                prediction_losses = (weights * candidate_losses).sum(-1)  # (B, M)
-            else:
-                mcl_temperature = config.mcl_temperature_min
-                prediction_losses = candidate_losses.min(dim=-1).values  # hard winner-takes-all
-            candidate_predictions = predictions
-            predictions = torch.gather(
-                candidate_predictions, 2, best_candidate[..., None, None].expand(-1, -1, 1, hidden_size)
-            ).squeeze(2)  # (B, M, hidden): the best candidate feeds the classification head
-            normalized_predictions = torch.gather(
-                normalized_predictions, 2, best_candidate[..., None, None].expand(-1, -1, 1, hidden_size)
-            ).squeeze(2)
+            candidate_losses = cosine_prediction_losses(normalized_predictions, normalized_targets[:, :, None])
+            prediction_losses, best_candidate, mcl_temperature = mcl_winner_takes_all(
+                candidate_losses, mcl_temperature_at(config, step), config.mcl_temperature_min
+            )  # (B, M)
+            candidate_predictions = predictions  # (B, M, K, hidden)
+            predictions = select_candidate(candidate_predictions, best_candidate)  # (B, M, hidden)
+            normalized_predictions = select_candidate(normalized_predictions, best_candidate)
         else:
-            prediction_losses = 2 - 2 * (normalized_predictions * normalized_targets).sum(-1)  # (B, M)
+            prediction_losses = cosine_prediction_losses(normalized_predictions, normalized_targets)  # (B, M)
 
-        # Classification: centred, sharpened teacher probabilities vs student log-probabilities.
+        # 7. Classification loss: centred, sharpened teacher probabilities vs student log-probabilities; 9. in
+        # training mode the center is updated after the teacher probabilities are computed.
         teacher_temperature = teacher_temperature_at(config, step)
         student_logits = self.student_head(predictions).float()  # (B, M, num_prototypes)
         with torch.no_grad():
             teacher_logits = self.teacher_head(targets).float()  # (B, M, num_prototypes)
-            teacher_probs = torch.softmax((teacher_logits - self.center) / teacher_temperature, dim=-1)
-        student_log_probs = torch.log_softmax(student_logits / config.student_temperature, dim=-1)
-        classification_losses = -(teacher_probs * student_log_probs).sum(-1)  # (B, M)
-        share_of_global_mean = 1.0  # see `_update_center`: 1.0 unless distributed processes have unequal batches
-        if self.training:
-            share_of_global_mean = self._update_center(
-                teacher_probs if config.center_update == "probabilities" else teacher_logits
-            )
+        classification_losses, teacher_probs, share_of_global_mean = self.classification_loss(
+            student_logits, teacher_logits, teacher_temperature, masked_token_mask
+        )
 
-        prediction_loss = prediction_losses.mean() * share_of_global_mean
-        classification_loss = classification_losses.mean() * share_of_global_mean
+        # 8. Total loss: means over the masked tokens of all processes (the share is 1.0 for equal batches).
+        prediction_loss = _tokens(prediction_losses, masked_token_mask).mean() * share_of_global_mean
+        classification_loss = _tokens(classification_losses, masked_token_mask).mean() * share_of_global_mean
         loss = (
             config.prediction_loss_weight * prediction_loss + config.classification_loss_weight * classification_loss
         )
+        # (10. The EMA teacher updates run in `update_teachers`, after the backward.)
 
-        # Monitors (this process's batch).
+        # Monitors (this process's valid masked tokens).
         with torch.no_grad():
-            mean_teacher_probs = teacher_probs.reshape(-1, teacher_probs.shape[-1]).mean(0)  # (num_prototypes,)
-            teacher_classes = teacher_probs.argmax(-1)  # (B, M)
+            mean_teacher_probs = _tokens(teacher_probs, masked_token_mask).mean(0)  # (num_prototypes,)
+            teacher_classes = _tokens(teacher_probs.argmax(-1), masked_token_mask)  # (tokens,)
+            student_classes = _tokens(student_logits.argmax(-1), masked_token_mask)
             encoder_decay, head_decay = ema_decays_at(config, step)
-            as_tensor = lambda value: torch.tensor(value, dtype=torch.float32, device=device)  # noqa: E731
+            as_tensor = lambda value: torch.full((), value, dtype=torch.float32, device=device)  # noqa: E731
             monitors = dict(
-                prediction_std=_mean_channel_std(normalized_predictions),
-                target_std=_mean_channel_std(normalized_targets),
+                prediction_std=_mean_channel_std(_tokens(normalized_predictions, masked_token_mask)),
+                target_std=_mean_channel_std(_tokens(normalized_targets, masked_token_mask)),
                 teacher_perplexity=torch.exp(-(mean_teacher_probs * torch.log(mean_teacher_probs + 1e-7)).sum()),
-                num_teacher_classes=torch.tensor(teacher_classes.unique().numel(), device=device),
-                student_teacher_agreement=(student_logits.argmax(-1) == teacher_classes).float().mean(),
+                num_teacher_classes=_num_distinct(teacher_classes, teacher_probs.shape[-1]),
+                student_teacher_agreement=(student_classes == teacher_classes).float().mean(),
                 teacher_temperature=as_tensor(teacher_temperature),
                 ema_decay=as_tensor(encoder_decay),
                 head_ema_decay=as_tensor(head_decay),
                 mcl_temperature=as_tensor(mcl_temperature) if mcl_temperature is not None else None,
             )
 
+        all_patches = torch.ones_like(masking.mask) if valid_patches is None else valid_patches
         output = MatpacForPreTrainingOutput(
             loss=loss,
             prediction_loss=prediction_loss,
             classification_loss=classification_loss,
-            mask=mask,
+            mask=self._to_input_grid(masking.mask, num_time_patches, False),
             predictions=predictions,
             candidate_predictions=candidate_predictions,
             **monitors,
+            valid_patches=self._to_input_grid(all_patches, num_time_patches, False),
+            valid_predictions=(
+                torch.ones(predictions.shape[:2], dtype=torch.bool, device=device)
+                if masked_token_mask is None
+                else masked_token_mask
+            ),
         )
         return output if return_dict else output.to_tuple()
+
+
+def _gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """`(B, L, D)` tokens, `(B, N)` patch indices -> `(B, N, D)`."""
+    return torch.gather(tokens, 1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
+def _num_distinct(classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Number of distinct values in `classes` (in `[0, num_classes)`), as a 0-d long tensor, without a host sync."""
+    seen = torch.zeros(num_classes, dtype=torch.bool, device=classes.device)
+    return seen.index_fill_(0, classes.flatten(), True).sum()
 
 
 def _mean_channel_std(vectors: torch.Tensor) -> torch.Tensor:
@@ -1211,16 +1518,6 @@ def _mean_channel_std(vectors: torch.Tensor) -> torch.Tensor:
     if vectors.shape[0] < 2:
         return vectors.new_zeros(())
     return torch.sqrt(vectors.var(dim=0) + 1e-6).mean()
-
-
-def _ema_update(teacher: nn.Module, student: nn.Module, decay: float):
-    """`teacher <- decay * teacher + (1 - decay) * student`, parameter by parameter (matched by name)."""
-    if decay >= 1.0:
-        return
-    student_parameters = dict(student.named_parameters())
-    for name, teacher_parameter in teacher.named_parameters():
-        student_parameter = student_parameters[name]
-        teacher_parameter.lerp_(student_parameter.detach().to(teacher_parameter.dtype), 1.0 - decay)
 
 
 # ==== end pretraining ====
