@@ -78,8 +78,7 @@ def test_log_mel_matches_reference(extractor, num_samples, expected_frames):
     reference = reference_log_mel(audio)
     assert reference.shape == (expected_frames, 80)
     assert np.abs(input_values[0] - reference).max() <= 1e-4
-    # equal-length input: no padding, so no mask unless asked for
-    assert "attention_mask" not in features
+    np.testing.assert_array_equal(features["attention_mask"], np.ones((1, expected_frames), np.int32))
 
 
 def test_torch_path_matches_reference(extractor):
@@ -139,16 +138,109 @@ def test_input_layouts_give_the_same_features(extractor):
     np.testing.assert_allclose(from_python_list[0], from_numpy_batch[0], atol=1e-6, rtol=0)
 
 
-def test_return_attention_mask_argument(extractor):
+# -------------------------------------------------------------------------------------------------------------
+# The padding / truncation contract of transformers' audio feature extractors (issue 10.1)
+# -------------------------------------------------------------------------------------------------------------
+
+
+def test_attention_mask_is_returned_whenever_asked(extractor):
+    """The mask comes with every call (it used to come only when the clips of one call differed in length, so a
+    `datasets.map` over batches of equal-length clips stored it for some rows and not others)."""
     same = [make_audio(4000, seed=30), make_audio(4000, seed=31)]
     mixed = [make_audio(4000, seed=30), make_audio(2000, seed=31)]
-    assert "attention_mask" not in extractor(same, sampling_rate=SAMPLING_RATE)
-    mask = extractor(same, sampling_rate=SAMPLING_RATE, return_attention_mask=True)["attention_mask"]
-    np.testing.assert_array_equal(mask, np.ones((2, 23), dtype=np.int32))
-    assert "attention_mask" in extractor(mixed, sampling_rate=SAMPLING_RATE)
+    np.testing.assert_array_equal(extractor(same, sampling_rate=SAMPLING_RATE)["attention_mask"], np.ones((2, 23)))
+    np.testing.assert_array_equal(extractor(same[0], sampling_rate=SAMPLING_RATE)["attention_mask"], np.ones((1, 23)))
+    assert extractor(mixed, sampling_rate=SAMPLING_RATE)["attention_mask"].sum(-1).tolist() == [23, 11]
     assert "attention_mask" not in extractor(mixed, sampling_rate=SAMPLING_RATE, return_attention_mask=False)
-    always = MatpacFeatureExtractor(return_attention_mask=True)
-    assert "attention_mask" in always(same, sampling_rate=SAMPLING_RATE)
+    never = MatpacFeatureExtractor(return_attention_mask=False)
+    assert "attention_mask" not in never(mixed, sampling_rate=SAMPLING_RATE)
+    assert "attention_mask" in never(mixed, sampling_rate=SAMPLING_RATE, return_attention_mask=True)
+    # a preprocessor_config.json saved before holds return_attention_mask=None: it now means "always"
+    assert MatpacFeatureExtractor(return_attention_mask=None).return_attention_mask is True
+
+
+def test_tutorial_arguments_truncate_in_samples(extractor):
+    """`feature_extractor(arrays, sampling_rate=16000, max_length=16000, truncation=True)`, the first line of the HF
+    audio-classification tutorial (a TypeError before): max_length counts samples, as for Wav2Vec2FeatureExtractor."""
+    clips = [make_audio(40000, seed=32), make_audio(9000, seed=33)]
+    features = extractor(clips, sampling_rate=SAMPLING_RATE, max_length=16000, truncation=True, return_tensors="pt")
+    assert features["input_values"].shape == (2, 98, 80)  # 16000 samples -> 98 frames
+    assert features["attention_mask"].sum(-1).tolist() == [98, 54]
+    # exactly the features of the first 16000 samples: the cut is on the audio, before the STFT
+    cut = extractor(clips[0][:16000], sampling_rate=SAMPLING_RATE, return_tensors="pt")["input_values"][0]
+    assert torch.equal(features["input_values"][0], cut)
+    # padding=True / "longest" are the default; a max_length longer than every clip truncates nothing
+    for padding in (True, "longest"):
+        longest = extractor(clips, sampling_rate=SAMPLING_RATE, padding=padding, max_length=50000, truncation=True)
+        assert longest["input_values"].shape == (2, 248, 80)
+
+
+def test_nothing_is_truncated_without_truncation_true(extractor):
+    clip = make_audio(40000, seed=34)
+    assert extractor(clip, sampling_rate=SAMPLING_RATE, max_length=16000)["input_values"].shape == (1, 248, 80)
+    with pytest.raises(ValueError, match=r"longer than max_length=16000 samples.*truncation=True"):
+        extractor(clip, sampling_rate=SAMPLING_RATE, padding="max_length", max_length=16000)
+    with pytest.raises(ValueError, match=r"truncation=True needs max_length \(in samples\)"):
+        extractor(clip, sampling_rate=SAMPLING_RATE, truncation=True)
+    with pytest.raises(ValueError, match="counts samples of the input audio"):
+        extractor(clip, sampling_rate=SAMPLING_RATE, max_length=98, truncation=True)  # frames given as samples
+
+
+def test_padding_max_length_and_pad_to_multiple_of(extractor):
+    clips = [make_audio(9000, seed=35), make_audio(3000, seed=36)]
+    features = extractor(clips, sampling_rate=SAMPLING_RATE, padding="max_length", max_length=16000)
+    assert features["input_values"].shape == (2, extractor.num_frames(16000), 80) == (2, 98, 80)
+    assert features["attention_mask"].sum(-1).tolist() == [54, 17]
+    assert (features["input_values"][1, 17:] == extractor.padding_value).all()
+    alone = extractor(clips[1], sampling_rate=SAMPLING_RATE)["input_values"][0]
+    np.testing.assert_array_equal(features["input_values"][1, :17], alone)
+    multiple = extractor(clips, sampling_rate=SAMPLING_RATE, pad_to_multiple_of=16, return_tensors="pt")
+    assert multiple["input_values"].shape == (2, 64, 80) and multiple["attention_mask"].sum(-1).tolist() == [54, 17]
+    with pytest.raises(ValueError, match="make sure that max_length is defined"):
+        extractor(clips, sampling_rate=SAMPLING_RATE, padding="max_length")
+
+
+def test_no_padding_gives_one_array_per_clip(extractor):
+    clips = [make_audio(9000, seed=37), make_audio(3000, seed=38)]
+    features = extractor(clips, sampling_rate=SAMPLING_RATE, padding=False)
+    assert [values.shape for values in features["input_values"]] == [(54, 80), (17, 80)]
+    assert [mask.tolist() for mask in features["attention_mask"]] == [[1] * 54, [1] * 17]
+    padded = extractor(clips, sampling_rate=SAMPLING_RATE)
+    np.testing.assert_array_equal(features["input_values"][1], padded["input_values"][1, :17])
+    with pytest.raises(ValueError, match="padding=False with clips of different lengths"):
+        extractor(clips, sampling_rate=SAMPLING_RATE, padding=False, return_tensors="pt")
+    same = extractor([clips[0], clips[0]], sampling_rate=SAMPLING_RATE, padding=False, return_tensors="pt")
+    assert same["input_values"].shape == (2, 54, 80)
+
+
+def test_pad_batches_the_extractors_own_outputs(extractor):
+    """`pad()` (what DataCollatorWithPadding calls) on rows featurised one by one, as a `datasets.map` stores them
+    (nested Python lists), gives bit for bit what one padded call gives."""
+    from transformers import DataCollatorWithPadding
+
+    clips = [make_audio(n, seed=60 + i) for i, n in enumerate([16000, 2720, 9000])]
+    expected = extractor(clips, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    rows = []
+    for label, clip in enumerate(clips):
+        features = extractor(clip, sampling_rate=SAMPLING_RATE)
+        rows.append({key: value[0].tolist() for key, value in features.items()} | {"label": label})
+    batch = DataCollatorWithPadding(extractor)(rows)
+    assert set(batch) == {"input_values", "attention_mask", "labels"}
+    assert torch.equal(batch["input_values"], expected["input_values"])
+    assert torch.equal(batch["attention_mask"].long(), expected["attention_mask"].long())
+    assert batch["labels"].tolist() == [0, 1, 2]
+    # rows of different map batches (each padded to its own longest clip, with its mask) pad again correctly
+    first = extractor(clips[:2], sampling_rate=SAMPLING_RATE)
+    second = extractor(clips[2:], sampling_rate=SAMPLING_RATE)
+    rows = [
+        {key: value[i] for key, value in part.items()}
+        for part in (first, second)
+        for i in range(len(part["input_values"]))
+    ]
+    repadded = extractor.pad(rows, return_tensors="pt", pad_to_multiple_of=16)
+    assert repadded["input_values"].shape == (3, 112, 80)
+    assert repadded["attention_mask"].sum(-1).tolist() == [98, 15, 54]
+    assert torch.equal(repadded["input_values"][:, :98], expected["input_values"])
 
 
 def test_integer_pcm_is_scaled_by_dtype_range(extractor):
@@ -184,6 +276,8 @@ def test_integer_pcm_is_scaled_by_dtype_range(extractor):
         (np.array([0.1] * 500 + [np.nan] * 10, np.float32), {}, "NaN or Inf"),
         (np.array([0.1] * 500 + [np.inf], np.float32), {}, "NaN or Inf"),
         ([np.zeros(16000, np.float32), np.zeros((2, 16000), np.float32)], {}, r"Clip 1 is 2-D.*mean\(axis=0\)"),
+        (np.zeros((48000, 2), np.float32), {}, r"looks like \(samples, channels\).*soundfile.*audio\.mean\(axis=1\)"),
+        (torch.zeros(16000, 6), {}, r"\(16000, 6\), which looks like \(samples, channels\)"),
         (np.zeros((2, 3, 16000), np.float32), {}, r"3-D"),
         (torch.zeros(1, 2, 16000), {}, r"3-D"),
         (np.ones(16000, dtype=bool), {}, "dtype bool"),

@@ -2,8 +2,8 @@
 # Licensed under the MIT License.
 """MATPAC audio front end: raw 16 kHz mono waveform -> normalised log-mel spectrogram (method spec, section 1).
 
-This file is shipped as remote code next to the model, so it only imports the standard library, numpy, torch and
-transformers.
+This file is shipped as remote code next to the model (with `configuration_matpac.py`, whose front-end constants and
+frame-count formula it uses), so it only imports the standard library, numpy, torch, transformers and that file.
 """
 
 import copy
@@ -14,7 +14,21 @@ import numpy as np
 import torch
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.utils import TensorType, logging
+from transformers.utils import PaddingStrategy, TensorType, logging
+
+from .configuration_matpac import (
+    F_MAX,
+    F_MIN,
+    HOP_LENGTH,
+    LOG_OFFSET,
+    N_FFT,
+    NUM_MEL_BINS,
+    SAMPLING_RATE,
+    SPECTROGRAM_MEAN,
+    SPECTROGRAM_STD,
+    WIN_LENGTH,
+    num_frames_for_samples,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -74,17 +88,27 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
     3. `log(mel + log_offset)` (natural log), then `(log_mel - spectrogram_mean) / spectrogram_std`.
 
     The result has layout `(frames, num_mel_bins)`: time first, frequency second (AST's layout, which transformers'
-    collators and pipelines pad along time). All the maths runs in float32 with
-    torch, batched over clips of equal length (never a Python loop over frames), on CPU or on any torch device
-    (`device="cuda"`). Clips of different lengths are each computed alone and then padded in the *frame* domain with
-    `padding_value` up to the longest clip; `attention_mask` marks the valid frames. Long audio is never truncated:
-    the model splits it into chunks itself.
+    collators and pipelines pad along time). All the maths runs in float32 with torch, batched over clips of equal
+    length (never a Python loop over frames), on CPU or on any torch device (`device="cuda"`). Clips of different
+    lengths are each computed alone and then padded in the *frame* domain with `padding_value`; `attention_mask` marks
+    the valid frames (the model masks the padding out, so a padded clip gets exactly what it gets alone).
+
+    Padding and truncation follow `Wav2Vec2FeatureExtractor` / `WhisperFeatureExtractor` for raw audio: `max_length`
+    and `truncation` count *samples* of the input audio, `padding` is `True` / `"longest"` (the default: pad to the
+    longest clip of the call), `"max_length"` (pad to the frames of `max_length` samples) or `False` (no padding: a
+    list of `(frames_i, num_mel_bins)` arrays). `pad_to_multiple_of` rounds the padded number of *frames* up (16, the
+    patch size, avoids a partial last patch column). Long audio is never truncated unless `truncation=True` is asked
+    for: the model splits it into chunks itself. [`~SequenceFeatureExtractor.pad`] pads this extractor's own outputs
+    (lists of `(frames, num_mel_bins)` features, e.g. rows of a `datasets` dataset) along time, which is what
+    `DataCollatorWithPadding(feature_extractor)` and `Trainer(processing_class=feature_extractor)` call; there
+    `max_length` and `pad_to_multiple_of` count frames (the axis it pads), as for every already-featurised input.
 
     Accepted input:
 
     - one clip: a 1-D numpy array, 1-D torch tensor or a list of numbers;
     - a batch: a list of 1-D arrays / tensors (any lengths), or a 2-D numpy array / torch tensor of shape
-      `(batch, samples)`.
+      `(batch, samples)`. A 2-D array shaped like `(samples, channels)` (what `soundfile.read` gives for a stereo
+      file) is refused with the down-mix to apply.
 
     Floating-point audio is expected in [-1, 1] and is converted to float32 (float64 included). Integer PCM is scaled
     to [-1, 1) by the range of its dtype: signed `intN` is divided by `2 ** (N - 1)` (int16 / 32768, int32 / 2**31,
@@ -104,8 +128,9 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
         spectrogram_mean (`float`, *optional*, defaults to -7.056): AudioSet mean of the log-mel, subtracted.
         spectrogram_std (`float`, *optional*, defaults to 4.193): AudioSet standard deviation of the log-mel, divided.
         padding_value (`float`, *optional*, defaults to 0.0): value of padded frames in `input_values`.
-        return_attention_mask (`bool`, *optional*): default for the call argument of the same name. `None` returns
-            a mask only when a batch holds clips of different lengths.
+        return_attention_mask (`bool`, *optional*, defaults to `True`): default for the call argument of the same
+            name: `attention_mask` is returned with every call, whatever the lengths (`None`, the value older saved
+            configs hold, means `True`).
 
     Example:
 
@@ -125,12 +150,26 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
     >>> features["input_values"].shape, features["attention_mask"].sum(-1).tolist()
     (torch.Size([2, 98, 80]), [98, 48])
 
+    >>> # the HF audio-classification recipe: cut to 1 s (in samples), pad later in the data collator
+    >>> features = feature_extractor(batch, sampling_rate=16000, max_length=16000, truncation=True, padding=False)
+    >>> [values.shape for values in features["input_values"]]
+    [(98, 80), (48, 80)]
+    >>> feature_extractor.pad(
+    ...     [{"input_values": values} for values in features["input_values"]], return_tensors="pt"
+    ... )["attention_mask"].sum(-1).tolist()
+    [98, 48]
+
     >>> # GPU front end for a training loop: (batch, samples) tensor in, (batch, frames, 80) tensor out
     >>> log_mel = feature_extractor.extract_log_mel(torch.from_numpy(audio)[None])  # same device as the input
     ```
     """
 
     model_input_names = ["input_values", "attention_mask"]
+
+    # Frames per STFT call in `extract_log_mel`: longer audio is transformed block by block (each frame reads only its
+    # own `n_fft` samples, so the numbers are the same), keeping the complex spectrum of one block (~26 MB per clip)
+    # instead of the whole file's (580 MB for an hour).
+    stft_block_frames = 16384
 
     # Front-end fields shared with MatpacConfig (the model config repeats them so that it alone describes the model).
     FRONT_END_FIELDS = (
@@ -154,18 +193,18 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
 
     def __init__(
         self,
-        sampling_rate: int = 16000,
-        n_fft: int = 400,
-        win_length: int = 400,
-        hop_length: int = 160,
-        num_mel_bins: int = 80,
-        f_min: float = 50.0,
-        f_max: float = 8000.0,
-        log_offset: float = float(np.finfo(np.float32).eps),
-        spectrogram_mean: float = -7.056,
-        spectrogram_std: float = 4.193,
+        sampling_rate: int = SAMPLING_RATE,
+        n_fft: int = N_FFT,
+        win_length: int = WIN_LENGTH,
+        hop_length: int = HOP_LENGTH,
+        num_mel_bins: int = NUM_MEL_BINS,
+        f_min: float = F_MIN,
+        f_max: float = F_MAX,
+        log_offset: float = LOG_OFFSET,
+        spectrogram_mean: float = SPECTROGRAM_MEAN,
+        spectrogram_std: float = SPECTROGRAM_STD,
         padding_value: float = 0.0,
-        return_attention_mask: bool | None = None,
+        return_attention_mask: bool | None = True,
         **kwargs,
     ):
         feature_size = kwargs.pop("feature_size", num_mel_bins)
@@ -189,7 +228,7 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
             feature_size=num_mel_bins,
             sampling_rate=sampling_rate,
             padding_value=padding_value,
-            return_attention_mask=return_attention_mask,
+            return_attention_mask=True if return_attention_mask is None else bool(return_attention_mask),
             **kwargs,
         )
         if self.padding_side not in ("right", "left"):
@@ -220,8 +259,8 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
         return output
 
     def num_frames(self, num_samples: int) -> int:
-        """Number of log-mel frames of a clip of `num_samples` samples (no centre padding)."""
-        return 1 + (num_samples - self.n_fft) // self.hop_length
+        """Number of log-mel frames of a clip of `num_samples` samples (no centre padding; 0 below `n_fft`)."""
+        return num_frames_for_samples(num_samples, self.n_fft, self.hop_length)
 
     def _constants_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = str(device)
@@ -266,6 +305,20 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
                 f"({1000 * self.n_fft / self.sampling_rate:g} ms, one STFT window)."
             )
         mel_filters, window = self._constants_on(waveforms.device)
+        num_frames = 1 + (waveforms.shape[-1] - self.n_fft) // self.hop_length
+        if num_frames > self.stft_block_frames:  # long audio: the STFT block by block, one output allocation
+            output = torch.empty(
+                (waveforms.shape[0], num_frames, self.num_mel_bins), dtype=torch.float32, device=waveforms.device
+            )
+            for first in range(0, num_frames, self.stft_block_frames):
+                last = min(first + self.stft_block_frames, num_frames)  # frames [first, last) read these samples:
+                block = waveforms[:, first * self.hop_length : (last - 1) * self.hop_length + self.n_fft]
+                output[:, first:last] = self._log_mel_block(block, mel_filters, window)
+            return output
+        return self._log_mel_block(waveforms, mel_filters, window)
+
+    def _log_mel_block(self, waveforms: torch.Tensor, mel_filters: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """`(batch, samples)` -> `(batch, frames, num_mel_bins)` normalised log-mel in float32 (one STFT call)."""
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
             waveforms = waveforms.float()
             spectrum = torch.stft(
@@ -335,6 +388,15 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
             if raw_speech.ndim == 2:
                 if raw_speech.shape[0] == 0:
                     raise ValueError("The batch is empty (shape (0, samples)); give at least one clip.")
+                num_rows, num_columns = raw_speech.shape
+                if num_columns < self.n_fft <= num_rows:  # rows would be clips too short to featurise
+                    raise ValueError(
+                        f"Audio has shape {tuple(raw_speech.shape)}, which looks like (samples, channels): "
+                        f"{num_rows} samples of {num_columns}-channel audio (what `soundfile.read` returns for a "
+                        "multi-channel file), not a batch of clips. MATPAC takes mono audio: down-mix first with "
+                        "`audio.mean(axis=1)` (or decode with `matpac_hf.audio_io.decode_audio(path)`, which "
+                        "down-mixes and resamples)."
+                    )
                 return [self._to_float32_clip(row, f"Clip {i}") for i, row in enumerate(raw_speech)]
             raise ValueError(
                 f"Audio has shape {tuple(raw_speech.shape)} ({raw_speech.ndim}-D); expected a 1-D clip (samples,) or "
@@ -356,8 +418,12 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
         self,
         raw_speech: np.ndarray | torch.Tensor | list[float] | list[np.ndarray] | list[torch.Tensor],
         sampling_rate: int | None = None,
-        return_tensors: str | TensorType | None = None,
+        padding: bool | str | PaddingStrategy = True,
+        max_length: int | None = None,
+        truncation: bool = False,
+        pad_to_multiple_of: int | None = None,
         return_attention_mask: bool | None = None,
+        return_tensors: str | TensorType | None = None,
         device: str | torch.device | None = None,
     ) -> BatchFeature:
         """
@@ -368,15 +434,30 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
                 audio (see the class docstring for dtypes).
             sampling_rate (`int`, *optional*): sampling rate of `raw_speech`. Strongly recommended: a mismatch
                 raises an error instead of silently producing wrong features.
+            padding (`bool`, `str` or [`~utils.PaddingStrategy`], *optional*, defaults to `True`): how clips of
+                different lengths are padded (in frames, with `padding_value`, after the log-mel):
+                - `True` or `"longest"`: to the longest clip of the call;
+                - `"max_length"`: to the frames of `max_length` samples (`num_frames(max_length)`); a longer clip
+                  raises an error unless `truncation=True`;
+                - `False` or `"do_not_pad"`: no padding; `input_values` is then a list of `(frames_i, num_mel_bins)`
+                  arrays (pad them later with [`~SequenceFeatureExtractor.pad`] or a data collator).
+            max_length (`int`, *optional*): a length in **samples** of the input audio (as for
+                `Wav2Vec2FeatureExtractor` / `WhisperFeatureExtractor`), used by `padding="max_length"` and
+                `truncation=True`.
+            truncation (`bool`, *optional*, defaults to `False`): cut every clip to its first `max_length` samples
+                before the log-mel. Nothing is ever truncated otherwise.
+            pad_to_multiple_of (`int`, *optional*): round the padded number of frames up to a multiple of this
+                (e.g. 16, the patch size). Ignored with `padding=False`.
+            return_attention_mask (`bool`, *optional*): return `attention_mask` `(batch, frames)`, 1 on valid
+                frames. Defaults to the constructor value (`True`: always, whatever the lengths).
             return_tensors (`str` or [`~utils.TensorType`], *optional*): `"pt"` for torch tensors (left on
-                `device`), `"np"` or `None` for numpy arrays.
-            return_attention_mask (`bool`, *optional*): return `attention_mask` (batch, frames), 1 on valid frames.
-                Defaults to the constructor value; `None` there returns it only when clips have different lengths.
+                `device`), `"np"` for numpy arrays, `None` for numpy arrays too (a list of arrays with
+                `padding=False`).
             device (`str` or `torch.device`, *optional*, defaults to CPU): torch device the log-mel is computed on.
 
         Returns:
-            [`BatchFeature`] with `input_values` of shape `(batch, frames, num_mel_bins)` (float32) and, when asked
-            for, `attention_mask` of shape `(batch, frames)` (int32).
+            [`BatchFeature`] with `input_values` of shape `(batch, frames, num_mel_bins)` (float32) and, unless
+            `return_attention_mask=False`, `attention_mask` of shape `(batch, frames)` (int32).
         """
         if sampling_rate is None:
             logger.warning_once(
@@ -394,36 +475,83 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
             return_tensors = TensorType(return_tensors)  # unknown names raise a ValueError listing the valid ones
             if return_tensors not in (TensorType.PYTORCH, TensorType.NUMPY):
                 raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors.value!r}.")
+        padding_strategy = self._get_padding_strategies(padding=padding, max_length=max_length)
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))):
+            raise ValueError(f"max_length must be a number of samples (an int), got {max_length!r}.")
+        if max_length is not None and max_length < self.n_fft:
+            raise ValueError(
+                f"max_length={max_length} samples is shorter than one STFT window ({self.n_fft} samples): "
+                "max_length counts samples of the input audio (16000 = 1 s at 16 kHz), not frames."
+            )
+        if truncation and max_length is None:
+            raise ValueError("truncation=True needs max_length (in samples), e.g. max_length=16000 for 1 s.")
+        if max_length is not None and not truncation and padding_strategy != PaddingStrategy.MAX_LENGTH:
+            logger.warning_once(
+                f"max_length={max_length} has no effect with padding={padding!r} and truncation=False; pass "
+                "truncation=True to cut the audio, or padding='max_length' to pad to it."
+            )
+        if pad_to_multiple_of is not None and (isinstance(pad_to_multiple_of, bool) or pad_to_multiple_of < 1):
+            raise ValueError(f"pad_to_multiple_of must be a positive number of frames, got {pad_to_multiple_of!r}.")
 
         clips = self._split_clips(raw_speech)
+        if truncation:
+            clips = [clip[:max_length] for clip in clips]
+        elif padding_strategy == PaddingStrategy.MAX_LENGTH:
+            too_long = [i for i, clip in enumerate(clips) if clip.shape[0] > max_length]
+            if too_long:
+                raise ValueError(
+                    f"Clip(s) {too_long} are longer than max_length={max_length} samples "
+                    f"({[clips[i].shape[0] for i in too_long]} samples) and padding='max_length' cannot shorten "
+                    "them. Pass truncation=True to cut them to max_length, or padding='longest'."
+                )
         device = torch.device("cpu") if device is None else torch.device(device)
 
         lengths = [clip.shape[0] for clip in clips]
         frames = [self.num_frames(n) for n in lengths]
-        max_frames = max(frames)
-        # (batch, max_frames, num_mel_bins), filled clip-length group by clip-length group
+        if padding_strategy == PaddingStrategy.MAX_LENGTH:
+            padded_frames = self.num_frames(max_length)
+        else:
+            padded_frames = max(frames)
+        if pad_to_multiple_of is not None and padding_strategy != PaddingStrategy.DO_NOT_PAD:
+            padded_frames = -(-padded_frames // pad_to_multiple_of) * pad_to_multiple_of
+        # (batch, padded_frames, num_mel_bins), filled clip-length group by clip-length group
         input_values = torch.full(
-            (len(clips), max_frames, self.num_mel_bins), float(self.padding_value), dtype=torch.float32, device=device
+            (len(clips), padded_frames, self.num_mel_bins),
+            float(self.padding_value),
+            dtype=torch.float32,
+            device=device,
         )
-        attention_mask = torch.zeros((len(clips), max_frames), dtype=torch.int32, device=device)
+        attention_mask = torch.zeros((len(clips), padded_frames), dtype=torch.int32, device=device)
         for length in sorted(set(lengths)):
             rows = [i for i, n in enumerate(lengths) if n == length]
             waveforms = torch.from_numpy(np.stack([clips[i] for i in rows])).to(device)  # (group, samples)
             log_mel = self.extract_log_mel(waveforms)  # (group, num_frames, num_mel_bins)
             num_frames = log_mel.shape[1]
-            start = 0 if self.padding_side == "right" else max_frames - num_frames
+            start = 0 if self.padding_side == "right" else padded_frames - num_frames
             index = torch.tensor(rows, device=device)
             input_values[index, start : start + num_frames] = log_mel
             attention_mask[index, start : start + num_frames] = 1
 
         if return_attention_mask is None:
-            return_attention_mask = self.return_attention_mask
-        if return_attention_mask is None:
-            return_attention_mask = len(set(frames)) > 1
-
+            return_attention_mask = self.return_attention_mask is not False
         data = {"input_values": input_values}
         if return_attention_mask:
             data["attention_mask"] = attention_mask
+
+        if padding_strategy == PaddingStrategy.DO_NOT_PAD and len(set(frames)) > 1:
+            if return_tensors is not None:
+                raise ValueError(
+                    f"padding=False with clips of different lengths ({sorted(set(frames))} frames) cannot make one "
+                    f"{return_tensors.value!r} tensor. Use padding=True (the default) or return_tensors=None (a list "
+                    "of arrays, to pad later with feature_extractor.pad or a data collator)."
+                )
+            # one (frames_i, num_mel_bins) array per clip, as Wav2Vec2FeatureExtractor gives without padding
+            start_of = (lambda n: 0) if self.padding_side == "right" else (lambda n: padded_frames - n)
+            data = {
+                key: [value[i, start_of(n) : start_of(n) + n].cpu().numpy() for i, n in enumerate(frames)]
+                for key, value in data.items()
+            }
+            return BatchFeature(data=data)
         if return_tensors != TensorType.PYTORCH:
             data = {key: value.cpu().numpy() for key, value in data.items()}
         return BatchFeature(data=data)

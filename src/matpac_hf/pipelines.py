@@ -93,8 +93,10 @@ class AudioFeatureExtractionPipeline(Pipeline):
     def preprocess(self, inputs, sampling_rate: int | None = None):
         waveform = self._to_waveform(inputs, sampling_rate)
         extractor_kwargs = {"sampling_rate": self.feature_extractor.sampling_rate, "return_tensors": "pt"}
-        if "attention_mask" in inspect.signature(self.model.forward).parameters:
-            extractor_kwargs["return_attention_mask"] = True  # lets clips of different lengths share a batch
+        # the mask lets clips of different lengths share a batch; a model without the argument must not get one
+        extractor_kwargs["return_attention_mask"] = (
+            "attention_mask" in inspect.signature(self.model.forward).parameters
+        )
         model_inputs = self.feature_extractor(waveform, **extractor_kwargs)
         if self.dtype is not None:
             model_inputs = model_inputs.to(dtype=self.dtype)
