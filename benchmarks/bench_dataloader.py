@@ -135,7 +135,8 @@ def run_data_benchmark(args):
             f"corpus: {args.num_clips} FLAC clips of {args.clip_seconds:.0f} s in {args.num_shards} webdataset "
             f"shards (1/4 at 44.1 kHz stereo), built in {time.perf_counter() - start:.1f} s"
         )
-        print(f"crop: {CROP_SAMPLES} samples ({CROP_FRAMES} frames); target {TARGET_CROPS_PER_SECOND_PER_CORE} crops/s/core\n")
+        target = TARGET_CROPS_PER_SECOND_PER_CORE
+        print(f"crop: {CROP_SAMPLES} samples ({CROP_FRAMES} frames); target {target} crops/s/core\n")
         results = {}
         for num_workers in (0, 1, 2):
             rate = measure_pipeline(shards, num_workers, args.num_crops)

@@ -20,6 +20,7 @@ from matpac_hf.pretraining_data import CROP_FRAMES
 
 
 CROP_SAMPLES = num_samples_for_frames(CROP_FRAMES)
+NUM_PROBE_FOLDS = 5
 
 DEMO_CLASSES = ("harmonic_tone", "chirps", "noise_bursts", "click_rhythm", "am_fm_texture")
 
@@ -101,7 +102,7 @@ class DemoCorpus:
     """Paths and facts of a corpus written by `build_demo_corpus`."""
 
     pretrain_dir: str  # unlabelled audiofolder for pretraining (one deliberately corrupted file included)
-    probe_dir: str  # labelled audiofolder (metadata.csv: file_name,label) for the linear probe
+    probe_dir: str  # labelled audiofolder (metadata.csv: file_name,label,fold) for the linear probe
     num_clips: int  # readable pretraining clips
     corrupted_files: list[str] = field(default_factory=list)
     class_names: tuple[str, ...] = DEMO_CLASSES
@@ -122,7 +123,8 @@ def build_demo_corpus(
       one in five is stereo and one in five is 44.1 kHz (exercising down-mix and resampling), plus one corrupted file
       (`clip_00000_corrupted.flac`, a FLAC header followed by garbage) that the stream must skip and count.
     - `output_dir/probe/`: `num_probe_clips_per_class` clips of `probe_duration` s per kind, 16 kHz mono, with
-      `metadata.csv` (`file_name,label`): a small labelled task for a linear probe.
+      `metadata.csv` (`file_name,label,fold`): a small labelled task for a linear probe, each class spread evenly
+      over `NUM_PROBE_FOLDS` cross-validation folds (numbered from 1).
 
     The content depends only on `seed`. Existing files with the same names are overwritten.
     """
@@ -148,13 +150,13 @@ def build_demo_corpus(
         handle.write(b"fLaC" + rng.integers(0, 256, size=4096, dtype=np.uint8).tobytes())
     with open(os.path.join(probe_dir, "metadata.csv"), "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file_name", "label"])
+        writer.writerow(["file_name", "label", "fold"])
         for index in range(num_probe_clips_per_class * len(DEMO_CLASSES)):
             kind = DEMO_CLASSES[index % len(DEMO_CLASSES)]
             clip = synthesize_sound(kind, probe_duration, SAMPLING_RATE, rng)
             file_name = f"probe_{index:05d}.flac"
             sf.write(os.path.join(probe_dir, file_name), clip.astype(np.float32), SAMPLING_RATE)
-            writer.writerow([file_name, kind])
+            writer.writerow([file_name, kind, 1 + (index // len(DEMO_CLASSES)) % NUM_PROBE_FOLDS])
     return DemoCorpus(pretrain_dir=pretrain_dir, probe_dir=probe_dir, num_clips=num_clips, corrupted_files=[corrupted])
 
 

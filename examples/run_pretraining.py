@@ -10,11 +10,18 @@
         --preset base --per_device_batch_size 256 --num_epochs 300 --warmup_epochs 20 \
         --teacher_temperature_warmup_epochs 10 --corpus_size 2012615 --mixed_precision fp16 --output_dir matpac_run
 
-One optimiser step (method spec, sections 4 and 5): random 6.08 s waveform crops (decoded, down-mixed and resampled by
-`matpac_hf.pretraining_data` in DataLoader workers) -> normalised log-mel on the training device (`extract_log_mel`) ->
-`MatpacForPreTraining(input_values, step=step)` -> backward -> `update_teachers(step)` (EMA) -> clip the gradient norm
-at 3.0 -> AdamW step -> cosine schedule step. Checkpoints (`accelerator.save_state` plus the stream position, the step
-counters and every process's random state) are written atomically; `--resume_from_checkpoint latest` continues a run.
+    # a corpus of short clips: 3 s crops, shorter clips zero-padded (the padded patches are left out of the losses)
+    python examples/run_pretraining.py --dataset_dir clips/ --crop_frames 304 --min_clip_policy pad ...
+
+One optimiser step (method spec, sections 4 and 5): random waveform crops of `--crop_frames` log-mel frames (608 =
+6.08 s; decoded, down-mixed and resampled by `matpac_hf.pretraining_data` in DataLoader workers) -> normalised log-mel
+on the training device (`extract_log_mel`) -> `MatpacForPreTraining(input_values, attention_mask, step=step)` ->
+backward -> `update_teachers(step)` (EMA) -> clip the gradient norm at 3.0 -> AdamW step -> cosine schedule step.
+
+Checkpoints (`accelerator.save_state` plus the stream position, the step counters and every process's random state)
+are written atomically; `--resume_from_checkpoint latest` continues a run exactly. Ctrl-C (SIGINT) or SIGTERM (what
+preemptible clusters send) finishes the current step, writes a checkpoint and exits with status 130 / 143; a second
+Ctrl-C stops at once.
 
 Outputs in `--output_dir`:
     pretraining_model/    MatpacForPreTraining (student, predictor, heads, teachers, center): continue training from it
@@ -25,12 +32,14 @@ Outputs in `--output_dir`:
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
 import signal
+import sys
 import time
 
 import torch
@@ -39,16 +48,23 @@ from accelerate.logging import get_logger
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import ProjectConfiguration, gather_object, is_tensorboard_available, set_seed
 from tqdm.auto import tqdm
-from transformers import AutoModel, get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup
 
-from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForPreTraining, MatpacModel
-from matpac_hf.configuration_matpac import num_samples_for_frames
-from matpac_hf.pretraining_data import CROP_FRAMES, PretrainingDataLoop, build_crop_stream, load_audio_stream
-
-
-CROP_SAMPLES = num_samples_for_frames(CROP_FRAMES)
-from demo_corpus import DemoCorpus, build_demo_corpus, load_labelled_folder  # noqa: E402  (examples/demo_corpus.py)
+from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForPreTraining
+from matpac_hf.audio_io import BAD_AUDIO_POLICIES, MIN_CLIP_POLICIES
 from matpac_hf.model_card import pretraining_objective, render_model_card
+from matpac_hf.pretraining_data import (
+    CROP_FRAMES,
+    PretrainingDataLoop,
+    build_crop_stream,
+    frame_attention_mask,
+    load_audio_stream,
+)
+
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling examples below, also when imported
+import run_linear_probe  # noqa: E402
+from demo_corpus import DemoCorpus, build_demo_corpus, load_labelled_folder  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -81,7 +97,7 @@ PRESETS = {
 OFFICIAL_WARMUP_FRACTION = 20 / 300
 OFFICIAL_TEACHER_TEMPERATURE_WARMUP_FRACTION = 10 / 300
 DEMO_NUM_EPOCHS = 30  # default length of the embedded demo (a few minutes of the tiny preset on a laptop CPU)
-DEMO_PROBE_CLIPS_PER_CLASS = 40  # labelled 3 s clips per class of the demo's linear probe
+DEMO_PROBE_CLIPS = 40  # labelled 3 s clips per class of the demo's linear probe
 MONITORS = (
     "prediction_std",
     "target_std",
@@ -92,6 +108,14 @@ MONITORS = (
     "ema_decay",
     "head_ema_decay",
     "mcl_temperature",
+)
+FINAL_MONITORS = (
+    "loss",
+    "prediction_loss",
+    "classification_loss",
+    "prediction_std",
+    "target_std",
+    "teacher_perplexity",
 )
 
 
@@ -118,16 +142,36 @@ def parse_args(argv=None):
         help="clips in the streaming shuffle buffer (0 disables it; needed for an exact resume)",
     )
     data.add_argument(
+        "--crop_frames",
+        type=int,
+        default=CROP_FRAMES,
+        help="crop length in log-mel frames (10 ms each; a multiple of the 16-frame patch, at most the model's "
+        "max_frames): 608 (6.1 s) officially; shorter crops keep the clips of a corpus of short clips",
+    )
+    data.add_argument(
         "--min_clip_policy",
-        choices=("drop", "pad"),
+        choices=MIN_CLIP_POLICIES,
         default="drop",
-        help="clips shorter than the 6.1 s crop: drop them (official) or zero-pad them at the end",
+        help="clips shorter than the crop: drop them (official) or zero-pad them at the end (the padded patches are "
+        "never visible nor targets and are left out of the losses)",
+    )
+    data.add_argument(
+        "--bad_audio",
+        choices=BAD_AUDIO_POLICIES,
+        default="skip",
+        help="unreadable clips: skip and count them (reported in the logs), or stop with the file name",
     )
     data.add_argument(
         "--num_workers",
         type=int,
         default=1,
         help="DataLoader worker processes decoding audio per training process (0: decode in-process)",
+    )
+    data.add_argument(
+        "--num_threads",
+        type=int,
+        help="torch intra-op threads of each training process (default: OMP_NUM_THREADS if set, else this "
+        "process's share of the CPU cores minus one per decoding worker; the workers use 1 thread each)",
     )
     data.add_argument(
         "--demo_num_clips",
@@ -235,13 +279,6 @@ def parse_args(argv=None):
         action="store_true",
         help="on the demo corpus, skip the final linear probe of pretrained vs random encoder",
     )
-    output.add_argument(
-        "--simulate_crash",
-        choices=("after_step", "during_checkpoint"),
-        help="testing aid: SIGKILL this process right after step --simulate_crash_at_step, or while "
-        "writing the checkpoint of that step (before it is complete)",
-    )
-    output.add_argument("--simulate_crash_at_step", type=int, help="step of --simulate_crash")
 
     args = parser.parse_args(argv)
     sources = [name for name in ("dataset_name", "dataset_dir", "data_files") if getattr(args, name)]
@@ -249,16 +286,22 @@ def parse_args(argv=None):
         parser.error(f"give at most one corpus source, got {', '.join('--' + s for s in sources)}")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. 'me/matpac-vitb')")
-    for name in ("per_device_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "logging_steps"):
+    for name in (
+        "per_device_batch_size",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "logging_steps",
+        "crop_frames",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.simulate_crash and args.simulate_crash_at_step is None:
-        parser.error("--simulate_crash needs --simulate_crash_at_step")
+    if args.num_threads is not None and args.num_threads < 1:
+        parser.error(f"--num_threads must be >= 1, got {args.num_threads}")
     return args
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Small helpers (logging, schedule, optimiser, checkpoints)
+# Logging, threads, schedule, model, optimiser
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -289,8 +332,75 @@ class JsonlTracker(GeneralTracker):
         self.file.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
         self.file.flush()
 
+    def truncate_after(self, step: int):
+        """Drops the rows of steps after `step` (logged before a crash, recomputed after the resume from `step`)."""
+        self.file.close()
+        truncate_jsonl(self.path, lambda row: row.get("step") is None or row["step"] <= step)
+        self.file = open(self.path, "a")
+
     def finish(self):
         self.file.close()
+
+
+def truncate_jsonl(path: str, keep) -> None:
+    """Rewrites a JSON-lines file with only the rows for which `keep(row)` is true (atomically)."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as handle:
+        rows = [line for line in handle if line.strip() and keep(json.loads(line))]
+    with open(path + ".tmp", "w") as handle:
+        handle.writelines(rows)
+    os.replace(path + ".tmp", path)
+
+
+def build_accelerator(args, output_dir: str) -> tuple[Accelerator, JsonlTracker]:
+    """The Accelerator with its trackers: JSONL always; tensorboard when installed, or what --report_to names."""
+    logging_dir = os.path.join(output_dir, "logs")
+    jsonl = JsonlTracker("matpac_pretraining", logging_dir)
+    trackers = [jsonl]
+    if args.report_to == "auto":
+        trackers += ["tensorboard"] if is_tensorboard_available() else []
+    elif args.report_to != "jsonl":
+        trackers += [name.strip() for name in args.report_to.split(",") if name.strip() and name.strip() != "jsonl"]
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=trackers,
+        project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=logging_dir),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for noisy in ("datasets", "httpx", "urllib3", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logger.info(accelerator.state, main_process_only=False)
+    return accelerator, jsonl
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def choose_num_threads(requested: int | None, num_workers: int, processes_on_this_machine: int) -> tuple[int, str]:
+    """Intra-op threads of a training process, and why. Oversubscription is what hurts on small machines (a 2-core
+    run with torch's default threads plus a decoding worker was 3x slower per step when other work ran): by default a
+    process takes its share of the cores minus one core per decoding worker (each worker runs 1 thread)."""
+    if requested is not None:
+        return requested, "--num_threads"
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    share = max(1, available_cores() // max(1, processes_on_this_machine))
+    return max(1, share - num_workers), f"{share} core(s) for this process - {num_workers} decoding worker(s)"
+
+
+def init_decoding_worker(worker_id: int):
+    """DataLoader worker setup: 1 torch thread (decoding is single-threaded; more threads only compete with the
+    training process), and SIGINT / SIGTERM left to the training process, which stops the workers itself after
+    writing its checkpoint (a worker killed by the signal would abort the run first)."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def parse_config_overrides(text: str | None) -> dict:
@@ -316,6 +426,15 @@ def parse_config_overrides(text: str | None) -> dict:
     return overrides
 
 
+def _steps(step_value: int | None, epoch_value: float | None, steps_per_epoch: int | None, default: int | None):
+    """A length given in steps, else in epochs, else `default`."""
+    if step_value is not None:
+        return step_value
+    if epoch_value is not None:
+        return int(round(epoch_value * steps_per_epoch))
+    return default
+
+
 def resolve_schedule(args, corpus_size: int | None, num_processes: int) -> dict:
     """Optimiser steps for the run, the warm-up and the teacher-temperature warm-up (steps win over epochs)."""
     clips_per_step = args.per_device_batch_size * num_processes * args.gradient_accumulation_steps
@@ -329,23 +448,17 @@ def resolve_schedule(args, corpus_size: int | None, num_processes: int) -> dict:
             f"--corpus_size (clips in the corpus) of at least one step's worth of clips ({clips_per_step}), got "
             f"{corpus_size}; or give the lengths in steps."
         )
-
-    def steps(step_value, epoch_value, default):
-        if step_value is not None:
-            return step_value
-        if epoch_value is not None:
-            return int(round(epoch_value * steps_per_epoch))
-        return default
-
-    max_steps = steps(args.max_steps, args.num_epochs, None)
+    max_steps = _steps(args.max_steps, args.num_epochs, steps_per_epoch, None)
     if max_steps is None:
         raise ValueError("Give the run length: --max_steps, or --num_epochs with --corpus_size.")
     if max_steps < 1:
         raise ValueError(f"The run must have at least one optimiser step, got {max_steps}.")
-    warmup = steps(args.warmup_steps, args.warmup_epochs, int(round(max_steps * OFFICIAL_WARMUP_FRACTION)))
-    teacher_warmup = steps(
+    official_warmup = int(round(max_steps * OFFICIAL_WARMUP_FRACTION))
+    warmup = _steps(args.warmup_steps, args.warmup_epochs, steps_per_epoch, official_warmup)
+    teacher_warmup = _steps(
         args.teacher_temperature_warmup_steps,
         args.teacher_temperature_warmup_epochs,
+        steps_per_epoch,
         int(round(max_steps * OFFICIAL_TEACHER_TEMPERATURE_WARMUP_FRACTION)),
     )
     if not 0 <= warmup <= max_steps or not 0 <= teacher_warmup <= max_steps:
@@ -360,17 +473,41 @@ def resolve_schedule(args, corpus_size: int | None, num_processes: int) -> dict:
     }
 
 
+def build_model(args, schedule: dict) -> MatpacForPreTraining:
+    """A saved MatpacForPreTraining (--model_name_or_path) or a new one from the preset and overrides, with the run's
+    schedule lengths in its config (its own schedules, teacher temperature and EMA, follow them)."""
+    lengths = {
+        "total_steps": schedule["max_steps"],
+        "teacher_temperature_warmup_steps": schedule["teacher_temperature_warmup_steps"],
+    }
+    if args.model_name_or_path:
+        model = MatpacForPreTraining.from_pretrained(args.model_name_or_path, **lengths)
+    else:
+        config_kwargs = {**PRESETS[args.preset], **parse_config_overrides(args.config_overrides)}
+        if args.use_mcl:
+            config_kwargs["use_mcl"] = True
+        model = MatpacForPreTraining(MatpacConfig(**lengths, **config_kwargs))
+    config = model.config
+    if args.crop_frames % config.patch_size or args.crop_frames > config.max_frames:
+        raise ValueError(
+            f"--crop_frames {args.crop_frames} must be a multiple of the patch size {config.patch_size} and at most "
+            f"the model's max_frames {config.max_frames} (its position table), e.g. "
+            f"{max(config.patch_size, args.crop_frames // config.patch_size * config.patch_size)}."
+        )
+    return model
+
+
+def is_no_decay_parameter(name: str, parameter: torch.nn.Parameter) -> bool:
+    return parameter.ndim <= 1 or name.endswith("token") or "norm" in name or "weight_norm_gain" in name
+
+
 def build_optimizer(model: MatpacForPreTraining, args) -> torch.optim.AdamW:
     """AdamW over the trainable parameters only (the EMA teachers have requires_grad=False)."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if args.no_decay_bias_norm:
-
-        def no_decay(name, parameter):
-            return parameter.ndim <= 1 or name.endswith("token") or "norm" in name or "weight_norm_gain" in name
-
         groups = [
-            {"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": args.weight_decay},
-            {"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
+            {"params": [p for n, p in named if not is_no_decay_parameter(n, p)], "weight_decay": args.weight_decay},
+            {"params": [p for n, p in named if is_no_decay_parameter(n, p)], "weight_decay": 0.0},
         ]
     else:
         groups = [{"params": [p for _, p in named], "weight_decay": args.weight_decay}]
@@ -385,27 +522,143 @@ def mask_generator(seed: int, rank: int, step: int, micro_step: int) -> torch.Ge
     return torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + step) * 1_009 + micro_step)
 
 
+def run_hyperparameters(args, config: MatpacConfig, schedule: dict, accelerator: Accelerator) -> dict:
+    """What the trackers and the model card record about the run."""
+    return {
+        "preset": args.preset,
+        "use_mcl": config.use_mcl,
+        "learning_rate": args.learning_rate,
+        "weight_decay": args.weight_decay,
+        "betas": f"({args.adam_beta1}, {args.adam_beta2})",
+        "adam_epsilon": args.adam_epsilon,
+        "decay_bias_norm": not args.no_decay_bias_norm,
+        "max_grad_norm": args.max_grad_norm,
+        "per_device_batch_size": args.per_device_batch_size,
+        "num_processes": accelerator.num_processes,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "total_batch_size": schedule["clips_per_step"],
+        "total_steps": schedule["max_steps"],
+        "warmup_steps": schedule["warmup_steps"],
+        "teacher_temperature_warmup_steps": schedule["teacher_temperature_warmup_steps"],
+        "mixed_precision": accelerator.mixed_precision,
+        "seed": args.seed,
+        "shuffle_buffer_size": args.shuffle_buffer_size,
+        "min_clip_policy": args.min_clip_policy,
+        "crop": f"{args.crop_frames} frames ({args.crop_frames * config.hop_length / config.sampling_rate:.2f} s)",
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def prepare_demo_corpus(args, accelerator: Accelerator, output_dir: str) -> DemoCorpus:
+    """Builds (once) the synthetic demo corpus in `<output_dir>/demo_corpus` and points the run at it."""
+    demo_dir = os.path.join(output_dir, "demo_corpus")
+    marker = os.path.join(demo_dir, "corpus.json")
+    wanted = {"num_clips": args.demo_num_clips, "seed": args.seed, "num_probe_clips_per_class": DEMO_PROBE_CLIPS}
+    if accelerator.is_main_process and not (os.path.isfile(marker) and read_json(marker) == wanted):
+        build_demo_corpus(
+            demo_dir, num_clips=args.demo_num_clips, seed=args.seed, num_probe_clips_per_class=DEMO_PROBE_CLIPS
+        )
+        with open(marker, "w") as handle:
+            json.dump(wanted, handle)
+    accelerator.wait_for_everyone()
+    demo = DemoCorpus(os.path.join(demo_dir, "pretrain"), os.path.join(demo_dir, "probe"), args.demo_num_clips)
+    args.dataset_dir = demo.pretrain_dir
+    args.corpus_size = args.corpus_size or demo.num_clips
+    if args.max_steps is None and args.num_epochs is None:
+        args.num_epochs = DEMO_NUM_EPOCHS
+        logger.info(f"Demo: no run length given, using --num_epochs {DEMO_NUM_EPOCHS}")
+    logger.info(
+        f"No corpus given: built the synthetic demo corpus in {demo_dir} ({demo.num_clips} clips + 1 corrupted file, "
+        "and a labelled probe set)"
+    )
+    return demo
+
+
+def build_data_loop(args, accelerator: Accelerator) -> tuple[PretrainingDataLoop, int | None]:
+    """The corpus stream, shuffled and split over the processes, as endless resumable crop batches; and the corpus
+    size (given, or from the dataset info)."""
+    dataset, audio_column = load_audio_stream(
+        dataset_name=args.dataset_name,
+        dataset_dir=args.dataset_dir,
+        data_files=args.data_files,
+        dataset_config=args.dataset_config,
+        split=args.split,
+        audio_column=args.audio_column,
+    )
+    corpus_size = args.corpus_size
+    splits = getattr(dataset.info, "splits", None) or {}
+    if corpus_size is None and args.split in splits and splits[args.split].num_examples:
+        corpus_size = splits[args.split].num_examples
+        logger.info(f"Corpus size from the dataset info: {corpus_size} clips")
+    stream = build_crop_stream(
+        dataset,
+        audio_column,
+        seed=args.seed,
+        shuffle_buffer_size=args.shuffle_buffer_size,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        crop_frames=args.crop_frames,
+        min_clip_policy=args.min_clip_policy,
+        bad_audio=args.bad_audio,
+    )
+    data_loop = PretrainingDataLoop(
+        stream,
+        batch_size=args.per_device_batch_size,
+        num_workers=args.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+        worker_init_fn=init_decoding_worker,
+    )
+    if not data_loop.exact_resume:
+        logger.warning(
+            "DataLoader workers without torchdata: a resumed run restarts the interrupted epoch. Install "
+            "torchdata (StatefulDataLoader) or use --num_workers 0 for an exact resume."
+        )
+    return data_loop, corpus_size
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints and outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+# Rotation is done here, not by `ProjectConfiguration(total_limit=...)`: accelerate deletes the oldest checkpoint
+# *before* writing the new one into its final folder (no temporary folder, no completion marker), and `load_state()`
+# then picks the newest folder even when it is incomplete. A kill during a save could leave no usable checkpoint.
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_MARKER = "checkpoint_complete.json"
 
 
+def checkpoint_steps(output_dir: str, complete_only: bool = True) -> list[int]:
+    """Steps of the `checkpoint-<step>` folders in `output_dir` (with their completion marker), sorted."""
+    if not os.path.isdir(output_dir):
+        return []
+    steps = []
+    for name in os.listdir(output_dir):
+        if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit():
+            if not complete_only or os.path.isfile(os.path.join(output_dir, name, CHECKPOINT_MARKER)):
+                steps.append(int(name[len(CHECKPOINT_PREFIX) :]))
+    return sorted(steps)
+
+
 def find_latest_checkpoint(output_dir: str) -> str | None:
     """The newest *complete* checkpoint (`checkpoint-<step>` with its completion marker), or None."""
-    if not os.path.isdir(output_dir):
-        return None
-    candidates = []
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit():
-            if os.path.isfile(os.path.join(path, CHECKPOINT_MARKER)):
-                candidates.append((int(name[len(CHECKPOINT_PREFIX) :]), path))
-    return max(candidates)[1] if candidates else None
+    steps = checkpoint_steps(output_dir)
+    return os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{steps[-1]}") if steps else None
 
 
-def save_checkpoint(accelerator, output_dir, step, data_loop, args, save_models_fn=None):
+def mark_checkpoint_complete(folder: str, step: int, num_processes: int):
+    with open(os.path.join(folder, CHECKPOINT_MARKER), "w") as handle:
+        json.dump({"global_step": step, "num_processes": num_processes}, handle)
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, data_loop, total_limit: int, models=None) -> str:
     """Writes `checkpoint-<step>` atomically: everything goes to a temporary folder first (accelerate state, this
-    process's stream position and counters), the main process adds the completion marker and renames the folder. A
-    crash before the rename leaves only a `.tmp-...` folder that `find_latest_checkpoint` ignores."""
+    process's stream position and counters, and `save_models(*models)` when given), the main process adds the
+    completion marker and renames the folder, then deletes the oldest checkpoints beyond `total_limit` (0 keeps
+    all). A crash before the rename leaves only a `.tmp-...` folder that `find_latest_checkpoint` ignores."""
     final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
     temporary = os.path.join(output_dir, f".tmp-{CHECKPOINT_PREFIX}{step}")
     if accelerator.is_main_process and os.path.exists(temporary):
@@ -416,31 +669,77 @@ def save_checkpoint(accelerator, output_dir, step, data_loop, args, save_models_
         {"global_step": step, "data": data_loop.state_dict()},
         os.path.join(temporary, f"training_state_rank{accelerator.process_index}.pt"),
     )
-    if save_models_fn is not None:
-        save_models_fn(temporary)
+    if models is not None and accelerator.is_main_process:
+        save_models(*models, folder=temporary)
     accelerator.wait_for_everyone()
-    if args.simulate_crash == "during_checkpoint" and step == args.simulate_crash_at_step:
-        logger.warning(f"--simulate_crash: killing the process while checkpoint {step} is incomplete")
-        os.kill(os.getpid(), signal.SIGKILL)
     if accelerator.is_main_process:
-        with open(os.path.join(temporary, CHECKPOINT_MARKER), "w") as handle:
-            json.dump({"global_step": step, "num_processes": accelerator.num_processes}, handle)
+        mark_checkpoint_complete(temporary, step, accelerator.num_processes)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(temporary, final)
-        if args.checkpoints_total_limit > 0:
-            steps = sorted(
-                int(n[len(CHECKPOINT_PREFIX) :])
-                for n in os.listdir(output_dir)
-                if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX) :].isdigit()
-            )
-            for old in steps[: -args.checkpoints_total_limit]:
+        if total_limit > 0:
+            for old in checkpoint_steps(output_dir, complete_only=False)[:-total_limit]:
                 shutil.rmtree(os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{old}"), ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
-def save_models(model: MatpacForPreTraining, feature_extractor, folder: str, card_fields: dict):
+def resume(args, accelerator: Accelerator, output_dir: str, data_loop: PretrainingDataLoop) -> int:
+    """Loads `--resume_from_checkpoint` ('latest' or a folder) into the prepared objects and the data loop; returns
+    the optimiser steps already done (0 without a checkpoint)."""
+    checkpoint = args.resume_from_checkpoint
+    if checkpoint == "latest":
+        checkpoint = find_latest_checkpoint(output_dir)
+        if checkpoint is None:
+            logger.info("--resume_from_checkpoint latest: no complete checkpoint yet, starting from scratch")
+            return 0
+    if not checkpoint:
+        return 0
+    if not os.path.isfile(os.path.join(checkpoint, CHECKPOINT_MARKER)):
+        raise ValueError(f"{checkpoint!r} is not a complete checkpoint folder (no {CHECKPOINT_MARKER}).")
+    accelerator.load_state(checkpoint)
+    state_path = os.path.join(checkpoint, f"training_state_rank{accelerator.process_index}.pt")
+    if not os.path.isfile(state_path):
+        raise ValueError(
+            f"{checkpoint} has no stream state for process {accelerator.process_index}: it was written by a run "
+            "with fewer processes; resume with the same number of processes."
+        )
+    training_state = torch.load(state_path, weights_only=False)
+    data_loop.load_state_dict(training_state["data"])
+    logger.info(f"Resumed from {checkpoint} at step {training_state['global_step']} (epoch {data_loop.epoch})")
+    return training_state["global_step"]
+
+
+def card_fields(args, config, hyperparameters: dict, corpus, global_step: int, monitors: dict | None = None) -> dict:
+    """The fields of the encoder's model card."""
+    crop_seconds = args.crop_frames * config.hop_length / config.sampling_rate
+    summary = (
+        f"Pretrained with `examples/run_pretraining.py` of matpac-hf for {global_step} optimiser steps of "
+        f"{hyperparameters['total_batch_size']} random {crop_seconds:.2f} s crops on {corpus}."
+    )
+    if monitors:
+        summary += " Final monitors: " + ", ".join(f"{k} {v:.4g}" for k, v in monitors.items()) + "."
+    model_name = "MATPAC++" if config.use_mcl else "MATPAC"
+    fields = {
+        "license": args.license,
+        "training_summary": summary,
+        "training_hyperparameters": hyperparameters,
+        "objective": pretraining_objective(config, crop_frames=args.crop_frames),
+        "tags": ["matpac++"] if config.use_mcl else None,
+        "architecture": f"{config.num_hidden_layers} blocks, width {config.hidden_size}, "
+        f"{config.num_attention_heads} heads",
+        "embedding_size": config.frame_embedding_size,
+        "model_summary": f"A self-supervised audio encoder pretrained with {model_name} (Masked latent Prediction "
+        f"And Classification, ICASSP 2025): a ViT that turns 16 kHz audio into one {config.frame_embedding_size}-d "
+        f"frame embedding per 160 ms and a {config.frame_embedding_size}-d clip embedding.",
+        "datasets": [args.dataset_name] if args.dataset_name else None,
+        "base_model": args.model_name_or_path,
+        "repo_id": args.hub_model_id,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def save_models(model: MatpacForPreTraining, feature_extractor, card: dict, folder: str) -> str:
     """`pretraining_model/` (continue training) and `encoder/` (AutoModel-ready, with a model card) in `folder`."""
     model.save_pretrained(os.path.join(folder, "pretraining_model"))
     feature_extractor.save_pretrained(os.path.join(folder, "pretraining_model"))
@@ -448,8 +747,23 @@ def save_models(model: MatpacForPreTraining, feature_extractor, folder: str, car
     model.matpac.save_pretrained(encoder_dir)
     feature_extractor.save_pretrained(encoder_dir)
     with open(os.path.join(encoder_dir, "README.md"), "w") as handle:
-        handle.write(render_model_card("pretrained_encoder", **card_fields))
+        handle.write(render_model_card("pretrained_encoder", **card))
     return encoder_dir
+
+
+def check_replicas_in_sync(accelerator: Accelerator, model: MatpacForPreTraining, logging_dir: str):
+    """Every replica must end with the same weights (students, teachers, center): a checksum per process."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    checksums = gather_object([digest.hexdigest()])
+    if accelerator.is_main_process:
+        with open(os.path.join(logging_dir, "replica_checksums.json"), "w") as handle:
+            json.dump(checksums, handle)
+        in_sync = len(set(checksums)) == 1
+        (logger.info if in_sync else logger.warning)(
+            f"Model replicas identical across the {accelerator.num_processes} processes: {in_sync}"
+        )
 
 
 def plot_curves(metrics_path: str, png_path: str) -> bool:
@@ -492,87 +806,26 @@ def plot_curves(metrics_path: str, png_path: str) -> bool:
     return True
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The demo's linear probe (clip embeddings of a labelled synthetic task)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def clip_embeddings(model, feature_extractor, waveforms, batch_size: int = 16) -> torch.Tensor:
-    model.eval()
-    embeddings = []
-    for start in range(0, len(waveforms), batch_size):
-        inputs = feature_extractor(waveforms[start : start + batch_size], sampling_rate=16000, return_tensors="pt")
-        embeddings.append(model(**inputs).pooler_output.float())
-    return torch.cat(embeddings)  # (clips, frame_embedding_size)
-
-
 def read_json(path: str):
     with open(path) as handle:
         return json.load(handle)
 
 
-def _ridge_predict(features, targets, num_classes, train, test, penalty):
-    """Standardise with the training part, fit ridge regression onto centred one-hot labels (dual form: clips <<
-    dimensions), return the predicted classes of the test part."""
-    x_train, x_test = features[train], features[test]
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-8
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    one_hot = torch.nn.functional.one_hot(targets[train], num_classes).double()
-    gram = x_train @ x_train.T + penalty * torch.eye(len(train), dtype=torch.float64)
-    weights = x_train.T @ torch.linalg.solve(gram, one_hot - one_hot.mean(0))
-    return (x_test @ weights).argmax(1)
+# ----------------------------------------------------------------------------------------------------------------
+# The demo's linear probe: run_linear_probe's protocol on the pretrained vs a same-config random encoder
+# ----------------------------------------------------------------------------------------------------------------
 
 
-def ridge_probe_accuracy(features, labels, num_folds: int = 5) -> float:
-    """Linear probe accuracy by stratified `num_folds`-fold cross-validation, so that every clip is tested once: per
-    fold, standardised features and closed-form ridge regression onto one-hot labels, its penalty chosen by a 4-fold
-    cross-validation inside the training part."""
-    classes = sorted(set(labels))
-    targets = torch.tensor([classes.index(label) for label in labels])
-    fold_of = torch.empty(len(labels), dtype=torch.long)
-    for c in range(len(classes)):
-        members = (targets == c).nonzero().flatten()
-        fold_of[members] = torch.arange(len(members)) % num_folds
-    features = features.double()
-    penalties = [10.0**k for k in range(-1, 5)]
-    correct = 0
-    for fold in range(num_folds):
-        train, test = (fold_of != fold).nonzero().flatten(), (fold_of == fold).nonzero().flatten()
-        inner = [train[i::4] for i in range(4)]
-        scores = [
-            sum(
-                (
-                    _ridge_predict(features, targets, len(classes), train[~torch.isin(train, part)], part, penalty)
-                    == targets[part]
-                )
-                .sum()
-                .item()
-                for part in inner
-            )
-            for penalty in penalties
-        ]
-        best = penalties[max(range(len(penalties)), key=lambda i: scores[i])]
-        correct += (_ridge_predict(features, targets, len(classes), train, test, best) == targets[test]).sum().item()
-    return correct / len(labels)
-
-
-def run_demo_probe(encoder_dir: str, probe_dir: str, config: MatpacConfig, seed: int) -> dict:
+def run_demo_probe(encoder_dir: str, probe_dir: str, seed: int) -> dict:
+    """Cross-validated linear probe of the labelled demo task on the clip embeddings of the pretrained encoder and of
+    a randomly initialised encoder of the same config (`run_linear_probe.py --random_init`)."""
     waveforms, labels = load_labelled_folder(probe_dir)
-    feature_extractor = MatpacFeatureExtractor.from_pretrained(encoder_dir)
-    pretrained = AutoModel.from_pretrained(encoder_dir)
-    torch.manual_seed(seed + 12345)
-    random_encoder = MatpacModel(config)
-    return {
-        "probe_accuracy_pretrained": ridge_probe_accuracy(
-            clip_embeddings(pretrained, feature_extractor, waveforms), labels
-        ),
-        "probe_accuracy_random_init": ridge_probe_accuracy(
-            clip_embeddings(random_encoder, feature_extractor, waveforms), labels
-        ),
-        "probe_num_clips": len(labels),
-        "probe_num_classes": len(set(labels)),
-    }
+    results = {"probe_num_clips": len(labels), "probe_num_classes": len(set(labels))}
+    for name, init_seed in (("pretrained", None), ("random_init", seed)):
+        model, feature_extractor = run_linear_probe.load_encoder(encoder_dir, random_init_seed=init_seed)
+        embeddings = run_linear_probe.embed_waveforms(model, feature_extractor, waveforms)
+        results[name] = run_linear_probe.cross_validated_probe(embeddings, labels, num_folds=5, seeds=(seed,))
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -580,135 +833,216 @@ def run_demo_probe(encoder_dir: str, probe_dir: str, config: MatpacConfig, seed:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM set a flag; the training loop checks it after every optimiser step, writes a
+    checkpoint and stops. A second Ctrl-C raises KeyboardInterrupt at once. `requested()` agrees over all processes
+    (a signal seen by one of them stops them all at the same step)."""
+
+    def __init__(self):
+        self.signal_number = None
+        self._previous = {}
+
+    def __enter__(self):
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number, frame):
+        if self.signal_number is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = number
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.signal_number is not None
+        flag = torch.tensor(float(self.signal_number is not None), device=accelerator.device)
+        return accelerator.reduce(flag, reduction="sum").item() > 0
+
+
+def log_example_ids(handle, step: int, micro_step: int, epoch: int, batch: dict):
+    handle.write(json.dumps({"step": step, "micro_step": micro_step, "epoch": epoch, "ids": batch["example_ids"]}))
+    handle.write("\n")
+    handle.flush()
+
+
+def log_metrics(accelerator, sums: dict, num_micro_steps: int, extra: dict, step: int, max_steps: int) -> dict:
+    """Means over the micro-steps and processes of the losses and monitors, plus `extra`; to the trackers and the
+    log."""
+    means = {k: accelerator.reduce(v / num_micro_steps, reduction="mean").item() for k, v in sums.items()}
+    means.update(extra)
+    accelerator.log(means, step=step)
+    logger.info(
+        f"step {step}/{max_steps} loss {means['loss']:.4f} (prediction {means['prediction_loss']:.4f}, "
+        f"classification {means['classification_loss']:.4f}) lr {means['learning_rate']:.2e} | std pred/target "
+        f"{means.get('prediction_std', 0):.3f}/{means.get('target_std', 0):.3f} | teacher perplexity "
+        f"{means.get('teacher_perplexity', 0):.1f}, classes {means.get('num_teacher_classes', 0):.0f}, agreement "
+        f"{means.get('student_teacher_agreement', 0):.3f} | tau_t {means.get('teacher_temperature', 0):.4f} | clips "
+        f"skipped {means['data/num_corrupted']:.0f}, too short {means['data/num_too_short']:.0f}, padded "
+        f"{means['data/num_padded']:.0f}"
+    )
+    return means
+
+
+def train(args, accelerator, model, optimizer, lr_scheduler, feature_extractor, data_loop, schedule, start_step, card):
+    """The optimiser steps from `start_step` to the end of the schedule, or until SIGINT / SIGTERM. Returns
+    `(global_step, last logged metrics, the stopping signal's number or None)`."""
+    output_dir = os.path.abspath(args.output_dir)
+    unwrapped = accelerator.unwrap_model(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    rank, global_step, max_steps = accelerator.process_index, start_step, schedule["max_steps"]
+    ids_file = None
+    if args.log_example_ids:
+        ids_file = open(os.path.join(output_dir, "logs", f"example_ids_rank{rank}.jsonl"), "a")
+    progress = tqdm(
+        total=max_steps, initial=global_step, desc="pretraining", disable=not accelerator.is_local_main_process
+    )
+    sums, micro_step, last_logged, grad_norm, stopped_by = {}, 0, {}, None, None
+    start_time = time.perf_counter()
+    batches = iter(data_loop)
+    model.train()
+    with StopRequest() as stop:
+        while global_step < max_steps:
+            batch = next(batches)
+            with accelerator.accumulate(model):
+                waveforms = batch["input_values"].to(accelerator.device, non_blocking=True)  # (batch, samples)
+                input_values = feature_extractor.extract_log_mel(waveforms)  # (batch, crop_frames, 80), float32
+                inputs = {"step": global_step, "generator": mask_generator(args.seed, rank, global_step, micro_step)}
+                if bool((batch["num_valid_samples"] < waveforms.shape[1]).any()):  # zero-padded short clips
+                    mask = frame_attention_mask(batch["num_valid_samples"], input_values.shape[1])
+                    inputs["attention_mask"] = mask.to(accelerator.device)
+                outputs = model(input_values, **inputs)
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients:
+                    unwrapped.update_teachers(global_step)  # after backward, before the optimiser step (docstring)
+                    grad_norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for key in ("loss", "prediction_loss", "classification_loss", *MONITORS):
+                value = getattr(outputs, key, None)
+                if value is not None:
+                    sums[key] = sums.get(key, 0.0) + value.detach().float()
+            if ids_file is not None:
+                log_example_ids(ids_file, global_step, micro_step, data_loop.epoch, batch)
+            micro_step += 1
+            if not accelerator.sync_gradients:
+                continue
+
+            # one optimiser step done
+            global_step += 1
+            progress.update(1)
+            if global_step % args.logging_steps == 0 or global_step == max_steps:
+                extra = {
+                    "learning_rate": lr_scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                    "epoch": data_loop.epoch,
+                    **{f"data/{k}": v for k, v in data_loop.stats.totals().items()},
+                    "steps_per_second": (global_step - start_step) / max(time.perf_counter() - start_time, 1e-9),
+                }
+                last_logged = log_metrics(accelerator, sums, micro_step, extra, global_step, max_steps)
+                progress.set_postfix(loss=f"{last_logged['loss']:.4f}")
+            sums, micro_step = {}, 0
+            stopping = stop.requested(accelerator)
+            if (global_step % args.checkpointing_steps == 0 and global_step < max_steps) or stopping:
+                models = (unwrapped, feature_extractor, card(global_step)) if args.save_models_at_checkpoints else None
+                path = save_checkpoint(
+                    accelerator, output_dir, global_step, data_loop, args.checkpoints_total_limit, models
+                )
+                logger.info(f"Saved checkpoint {path}")
+            if stopping:
+                stopped_by = stop.signal_number or signal.SIGTERM  # SIGTERM: a signal seen by another process
+                logger.warning(
+                    f"Stopped by {signal.Signals(stopped_by).name} after step {global_step}, checkpoint written: "
+                    "continue with --resume_from_checkpoint latest"
+                )
+                break
+    progress.close()
+    if ids_file is not None:
+        ids_file.close()
+    return global_step, last_logged, stopped_by
+
+
+def save_final_outputs(args, accelerator, model, feature_extractor, card: dict, demo: DemoCorpus | None, jsonl):
+    """Main process: `pretraining_model/`, `encoder/` with its card, the training curves, the demo probe and the Hub
+    upload."""
+    output_dir = os.path.abspath(args.output_dir)
+    encoder_dir = save_models(model, feature_extractor, card, folder=output_dir)
+    logger.info(
+        f"Saved {output_dir}/pretraining_model (continue training) and {encoder_dir} (AutoModel.from_pretrained)"
+    )
+    png = os.path.join(output_dir, "training_curves.png")
+    if os.path.isfile(jsonl.path) and plot_curves(jsonl.path, png):
+        logger.info(f"Saved {png}")
+    if demo is not None and not args.skip_demo_probe:
+        results = run_demo_probe(encoder_dir, demo.probe_dir, args.seed)
+        with open(os.path.join(output_dir, "demo_probe.json"), "w") as handle:
+            json.dump(results, handle, indent=2)
+        lines = [
+            f"  {name:20s}: {results[key]['mean']:.3f} +- {results[key]['ci95'] or 0:.3f}"
+            for name, key in (("pretrained encoder", "pretrained"), ("random-init encoder", "random_init"))
+        ]
+        print(
+            f"\nDemo linear probe ({results['probe_num_classes']} synthetic sound classes, {results['probe_num_clips']} "
+            "clips, 5-fold cross-validation, accuracy +- 95 % CI over the folds):\n" + "\n".join(lines)
+        )
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
+        api.upload_folder(
+            repo_id=args.hub_model_id,
+            folder_path=encoder_dir,
+            commit_message=f"MATPAC encoder after {card['training_hyperparameters']['total_steps']} pretraining steps",
+        )
+        logger.info(f"Pushed {encoder_dir} to the Hub as {args.hub_model_id}")
+
+
+def main(argv=None) -> int:
     args = parse_args(argv)
     output_dir = os.path.abspath(args.output_dir)
     logging_dir = os.path.join(output_dir, "logs")
 
-    # 1. Accelerator and trackers (JSONL always; tensorboard when installed, or what --report_to names).
-    trackers = [JsonlTracker("matpac_pretraining", logging_dir)]
-    if args.report_to == "auto":
-        trackers += ["tensorboard"] if is_tensorboard_available() else []
-    elif args.report_to != "jsonl":
-        trackers += [name.strip() for name in args.report_to.split(",") if name.strip() and name.strip() != "jsonl"]
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=trackers,
-        project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=logging_dir),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    for noisy in ("datasets", "httpx", "urllib3", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    logger.info(accelerator.state, main_process_only=False)
-    set_seed(args.seed)  # the same initial weights on every process
-    rank, world_size = accelerator.process_index, accelerator.num_processes
-
-    # 2. The corpus: given, or the embedded synthetic demo corpus.
-    demo = None
-    corpus_size = args.corpus_size
-    if not (args.dataset_name or args.dataset_dir or args.data_files):
-        demo_dir = os.path.join(output_dir, "demo_corpus")
-        marker = os.path.join(demo_dir, "corpus.json")
-        wanted = {
-            "num_clips": args.demo_num_clips,
-            "seed": args.seed,
-            "num_probe_clips_per_class": DEMO_PROBE_CLIPS_PER_CLASS,
-        }
-        if accelerator.is_main_process and not (os.path.isfile(marker) and read_json(marker) == wanted):
-            build_demo_corpus(
-                demo_dir,
-                num_clips=args.demo_num_clips,
-                seed=args.seed,
-                num_probe_clips_per_class=DEMO_PROBE_CLIPS_PER_CLASS,
-            )
-            with open(marker, "w") as handle:
-                json.dump(wanted, handle)
-        accelerator.wait_for_everyone()
-        demo = DemoCorpus(os.path.join(demo_dir, "pretrain"), os.path.join(demo_dir, "probe"), args.demo_num_clips)
-        args.dataset_dir = demo.pretrain_dir
-        corpus_size = corpus_size or demo.num_clips
-        if args.max_steps is None and args.num_epochs is None:
-            args.num_epochs = DEMO_NUM_EPOCHS
-            logger.info(f"Demo: no run length given, using --num_epochs {DEMO_NUM_EPOCHS}")
-        logger.info(
-            f"No corpus given: built the synthetic demo corpus in {demo_dir} ({demo.num_clips} clips + 1 "
-            "corrupted file, and a labelled probe set)"
-        )
-    dataset, audio_column = load_audio_stream(
-        dataset_name=args.dataset_name,
-        dataset_dir=args.dataset_dir,
-        data_files=args.data_files,
-        dataset_config=args.dataset_config,
-        split=args.split,
-        audio_column=args.audio_column,
-    )
-    if corpus_size is None:
-        splits = getattr(dataset.info, "splits", None) or {}
-        if args.split in splits and splits[args.split].num_examples:
-            corpus_size = splits[args.split].num_examples
-            logger.info(f"Corpus size from the dataset info: {corpus_size} clips")
-    stream = build_crop_stream(
-        dataset,
-        audio_column,
-        seed=args.seed,
-        shuffle_buffer_size=args.shuffle_buffer_size,
-        rank=rank,
-        world_size=world_size,
-        min_clip_policy=args.min_clip_policy,
-    )
-    data_loop = PretrainingDataLoop(
-        stream,
-        batch_size=args.per_device_batch_size,
-        num_workers=args.num_workers,
-        pin_memory=accelerator.device.type == "cuda",
-    )
-    if not data_loop.exact_resume:
-        logger.warning(
-            "DataLoader workers without torchdata: a resumed run restarts the interrupted epoch. Install "
-            "torchdata (StatefulDataLoader) or use --num_workers 0 for an exact resume."
-        )
-
-    # 3. Schedule lengths, written into the model config so its own schedules (teacher temperature, EMA) follow them.
-    schedule = resolve_schedule(args, corpus_size, world_size)
+    # 1. Accelerator and trackers; threads; the same initial weights on every process.
+    accelerator, jsonl = build_accelerator(args, output_dir)
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    num_threads, reason = choose_num_threads(args.num_threads, args.num_workers, processes_here)
+    torch.set_num_threads(num_threads)
     logger.info(
-        f"Schedule: {schedule['max_steps']} optimiser steps of {schedule['clips_per_step']} clips "
-        f"({args.per_device_batch_size} per process x {world_size} processes x {args.gradient_accumulation_steps} "
-        f"accumulation); steps per epoch: {schedule['steps_per_epoch']} (corpus of {corpus_size} clips); "
-        f"learning-rate warm-up {schedule['warmup_steps']} steps; teacher-temperature warm-up "
-        f"{schedule['teacher_temperature_warmup_steps']} steps"
+        f"Threads: {num_threads} torch intra-op thread(s) per training process ({reason}), 1 per decoding worker "
+        f"({args.num_workers} per process); change with --num_threads"
+    )
+    set_seed(args.seed)
+
+    # 2. The corpus (given, or the embedded synthetic demo corpus) as endless resumable crop batches.
+    demo = None
+    if not (args.dataset_name or args.dataset_dir or args.data_files):
+        demo = prepare_demo_corpus(args, accelerator, output_dir)
+    data_loop, corpus_size = build_data_loop(args, accelerator)
+
+    # 3. Schedule lengths (written into the model config, whose own schedules follow them).
+    schedule = resolve_schedule(args, corpus_size, accelerator.num_processes)
+    logger.info(
+        f"Schedule: {schedule['max_steps']} optimiser steps of {schedule['clips_per_step']} crops of "
+        f"{args.crop_frames} frames ({args.per_device_batch_size} per process x {accelerator.num_processes} processes "
+        f"x {args.gradient_accumulation_steps} accumulation); steps per epoch: {schedule['steps_per_epoch']} (corpus "
+        f"of {corpus_size} clips); learning-rate warm-up {schedule['warmup_steps']} steps; teacher-temperature "
+        f"warm-up {schedule['teacher_temperature_warmup_steps']} steps"
     )
 
     # 4. Model, feature extractor, optimiser, learning-rate schedule.
-    if args.model_name_or_path:
-        model = MatpacForPreTraining.from_pretrained(
-            args.model_name_or_path,
-            total_steps=schedule["max_steps"],
-            teacher_temperature_warmup_steps=schedule["teacher_temperature_warmup_steps"],
-        )
-        config = model.config
-    else:
-        config_kwargs = {**PRESETS[args.preset], **parse_config_overrides(args.config_overrides)}
-        if args.use_mcl:
-            config_kwargs["use_mcl"] = True
-        config = MatpacConfig(
-            total_steps=schedule["max_steps"],
-            teacher_temperature_warmup_steps=schedule["teacher_temperature_warmup_steps"],
-            **config_kwargs,
-        )
-        model = MatpacForPreTraining(config)
-    crop_frames = 1 + (CROP_SAMPLES - config.win_length) // config.hop_length
-    if crop_frames != config.max_frames:
-        raise ValueError(
-            f"The data pipeline makes {crop_frames}-frame crops but the model config has max_frames="
-            f"{config.max_frames}; keep max_frames=608 for pretraining."
-        )
+    model = build_model(args, schedule)
+    config = model.config
     feature_extractor = MatpacFeatureExtractor.from_model_config(config)
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    model_name = args.model_name_or_path or f"{args.preset} preset"
     logger.info(
-        f"Model: {'MATPAC++' if config.use_mcl else 'MATPAC'} from {model_name}, "
-        f"{num_trainable / 1e6:.2f} M trainable parameters (teachers excluded)"
+        f"Model: {'MATPAC++' if config.use_mcl else 'MATPAC'} from {args.model_name_or_path or args.preset + ' preset'}"
+        f", {num_trainable / 1e6:.2f} M trainable parameters (teachers excluded)"
     )
     optimizer = build_optimizer(model, args)
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, schedule["warmup_steps"], schedule["max_steps"])
@@ -717,252 +1051,43 @@ def main(argv=None):
     # it is registered so that save_state / load_state include it.
     accelerator.register_for_checkpointing(lr_scheduler)
 
-    # 5. Resume.
-    global_step = 0
-    checkpoint = args.resume_from_checkpoint
-    if checkpoint == "latest":
-        checkpoint = find_latest_checkpoint(output_dir)
-        if checkpoint is None:
-            logger.info("--resume_from_checkpoint latest: no complete checkpoint yet, starting from scratch")
-    elif checkpoint and not os.path.isfile(os.path.join(checkpoint, CHECKPOINT_MARKER)):
-        raise ValueError(f"{checkpoint!r} is not a complete checkpoint folder (no {CHECKPOINT_MARKER}).")
-    if checkpoint:
-        accelerator.load_state(checkpoint)
-        state_path = os.path.join(checkpoint, f"training_state_rank{rank}.pt")
-        if not os.path.isfile(state_path):
-            raise ValueError(
-                f"{checkpoint} has no stream state for process {rank}: it was written by a run with "
-                "fewer processes; resume with the same number of processes."
-            )
-        training_state = torch.load(state_path, weights_only=False)
-        global_step = training_state["global_step"]
-        data_loop.load_state_dict(training_state["data"])
-        logger.info(f"Resumed from {checkpoint} at step {global_step} (epoch {data_loop.epoch})")
-
-    hyperparameters = {
-        "preset": args.preset,
-        "use_mcl": config.use_mcl,
-        "learning_rate": args.learning_rate,
-        "weight_decay": args.weight_decay,
-        "betas": f"({args.adam_beta1}, {args.adam_beta2})",
-        "adam_epsilon": args.adam_epsilon,
-        "decay_bias_norm": not args.no_decay_bias_norm,
-        "max_grad_norm": args.max_grad_norm,
-        "per_device_batch_size": args.per_device_batch_size,
-        "num_processes": world_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "total_batch_size": schedule["clips_per_step"],
-        "total_steps": schedule["max_steps"],
-        "warmup_steps": schedule["warmup_steps"],
-        "teacher_temperature_warmup_steps": schedule["teacher_temperature_warmup_steps"],
-        "mixed_precision": accelerator.mixed_precision,
-        "seed": args.seed,
-        "shuffle_buffer_size": args.shuffle_buffer_size,
-        "min_clip_policy": args.min_clip_policy,
-        "crop": "608 frames (97520 samples, 6.1 s)",
-    }
+    # 5. Resume; the logs forget the steps after the checkpoint (they are computed again).
+    start_step = resume(args, accelerator, output_dir, data_loop)
+    if start_step and accelerator.is_main_process:
+        jsonl.truncate_after(start_step)
+    if start_step and args.log_example_ids:
+        ids_path = os.path.join(logging_dir, f"example_ids_rank{accelerator.process_index}.jsonl")
+        truncate_jsonl(ids_path, lambda row: row["step"] < start_step)
+    hyperparameters = run_hyperparameters(args, config, schedule, accelerator)
     accelerator.init_trackers("matpac_pretraining", config=hyperparameters)
-    ids_file = None
-    if args.log_example_ids:
-        os.makedirs(logging_dir, exist_ok=True)
-        ids_file = open(os.path.join(logging_dir, f"example_ids_rank{rank}.jsonl"), "a")
+    corpus = args.dataset_name or (["synthetic demo corpus"] if demo else args.dataset_dir or args.data_files)
+    card = functools.partial(card_fields, args, config, hyperparameters, corpus)
 
-    def card_fields(final_monitors: dict | None = None) -> dict:
-        corpus = args.dataset_name or (["synthetic demo corpus"] if demo else args.dataset_dir or args.data_files)
-        summary = (
-            f"Pretrained with `examples/run_pretraining.py` of matpac-hf for {global_step} optimiser steps of "
-            f"{schedule['clips_per_step']} random 6.08 s crops on {corpus}."
-        )
-        if final_monitors:
-            summary += " Final monitors: " + ", ".join(f"{k} {v:.4g}" for k, v in final_monitors.items()) + "."
-        fields = {
-            "license": args.license,
-            "training_summary": summary,
-            "training_hyperparameters": hyperparameters,
-            "objective": pretraining_objective(config),
-            "tags": ["matpac++"] if config.use_mcl else None,
-            "architecture": f"{config.num_hidden_layers} blocks, width {config.hidden_size}, "
-            f"{config.num_attention_heads} heads",
-            "embedding_size": config.frame_embedding_size,
-            "model_summary": f"A self-supervised audio encoder pretrained with "
-            f"{'MATPAC++' if config.use_mcl else 'MATPAC'} (Masked latent Prediction And "
-            f"Classification, ICASSP 2025): a ViT that turns 16 kHz audio into one "
-            f"{config.frame_embedding_size}-d frame embedding per 160 ms and a "
-            f"{config.frame_embedding_size}-d clip embedding.",
-        }
-        if args.dataset_name:
-            fields["datasets"] = [args.dataset_name]
-        if args.model_name_or_path:
-            fields["base_model"] = args.model_name_or_path
-        if args.hub_model_id:
-            fields["repo_id"] = args.hub_model_id
-        return {k: v for k, v in fields.items() if v is not None}
-
-    # 6. The training loop.
-    model.train()
-    unwrapped = accelerator.unwrap_model(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    progress = tqdm(
-        total=schedule["max_steps"],
-        initial=global_step,
-        desc="pretraining",
-        disable=not accelerator.is_local_main_process,
+    # 6. The training loop (stops early, with a checkpoint, on SIGINT / SIGTERM).
+    global_step, last_logged, stopped_by = train(
+        args, accelerator, model, optimizer, lr_scheduler, feature_extractor, data_loop, schedule, start_step, card
     )
-    sums, micro_step, last_logged = {}, 0, {}
-    start_time, start_step = time.perf_counter(), global_step
-    batches = iter(data_loop)
-    while global_step < schedule["max_steps"]:
-        batch = next(batches)
-        with accelerator.accumulate(model):
-            waveforms = batch["input_values"].to(accelerator.device, non_blocking=True)  # (batch, 97520)
-            input_values = feature_extractor.extract_log_mel(waveforms)  # (batch, 608, 80), float32
-            outputs = model(
-                input_values, step=global_step, generator=mask_generator(args.seed, rank, global_step, micro_step)
-            )
-            accelerator.backward(outputs.loss)
-            if accelerator.sync_gradients:
-                unwrapped.update_teachers(global_step)  # after backward, before the optimiser step (docstring)
-                grad_norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-            optimizer.step()
-            if accelerator.sync_gradients:
-                lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        micro_step += 1
-        for key in ("loss", "prediction_loss", "classification_loss", *MONITORS):
-            value = getattr(outputs, key, None)
-            if value is not None:
-                sums[key] = sums.get(key, 0.0) + value.detach().float()
-        if ids_file is not None:
-            ids_file.write(
-                json.dumps(
-                    {
-                        "step": global_step,
-                        "micro_step": micro_step - 1,
-                        "epoch": data_loop.epoch,
-                        "ids": batch["example_ids"],
-                    }
-                )
-                + "\n"
-            )
-            ids_file.flush()
-        if not accelerator.sync_gradients:
-            continue
 
-        # one optimiser step done
-        global_step += 1
-        progress.update(1)
-        if global_step % args.logging_steps == 0 or global_step == schedule["max_steps"]:
-            means = {k: accelerator.reduce(v / micro_step, reduction="mean").item() for k, v in sums.items()}
-            means["learning_rate"] = lr_scheduler.get_last_lr()[0]
-            means["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-            means["epoch"] = data_loop.epoch
-            means.update({f"data/{k}": v for k, v in data_loop.stats.totals().items()})
-            elapsed = time.perf_counter() - start_time
-            means["steps_per_second"] = (global_step - start_step) / max(elapsed, 1e-9)
-            accelerator.log(means, step=global_step)
-            last_logged = means
-            progress.set_postfix(loss=f"{means['loss']:.4f}", ppl=f"{means.get('teacher_perplexity', 0):.1f}")
-            logger.info(
-                f"step {global_step}/{schedule['max_steps']} loss {means['loss']:.4f} (prediction "
-                f"{means['prediction_loss']:.4f}, classification {means['classification_loss']:.4f}) lr "
-                f"{means['learning_rate']:.2e} | std pred/target {means.get('prediction_std', 0):.3f}/"
-                f"{means.get('target_std', 0):.3f} | teacher perplexity {means.get('teacher_perplexity', 0):.1f}, "
-                f"classes {means.get('num_teacher_classes', 0):.0f}, agreement "
-                f"{means.get('student_teacher_agreement', 0):.3f} | tau_t {means.get('teacher_temperature', 0):.4f} "
-                f"| skipped clips {means['data/num_corrupted']:.0f}"
-            )
-        sums, micro_step = {}, 0
-        if args.simulate_crash == "after_step" and global_step == args.simulate_crash_at_step:
-            logger.warning(f"--simulate_crash: killing the process after step {global_step}")
-            os.kill(os.getpid(), signal.SIGKILL)
-        if global_step % args.checkpointing_steps == 0 and global_step < schedule["max_steps"]:
-
-            def models_fn(folder):
-                if accelerator.is_main_process:
-                    save_models(unwrapped, feature_extractor, folder, card_fields())
-
-            path = save_checkpoint(
-                accelerator,
-                output_dir,
-                global_step,
-                data_loop,
-                args,
-                models_fn if args.save_models_at_checkpoints else None,
-            )
-            logger.info(f"Saved checkpoint {path}")
-    progress.close()
-    if ids_file is not None:
-        ids_file.close()
-
-    # 7. Final outputs: pretraining model, encoder with model card, curves.
+    # 7. Final outputs: pretraining model, encoder with its model card, curves, demo probe, Hub upload.
     accelerator.wait_for_everyone()
-    if world_size > 1:  # sanity check: every replica ends with the same weights (students, teachers, center)
-        digest = hashlib.sha256()
-        for tensor in unwrapped.state_dict().values():
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        checksums = gather_object([digest.hexdigest()])
-        if accelerator.is_main_process:
-            with open(os.path.join(logging_dir, "replica_checksums.json"), "w") as handle:
-                json.dump(checksums, handle)
-            in_sync = len(set(checksums)) == 1
-            (logger.info if in_sync else logger.warning)(
-                f"Model replicas identical across the {world_size} processes: {in_sync}"
-            )
-    monitors = {
-        k: last_logged[k]
-        for k in (
-            "loss",
-            "prediction_loss",
-            "classification_loss",
-            "prediction_std",
-            "target_std",
-            "teacher_perplexity",
-        )
-        if k in last_logged
-    }
-    encoder_dir = os.path.join(output_dir, "encoder")
-    if accelerator.is_main_process:
-        save_models(unwrapped, feature_extractor, output_dir, card_fields(monitors))
-        logger.info(
-            f"Saved {output_dir}/pretraining_model (continue training) and {encoder_dir} (AutoModel.from_pretrained)"
-        )
+    unwrapped = accelerator.unwrap_model(model)
+    if stopped_by is None:
+        if accelerator.num_processes > 1:
+            check_replicas_in_sync(accelerator, unwrapped, logging_dir)
         logger.info(f"Data: {data_loop.stats.totals()} (this process)")
+        if accelerator.is_main_process:
+            monitors = {k: last_logged[k] for k in FINAL_MONITORS if k in last_logged}
+            save_final_outputs(
+                args, accelerator, unwrapped, feature_extractor, card(global_step, monitors), demo, jsonl
+            )
     accelerator.wait_for_everyone()
     # Free the DDP wrapper while every process is still here: its gradient reducer holds the process group, and
     # destroying that group after a peer has exited can block forever in gloo's destructor (seen at exit).
-    model = optimizer = batches = None
+    model = optimizer = unwrapped = None
     accelerator.free_memory()
     accelerator.end_training()
-    if accelerator.is_main_process:
-        png = os.path.join(output_dir, "training_curves.png")
-        if os.path.isfile(trackers[0].path) and plot_curves(trackers[0].path, png):
-            logger.info(f"Saved {png}")
-
-        # 8. The embedded demo: linear probe of the pretrained vs a random encoder on the labelled demo task.
-        if demo is not None and not args.skip_demo_probe:
-            results = run_demo_probe(encoder_dir, demo.probe_dir, config, args.seed)
-            with open(os.path.join(output_dir, "demo_probe.json"), "w") as handle:
-                json.dump(results, handle, indent=2)
-            print(
-                f"\nDemo linear probe ({results['probe_num_classes']} synthetic sound classes, "
-                f"{results['probe_num_clips']} clips, 5-fold cross-validation, ridge on the "
-                f"{config.frame_embedding_size}-d clip embedding):\n"
-                f"  pretrained encoder   : {results['probe_accuracy_pretrained']:.3f}\n"
-                f"  random-init encoder  : {results['probe_accuracy_random_init']:.3f}"
-            )
-
-        if args.push_to_hub:
-            from huggingface_hub import HfApi
-
-            api = HfApi()
-            api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
-            api.upload_folder(
-                repo_id=args.hub_model_id,
-                folder_path=encoder_dir,
-                commit_message=f"MATPAC encoder after {global_step} pretraining steps",
-            )
-            logger.info(f"Pushed {encoder_dir} to the Hub as {args.hub_model_id}")
+    return 0 if stopped_by is None else 128 + int(stopped_by)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
