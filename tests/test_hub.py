@@ -1,7 +1,8 @@
 """push_to_hub / from_pretrained end to end against the local Hub stub (tests/hub_stub.py), in subprocesses.
 
 huggingface_hub reads HF_ENDPOINT at import time, so every Hub call runs in a fresh subprocess that inherits the
-environment set by the `hub_stub` fixture.
+environment set by the `hub_stub` fixture: one pushes and downloads with matpac_hf installed, one loads with remote
+code only (matpac_hf blocked).
 """
 
 import subprocess
@@ -74,10 +75,14 @@ def _run(script: str, **fields) -> str:
 
 @pytest.fixture(scope="module")
 def pushed(hub_stub, tmp_path_factory):
-    """Pushes a tiny model, its feature extractor and a rendered card once; returns the reference-outputs file."""
+    """One subprocess pushes a tiny model, its feature extractor and a rendered card, then downloads the repo into
+    its empty cache with `from_pretrained` (matpac_hf installed) and compares the embeddings (one interpreter start
+    for both). Returns the reference-outputs file and the subprocess's stdout."""
     reference = tmp_path_factory.mktemp("hub") / "reference.npz"
-    assert "PUSHED" in _run(PUSH_SCRIPT, repo=REPO_ID, reference=reference, tests_dir=Path(__file__).parent)
-    return reference
+    fields = dict(repo=REPO_ID, reference=reference, tests_dir=Path(__file__).parent, block_package=False)
+    out = _run(textwrap.dedent(PUSH_SCRIPT) + textwrap.dedent(LOAD_SCRIPT), **fields)
+    assert "PUSHED" in out
+    return reference, out
 
 
 def test_pushed_files(hub_stub, pushed):
@@ -95,8 +100,8 @@ def test_pushed_files(hub_stub, pushed):
 
 
 def test_from_pretrained_downloads_and_matches(hub_stub, pushed):
-    # A fresh process with matpac_hf installed downloads the repo and gives the same embeddings.
-    out = _run(LOAD_SCRIPT, repo=REPO_ID, reference=pushed, block_package=False)
+    # With matpac_hf installed, from_pretrained downloads the repo (empty cache) and gives the same embeddings.
+    _, out = pushed
     assert "LOADED_AND_MATCHED" in out and "MODEL_MODULE matpac_hf.modeling_matpac" in out
     assert any(method == "GET" and path.endswith("/model.safetensors") for method, path in hub_stub.requests)
     assert not hub_stub.unhandled, f"endpoints the stub lacks: {hub_stub.unhandled}"
@@ -106,7 +111,7 @@ def test_remote_code_loads_without_the_package(hub_stub, pushed):
     files = hub_stub.files(REPO_ID)
     for code_file in ("configuration_matpac.py", "modeling_matpac.py", "feature_extraction_matpac.py"):
         assert code_file in files, f"{code_file} was not pushed: the repo cannot load with trust_remote_code"
-    out = _run(LOAD_SCRIPT, repo=REPO_ID, reference=pushed, block_package=True)
+    out = _run(LOAD_SCRIPT, repo=REPO_ID, reference=pushed[0], block_package=True)
     assert "LOADED_AND_MATCHED" in out
     assert "MODEL_MODULE transformers_modules." in out and "EXTRACTOR_MODULE transformers_modules." in out
     assert not hub_stub.unhandled, f"endpoints the stub lacks: {hub_stub.unhandled}"
