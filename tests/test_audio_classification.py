@@ -21,7 +21,13 @@ from transformers import AutoConfig, AutoModelForAudioClassification, HfArgument
 
 from matpac_hf import METRICS_DIR, MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel
 from matpac_hf.audio_io import decode_audio
-from matpac_hf.classification_data import ClassLabels, drop_or_refuse_bad_audio, hold_out_split, load_audio_dataset
+from matpac_hf.classification_data import (
+    ClassLabels,
+    drop_or_refuse_bad_audio,
+    hold_out_split,
+    load_audio_dataset,
+    load_audio_files,
+)
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -342,11 +348,17 @@ def single_label_run(generated_data, in_process_hub):
     return output_dir
 
 
-def held_out_clips(folder: Path, fraction: float = 0.15, seed: int = 0):
-    """The evaluation clips the script holds out of `folder` (same loader, same split), decoded, with their labels."""
-    train = load_audio_dataset(str(folder))["train"]
-    _, held_out = hold_out_split(train, fraction, "label", seed)
-    return [decode_audio(path) for path in held_out["audio"]], held_out["label"]
+def held_out_clips(splits, label_column: str, fraction: float, stratify: bool = True):
+    """The evaluation clips the script holds out (same loader, same split, --seed 0), decoded, with their labels."""
+    _, held_out = hold_out_split(splits["train"], fraction, label_column, seed=0, stratify=stratify)
+    return [decode_audio(path) for path in held_out["audio" if "audio" in held_out.column_names else "file"]], held_out
+
+
+def saved_model_logits(output_dir: Path, waveforms) -> np.ndarray:
+    model = MatpacForAudioClassification.from_pretrained(output_dir).eval()
+    feature_extractor = MatpacFeatureExtractor.from_pretrained(output_dir)
+    with torch.no_grad():
+        return model(**feature_extractor(waveforms, sampling_rate=SAMPLING_RATE, return_tensors="pt")).logits.numpy()
 
 
 def test_script_single_label_audiofolder(single_label_run, in_process_hub, generated_data):
@@ -361,13 +373,12 @@ def test_script_single_label_audiofolder(single_label_run, in_process_hub, gener
     assert state["best_metric"] is not None  # load_best_model_at_end tracked the best checkpoint
 
     # the reported accuracy is the saved model's on the held-out clips (whole clips, through the feature extractor)
-    waveforms, names = held_out_clips(generated_data / "folder")
-    model = MatpacForAudioClassification.from_pretrained(single_label_run).eval()
-    feature_extractor = MatpacFeatureExtractor.from_pretrained(single_label_run)
-    with torch.no_grad():
-        logits = model(**feature_extractor(waveforms, sampling_rate=SAMPLING_RATE, return_tensors="pt")).logits
-    predicted = [model.config.id2label[int(index)] for index in logits.argmax(-1)]
-    assert len(names) == 4 and metrics["eval_accuracy"] == pytest.approx(np.mean(np.array(predicted) == names))
+    waveforms, held_out = held_out_clips(load_audio_dataset(str(generated_data / "folder")), "label", 0.15)
+    predicted = [
+        config["id2label"][str(index)] for index in saved_model_logits(single_label_run, waveforms).argmax(-1)
+    ]
+    assert len(held_out) == 4
+    assert metrics["eval_accuracy"] == pytest.approx(np.mean(np.array(predicted) == held_out["label"]))
     assert math.isfinite(metrics["eval_loss"])
 
     card = (single_label_run / "README.md").read_text()
@@ -394,6 +405,18 @@ def test_script_multi_label_csv_with_weighted_layer_sum_and_frozen_encoder(gener
     assert config["problem_type"] == "multi_label_classification" and config["classifier_pooling"] == "mean"
     assert config["use_weighted_layer_sum"] is True and config["freeze_encoder"] is True
     assert sorted(config["id2label"].values()) == sorted(TONE_HZ)
+    # the reported mAP is the saved model's sigmoid scores on the held-out clips (random hold-out: multi-label)
+    splits = load_audio_files({"train": str(generated_data / "tags.csv")}, "file")
+    waveforms, held_out = held_out_clips(splits, "tags", 0.25, stratify=False)
+    labels = ClassLabels([config["id2label"][str(index)] for index in range(3)], multi_label=True, separator=";")
+    targets = np.stack([labels(value) for value in held_out["tags"]]).astype(np.int64)
+    scores = 1 / (1 + np.exp(-saved_model_logits(output_dir, waveforms)))
+    expected = evaluate.load(str(METRICS_DIR / "mean_average_precision")).compute(
+        predictions=scores, references=targets
+    )
+    assert len(held_out) == 6 and metrics["eval_mean_average_precision"] == pytest.approx(
+        expected["mean_average_precision"], abs=1e-6
+    )
 
     # frozen encoder: only the layer weights and the head train
     model = MatpacForAudioClassification.from_pretrained(output_dir)
