@@ -1,63 +1,73 @@
-"""Auto classes and remote code: a saved folder loads with the Auto classes, with matpac_hf installed (local classes,
-no trust_remote_code) and without it (the copied code files, trust_remote_code=True), each in a fresh process, and
-gives the same numbers as the in-process model."""
+"""Auto classes, AutoProcessor, pipelines and remote code on a saved folder: with matpac_hf installed (in this process:
+local classes, no `trust_remote_code`, no prompt) and without it (one fresh process that blocks `import matpac_hf`:
+the copied code files, `trust_remote_code=True`), giving the same numbers as the in-process model."""
 
+import builtins
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
+from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, pipeline
 
-from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel, modeling_matpac
+import matpac_hf
+from matpac_hf import MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel, modeling_matpac
 
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_frames=64)
-MODEL_AUTO_CLASSES = {
-    auto: name for name, auto in modeling_matpac.AUTO_CLASS_OF_MODEL_CLASS.items() if hasattr(modeling_matpac, name)
-}
+MODEL_AUTO_CLASSES = {auto: name for name, auto in modeling_matpac.AUTO_CLASS_OF_MODEL_CLASS.items()}
+CODE_FILES = {"configuration_matpac.py", "modeling_matpac.py", "feature_extraction_matpac.py"}
+PIPELINE_CODE_FILES = {"pipelines.py", "audio_io.py", "hear.py"}  # pipelines.py and the files it imports
+TASK = "audio-feature-extraction"
 
-# Runs in a fresh interpreter: loads `folder` with every Auto class and writes the outputs on `audio.npy` to out.npz.
-LOADER = textwrap.dedent(
+# Runs in a fresh interpreter where `import matpac_hf` fails: loads `folder` with AutoConfig, AutoFeatureExtractor,
+# AutoProcessor, every model Auto class of its auto_map and `pipeline(model=folder)` (the task comes from the folder's
+# custom_pipelines), all through the folder's code files; saves the encoder again to `again`; writes the outputs on
+# `audio.npy` to out.npz.
+REMOTE_LOADER = textwrap.dedent(
     """
     import json, sys
     import numpy as np
     import torch
-    folder, mode = sys.argv[1], sys.argv[2]
-    if mode == "remote":
-        sys.modules["matpac_hf"] = None  # as if the package were not installed
-        try:
-            import matpac_hf  # noqa: F401
-            raise SystemExit("matpac_hf is importable: the remote-code check would prove nothing")
-        except ImportError:
-            pass
-    else:
-        import matpac_hf  # noqa: F401  (registers the local classes)
+    folder, again = sys.argv[1], sys.argv[2]
+    sys.modules["matpac_hf"] = None  # as if the package were not installed
+    try:
+        import matpac_hf  # noqa: F401
+        raise SystemExit("matpac_hf is importable: the remote-code check would prove nothing")
+    except ImportError:
+        pass
     import transformers
-    kwargs = {"trust_remote_code": True} if mode == "remote" else {}
-    config = transformers.AutoConfig.from_pretrained(folder, **kwargs)
-    feature_extractor = transformers.AutoFeatureExtractor.from_pretrained(folder, **kwargs)
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    feature_extractor = transformers.AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
+    processor = transformers.AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     audio = list(np.load(folder + "/audio.npy", allow_pickle=True))
     inputs = feature_extractor(audio, sampling_rate=16000, return_tensors="pt")
-    report = {"config": type(config).__module__, "feature_extractor": type(feature_extractor).__module__}
+    report = {
+        "config": type(config).__module__,
+        "feature_extractor": type(feature_extractor).__module__,
+        "processor": type(processor).__module__ + "." + type(processor).__name__,
+    }
     arrays = {"input_values": inputs["input_values"].numpy()}
     for auto_name in config.auto_map:
         if not auto_name.startswith("AutoModel"):
             continue
-        model = getattr(transformers, auto_name).from_pretrained(folder, **kwargs).eval()
-        torch.manual_seed(0)
-        with torch.no_grad():
-            outputs = model(**inputs) if auto_name != "AutoModelForPreTraining" else None
+        model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True).eval()
         report[auto_name] = type(model).__module__ + "." + type(model).__name__
         if auto_name == "AutoModel":
+            with torch.no_grad():
+                outputs = model(**inputs)
             arrays["pooler_output"] = outputs.pooler_output.numpy()
             arrays["last_hidden_state"] = outputs.last_hidden_state.numpy()
-        elif auto_name == "AutoModelForAudioClassification":
-            arrays["logits"] = outputs.logits.numpy()
-    np.savez(folder + "/out_" + mode + ".npz", **arrays)
+            model.save_pretrained(again)
+    extractor = transformers.pipeline(model=folder, trust_remote_code=True)
+    report["pipeline"] = type(extractor).__module__ + "." + type(extractor).__name__
+    arrays["pipeline_clip_embedding"] = extractor(audio[0])["clip_embedding"]
+    np.savez(folder + "/out_remote.npz", **arrays)
     print("REPORT" + json.dumps(report))
     """
 )
@@ -67,7 +77,7 @@ LOADER = textwrap.dedent(
 def saved(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("auto")
-    model = MatpacModel(MatpacConfig(**TINY)).eval()
+    model = MatpacModel(tiny_config()).eval()
     model.save_pretrained(folder)
     feature_extractor = MatpacFeatureExtractor()
     feature_extractor.save_pretrained(folder)
@@ -77,87 +87,107 @@ def saved(tmp_path_factory):
     inputs = feature_extractor(audio, sampling_rate=16000, return_tensors="pt")
     with torch.no_grad():
         outputs = model(**inputs)
-    return folder, inputs, outputs
+    return folder, audio, inputs, outputs
 
 
-def run_loader(folder, mode, tmp_path):
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
-    script = tmp_path / "loader.py"
-    script.write_text(LOADER)
-    # run from tmp_path so that a source checkout's `src` is not on the path; the venv's editable install is the
-    # only way to matpac_hf, and "remote" mode blocks it.
+@pytest.fixture(scope="module")
+def remote(saved, tmp_path_factory):
+    """The fresh remote-code process, run once for the module: `(report, arrays, folder saved again)`."""
+    folder = saved[0]
+    work = tmp_path_factory.mktemp("remote")
+    script = work / "loader.py"
+    script.write_text(REMOTE_LOADER)
+    env = dict(os.environ, HF_MODULES_CACHE=str(work / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    # run from `work` so that a source checkout's `src` is not on the path; the venv's editable install is the only
+    # way to matpac_hf, and the loader blocks it.
     result = subprocess.run(
-        [sys.executable, str(script), str(folder), mode],
+        [sys.executable, str(script), str(folder), str(work / "again")],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=work,
         env=env,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout.split("REPORT", 1)[1])
-    return report, np.load(folder / f"out_{mode}.npz")
+    return report, np.load(folder / "out_remote.npz"), work / "again"
 
 
-def test_saved_folder_carries_code_and_auto_map(saved):
-    folder, _, _ = saved
+def test_saved_folder_carries_code_auto_map_and_custom_pipelines(saved):
+    folder = saved[0]
     files = {path.name for path in folder.iterdir()}
-    assert {"configuration_matpac.py", "modeling_matpac.py", "feature_extraction_matpac.py"} <= files
-    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert CODE_FILES | PIPELINE_CODE_FILES <= files
+    config = json.loads((folder / "config.json").read_text())
     expected = {"AutoConfig": "configuration_matpac.MatpacConfig"}
     expected.update({auto: f"modeling_matpac.{name}" for auto, name in MODEL_AUTO_CLASSES.items()})
-    assert auto_map == expected
-    assert {"AutoModel", "AutoModelForAudioClassification"} <= set(auto_map)
+    assert config["auto_map"] == expected
+    assert {"AutoModel", "AutoModelForAudioClassification", "AutoModelForAudioFrameClassification"} <= set(expected)
+    assert config["custom_pipelines"] == {
+        TASK: {"impl": "pipelines.AudioFeatureExtractionPipeline", "pt": ["AutoModel"], "type": "audio"}
+    }
     preprocessor = json.loads((folder / "preprocessor_config.json").read_text())
     assert preprocessor["auto_map"] == {"AutoFeatureExtractor": "feature_extraction_matpac.MatpacFeatureExtractor"}
 
 
 def test_every_model_class_saves_the_full_auto_map(tmp_path):
     """Saving the classifier (not only the encoder) also lists every Auto class."""
-    model = MatpacForAudioClassification(MatpacConfig(**TINY, num_labels=3))
-    model.save_pretrained(tmp_path)
+    MatpacForAudioClassification(tiny_config(num_labels=3)).save_pretrained(tmp_path)
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", *MODEL_AUTO_CLASSES}
 
 
-@pytest.mark.parametrize("mode", ["installed", "remote"])
-def test_fresh_process_loads_with_auto_classes(saved, tmp_path, mode):
-    folder, inputs, outputs = saved
-    report, arrays = run_loader(folder, mode, tmp_path)
+def test_installed_package_loads_local_classes_without_trust_or_prompt(saved):
+    """With matpac_hf imported: every Auto class, AutoProcessor (-> the feature extractor) and
+    `pipeline(TASK, model=folder)` resolve to the local classes without `trust_remote_code` and without asking
+    (before, AutoProcessor tried AutoImageProcessor first, which asked whether to trust the folder's code, and the
+    folder's custom_pipelines made `pipeline()` demand trust_remote_code)."""
+    folder, audio, inputs, outputs = saved
+    with mock.patch.object(builtins, "input", side_effect=AssertionError("asked to trust remote code")) as asked:
+        config = AutoConfig.from_pretrained(folder)
+        assert type(config) is matpac_hf.MatpacConfig
+        assert type(AutoFeatureExtractor.from_pretrained(folder)) is MatpacFeatureExtractor
+        assert type(AutoProcessor.from_pretrained(folder)) is MatpacFeatureExtractor
+        for auto_name, class_name in MODEL_AUTO_CLASSES.items():
+            import transformers
 
-    code_origin = "matpac_hf." if mode == "installed" else "transformers_modules."
-    assert report["config"].startswith(code_origin)
-    assert report["feature_extractor"].startswith(code_origin)
+            model = getattr(transformers, auto_name).from_pretrained(folder)
+            assert type(model) is getattr(matpac_hf, class_name)
+        extractor = pipeline(TASK, model=str(folder))
+    assert not asked.called
+    assert type(extractor) is matpac_hf.AudioFeatureExtractionPipeline
+    clip_embedding = extractor(audio[0])["clip_embedding"]
+    np.testing.assert_allclose(clip_embedding, outputs.pooler_output[0].numpy(), atol=1e-5, rtol=0)
+    assert config.custom_pipelines == {}  # served by the registered local class, so hidden from pipeline()
+    assert TASK in config.to_dict()["custom_pipelines"]  # and still saved for remote-code users
+
+
+def test_remote_code_loads_every_class_and_the_pipeline(saved, remote):
+    folder, audio, inputs, outputs = saved
+    report, arrays, _ = remote
+    assert report["config"].startswith("transformers_modules.")
+    assert report["feature_extractor"].startswith("transformers_modules.")
+    assert report["processor"].startswith("transformers_modules.") and report["processor"].endswith(
+        ".MatpacFeatureExtractor"
+    )
     for auto_name, class_name in MODEL_AUTO_CLASSES.items():
-        assert report[auto_name].startswith(code_origin) and report[auto_name].endswith("." + class_name)
+        assert report[auto_name].startswith("transformers_modules.") and report[auto_name].endswith("." + class_name)
+    assert report["pipeline"].startswith("transformers_modules.")
+    assert report["pipeline"].endswith(".AudioFeatureExtractionPipeline")
 
     np.testing.assert_allclose(arrays["input_values"], inputs["input_values"].numpy(), atol=1e-6, rtol=0)
     np.testing.assert_allclose(arrays["last_hidden_state"], outputs.last_hidden_state.numpy(), atol=1e-5, rtol=0)
     np.testing.assert_allclose(arrays["pooler_output"], outputs.pooler_output.numpy(), atol=1e-5, rtol=0)
-    assert arrays["logits"].shape == (3, 2)  # a new (random) classifier on the saved encoder
+    np.testing.assert_allclose(arrays["pipeline_clip_embedding"], outputs.pooler_output[0].numpy(), atol=1e-5, rtol=0)
 
 
-def test_remote_code_folder_saved_again_stays_loadable(saved, tmp_path):
-    """A model loaded through remote code and saved again carries the code files and the auto_map on."""
-    folder, inputs, outputs = saved
-    script = tmp_path / "resave.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-        import sys
-        sys.modules["matpac_hf"] = None
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)
-        model.save_pretrained({str(tmp_path / "again")!r})
-        """
-        )
-    )
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr
-    again = tmp_path / "again"
-    assert {"configuration_matpac.py", "modeling_matpac.py"} <= {path.name for path in again.iterdir()}
-    assert set(json.loads((again / "config.json").read_text())["auto_map"]) == {"AutoConfig", *MODEL_AUTO_CLASSES}
+def test_remote_code_folder_saved_again_stays_loadable(saved, remote):
+    """A model loaded through remote code and saved again carries the code files, auto_map and custom_pipelines on."""
+    _, _, inputs, outputs = saved
+    again = remote[2]
+    assert CODE_FILES - {"feature_extraction_matpac.py"} | PIPELINE_CODE_FILES <= {p.name for p in again.iterdir()}
+    config = json.loads((again / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", *MODEL_AUTO_CLASSES}
+    assert set(config["custom_pipelines"]) == {TASK}
     reloaded = MatpacModel.from_pretrained(again).eval()
     with torch.no_grad():
         pooled = reloaded(**inputs).pooler_output

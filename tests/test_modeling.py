@@ -1,18 +1,19 @@
-"""MatpacConfig and MatpacModel (student encoder): positions, chunking, padding, hidden states, errors."""
+"""MatpacConfig and MatpacModel (student encoder): positions, chunking, padding, hidden states, attentions, errors;
+the heads' shared conventions (freezing, weighted layer sum) and MatpacForAudioFrameClassification.
+
+The tiny config (tests/conftest.py) encodes chunks of `max_frames=64` frames (4 patch columns), so clips over 0.64 s
+exercise the chunking."""
 
 import math
 
 import pytest
 import torch
+from conftest import tiny_config
+from transformers import AutoModelForAudioFrameClassification
+from transformers.utils import logging as transformers_logging
 
-from matpac_hf import MatpacConfig, MatpacModel
+from matpac_hf import MatpacConfig, MatpacForAudioClassification, MatpacForAudioFrameClassification, MatpacModel
 from matpac_hf.modeling_matpac import build_2d_sincos_position_table, crop_position_table
-
-
-def tiny_config(**overrides) -> MatpacConfig:
-    values = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-    values.update(overrides)
-    return MatpacConfig(**values)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_position_table_is_cut_per_frequency_row():
 def test_position_table_survives_save_and_load(tmp_path, model):
     model.save_pretrained(tmp_path)
     reloaded = MatpacModel.from_pretrained(tmp_path)
-    expected = build_2d_sincos_position_table(5, 38, 32)
+    expected = build_2d_sincos_position_table(5, 4, 32)
     assert torch.equal(reloaded.embeddings.position_embeddings, expected)
     assert "embeddings.position_embeddings" not in reloaded.state_dict()  # fixed, never saved
 
@@ -121,12 +122,12 @@ def test_frame_embedding_concatenates_frequency_tokens_of_a_column(model):
 
 def test_long_input_equals_consecutive_chunks_encoded_alone(model):
     torch.manual_seed(1)
-    x = torch.randn(1, 608 * 2 + 100, 80)
+    x = torch.randn(1, 64 * 2 + 100, 80)
     with torch.no_grad():
         full = model(x).last_hidden_state
-        pieces = [model(x[:, :608]), model(x[:, 608:1216]), model(x[:, 1216:])]
+        pieces = [model(x[:, :64]), model(x[:, 64:128]), model(x[:, 128:])]
     expected = torch.cat([p.last_hidden_state for p in pieces], dim=1)
-    assert full.shape[1] == 38 + 38 + 7
+    assert full.shape[1] == 4 + 4 + 7
     torch.testing.assert_close(full, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -163,17 +164,17 @@ def test_padded_batch_of_mixed_lengths_equals_one_by_one(model):
 
 
 def test_hidden_states_mapping(model):
-    x = torch.randn(2, 100, 80)
+    x = torch.randn(2, 60, 80)  # one chunk, 4 columns
     with torch.no_grad():
         out = model(x, output_hidden_states=True)
-        chunk = model.embeddings(torch.nn.functional.pad(x, (0, 0, 0, 12)))
+        chunk = model.embeddings(torch.nn.functional.pad(x, (0, 0, 0, 4)))
     assert len(out.hidden_states) == model.config.num_hidden_layers + 1
     # index 0: embedded patches with positions, same frame layout
-    grid = chunk[:, 1:].reshape(2, 5, 7, 32).permute(0, 2, 1, 3).reshape(2, 7, 160)
+    grid = chunk[:, 1:].reshape(2, 5, 4, 32).permute(0, 2, 1, 3).reshape(2, 4, 160)
     torch.testing.assert_close(out.hidden_states[0], grid)
     # the last one is before the final norm; last_hidden_state is after it
-    last = out.hidden_states[-1].reshape(2, 7, 5, 32)
-    normed = model.encoder.layernorm(last).reshape(2, 7, 160)
+    last = out.hidden_states[-1].reshape(2, 4, 5, 32)
+    normed = model.encoder.layernorm(last).reshape(2, 4, 160)
     torch.testing.assert_close(out.last_hidden_state, normed, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(out.hidden_states[-1], out.last_hidden_state)
 
@@ -253,3 +254,228 @@ def test_bad_attention_masks_get_clear_errors(model):
     left_padded[0, :10] = 0
     with pytest.raises(ValueError, match="rows \\[0\\] are not right-padded"):
         model(x, attention_mask=left_padded)
+
+
+# ----------------------------------------------------------------------------------------------------- attentions
+
+
+@pytest.fixture(scope="module")
+def eager_model(model):
+    eager = MatpacModel.from_pretrained(
+        None, config=model.config, state_dict=model.state_dict(), attn_implementation="eager"
+    )
+    return eager.eval()
+
+
+def test_attentions_are_per_clip_and_chunk(eager_model):
+    """`attentions[layer]` is `(batch, num_chunks, heads, seq, seq)`: clip 0 (150 frames) has chunks of 4, 4 and 2
+    columns, clip 1 (40 frames) one chunk of 3 columns. Each valid block is that chunk's attention encoded alone;
+    padded tokens and missing chunks are exactly 0."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 150, 80)
+    mask = torch.ones(2, 150, dtype=torch.long)
+    mask[1, 40:] = 0
+    with torch.no_grad():
+        attentions = eager_model(x, attention_mask=mask, output_attentions=True).attentions
+    assert len(attentions) == 2
+    assert attentions[0].shape == (2, 3, 2, 21, 21)  # seq = CLS + 5 frequency rows x 4 columns
+
+    def token_index(num_columns):  # positions of a chunk's tokens in the 21-token layout (rows of 4 columns)
+        return torch.tensor([0] + [1 + row * 4 + col for row in range(5) for col in range(num_columns)])
+
+    for clip, chunk, start, frames in [(0, 0, 0, 64), (0, 1, 64, 64), (0, 2, 128, 22), (1, 0, 0, 40)]:
+        piece = x[clip : clip + 1, start : start + frames]
+        columns = math.ceil(frames / 16)
+        piece = torch.nn.functional.pad(piece, (0, 0, 0, columns * 16 - frames))
+        with torch.no_grad():
+            alone = eager_model.encoder(eager_model.embeddings(piece), output_attentions=True).attentions
+        index = token_index(columns)
+        for layer in range(2):
+            block = attentions[layer][clip, chunk]
+            torch.testing.assert_close(block[:, index][:, :, index], alone[layer][0], atol=1e-5, rtol=1e-5)
+            outside = torch.ones(21, 21, dtype=torch.bool)
+            outside[index[:, None], index[None, :]] = False
+            assert torch.all(block[:, outside] == 0)
+            torch.testing.assert_close(block[:, index].sum(-1), torch.ones(2, len(index)))  # rows are distributions
+    assert torch.all(attentions[1][1, 1:] == 0)  # clip 1 has no second or third chunk
+
+
+def test_output_attentions_under_sdpa_falls_back_to_eager_with_a_warning(model, eager_model, caplog):
+    """The default sdpa kernel never forms attention probabilities; asked for them, the forward warns once and
+    computes them with eager attention (transformers' sdpa path alone returns `None`s)."""
+    assert model.config._attn_implementation == "sdpa"
+    x = torch.randn(2, 100, 80)
+    mask = torch.ones(2, 100, dtype=torch.long)
+    mask[0, 70:] = 0
+    transformers_logging.get_logger("matpac_hf.modeling_matpac").warning_once.cache_clear()
+    with torch.no_grad():
+        sdpa = model(x, attention_mask=mask, output_attentions=True)
+        eager = eager_model(x, attention_mask=mask, output_attentions=True)
+    assert "falls back to eager attention" in caplog.text
+    assert all(a is not None for a in sdpa.attentions)
+    for sdpa_layer, eager_layer in zip(sdpa.attentions, eager.attentions):
+        torch.testing.assert_close(sdpa_layer, eager_layer, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sdpa.last_hidden_state, eager.last_hidden_state, atol=1e-5, rtol=1e-5)
+    # return_dict=False (transformers' can_return_tuple): the same tensors, None entries dropped
+    as_tuple = model(x, attention_mask=mask, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 3
+    torch.testing.assert_close(as_tuple[0], sdpa.last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------- heads: freezing, weighted sum
+
+HEADS = [MatpacForAudioClassification, MatpacForAudioFrameClassification]
+
+
+@pytest.mark.parametrize("head_class", HEADS)
+def test_freeze_encoder_is_applied_after_init_and_after_loading(head_class, tmp_path):
+    head = head_class(tiny_config(num_labels=3, freeze_encoder=True, use_weighted_layer_sum=True))
+    trainable = {name for name, parameter in head.named_parameters() if parameter.requires_grad}
+    assert trainable == {"layer_weights", "classifier.weight", "classifier.bias"}
+    head.save_pretrained(tmp_path / "frozen")
+    reloaded = head_class.from_pretrained(tmp_path / "frozen")  # the loader re-creates every parameter as trainable
+    assert {name for name, parameter in reloaded.named_parameters() if parameter.requires_grad} == trainable
+
+    unfrozen = head_class(tiny_config(num_labels=3))
+    assert all(parameter.requires_grad for parameter in unfrozen.parameters())
+    unfrozen.freeze_base_model()
+    assert unfrozen.config.freeze_encoder and not any(p.requires_grad for p in unfrozen.matpac.parameters())
+    unfrozen.save_pretrained(tmp_path / "frozen_later")
+    reloaded = head_class.from_pretrained(tmp_path / "frozen_later")
+    assert not any(p.requires_grad for p in reloaded.matpac.parameters())
+    assert reloaded.classifier.weight.requires_grad
+
+
+def _heads_with_shared_weights(head_class, **overrides):
+    """The same random weights in a head with and one without the weighted layer sum."""
+    torch.manual_seed(6)
+    plain = head_class(tiny_config(num_labels=3, **overrides)).eval()
+    weighted = head_class(tiny_config(num_labels=3, use_weighted_layer_sum=True, **overrides)).eval()
+    missing, unexpected = weighted.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["layer_weights"] and unexpected == []
+    return plain, weighted
+
+
+@pytest.mark.parametrize(
+    "head_class, overrides",
+    [
+        (MatpacForAudioClassification, {}),
+        (MatpacForAudioClassification, {"classifier_pooling": "mean"}),
+        (MatpacForAudioFrameClassification, {}),
+    ],
+)
+def test_weighted_layer_sum_is_a_softmax_mix_of_the_hidden_states(head_class, overrides):
+    plain, weighted = _heads_with_shared_weights(head_class, **overrides)
+    torch.manual_seed(7)
+    x = torch.randn(3, 100, 80)
+    mask = torch.ones(3, 100, dtype=torch.long)
+    mask[2, 30:] = 0
+    with torch.no_grad():
+        # All the weight on the last layer: exactly the head without the weighted sum.
+        weighted.layer_weights.copy_(torch.tensor([-float("inf"), -float("inf"), 0.0]))
+        torch.testing.assert_close(weighted(x, attention_mask=mask).logits, plain(x, attention_mask=mask).logits)
+        assert weighted(x, attention_mask=mask).hidden_states is None  # used inside, returned only when asked
+
+        # Weights (1, 2, 3) before the softmax: the head reads that mix of the embedded patches, block 1 and the
+        # final-normed last block, computed here by hand from the encoder's outputs.
+        weighted.layer_weights.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        encoder = plain.matpac(x, attention_mask=mask, output_hidden_states=True)
+        mix = torch.softmax(torch.tensor([1.0, 2.0, 3.0]), 0)
+        frames = (
+            mix[0] * encoder.hidden_states[0] + mix[1] * encoder.hidden_states[1] + mix[2] * encoder.last_hidden_state
+        )
+        if head_class is MatpacForAudioFrameClassification:
+            expected = plain.classifier(frames)
+        elif overrides.get("classifier_pooling") == "mean":
+            expected = plain.classifier(plain.pool(frames, encoder.frame_mask))
+        else:
+            expected = plain.classifier(frames.sum(1) / encoder.frame_mask.sum(1, keepdim=True))
+        torch.testing.assert_close(weighted(x, attention_mask=mask).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_weights_train_with_a_frozen_encoder():
+    head = MatpacForAudioClassification(tiny_config(num_labels=3, freeze_encoder=True, use_weighted_layer_sum=True))
+    torch.testing.assert_close(head.layer_weights.detach(), torch.full((3,), 1 / 3))  # uniform at init
+    head(torch.randn(2, 40, 80), labels=torch.tensor([0, 2])).loss.backward()
+    assert head.layer_weights.grad is not None and head.layer_weights.grad.abs().sum() > 0
+    assert all(parameter.grad is None for parameter in head.matpac.parameters())
+
+
+# ------------------------------------------------------------------------------- MatpacForAudioFrameClassification
+
+
+@pytest.fixture(scope="module")
+def frame_head():
+    torch.manual_seed(8)
+    return MatpacForAudioFrameClassification(tiny_config(num_labels=3)).eval()
+
+
+def test_frame_head_is_the_auto_frame_classifier():
+    assert type(AutoModelForAudioFrameClassification.from_config(tiny_config())) is MatpacForAudioFrameClassification
+
+
+def test_frame_logits_are_a_linear_map_of_each_frame_embedding(frame_head):
+    x = torch.randn(2, 150, 80)
+    mask = torch.ones(2, 150, dtype=torch.long)
+    mask[1, 33:] = 0
+    with torch.no_grad():
+        out = frame_head(x, attention_mask=mask)
+        encoder = frame_head.matpac(x, attention_mask=mask)
+    assert out.logits.shape == (2, 10, 3)  # one row per 16 frames (160 ms)
+    assert out.frame_mask.tolist() == [[1] * 10, [1] * 3 + [0] * 7]
+    torch.testing.assert_close(out.logits, frame_head.classifier(encoder.last_hidden_state))
+
+
+def test_frame_losses_cover_only_the_frames_of_each_clip(frame_head):
+    torch.manual_seed(9)
+    x = torch.randn(2, 150, 80)
+    mask = torch.ones(2, 150, dtype=torch.long)
+    mask[1, 33:] = 0  # clip 1: 3 frames
+    valid = torch.zeros(2, 10, dtype=torch.bool)
+    valid[0], valid[1, :3] = True, True
+    with torch.no_grad():
+        logits = frame_head(x, attention_mask=mask).logits
+
+    frame_head.config.problem_type = None
+    classes = torch.randint(0, 3, (2, 10))
+    loss = frame_head(x, attention_mask=mask, labels=classes).loss
+    assert frame_head.config.problem_type == "single_label_classification"
+    expected = -torch.log_softmax(logits[valid], -1).gather(1, classes[valid][:, None]).mean()
+    torch.testing.assert_close(loss, expected)
+    in_padding_changed = classes.clone()
+    in_padding_changed[1, 3:] = (in_padding_changed[1, 3:] + 1) % 3
+    torch.testing.assert_close(frame_head(x, attention_mask=mask, labels=in_padding_changed).loss, loss)
+
+    frame_head.config.problem_type = None
+    multi_hot = (torch.rand(2, 10, 3) > 0.5).float()
+    loss = frame_head(x, attention_mask=mask, labels=multi_hot).loss
+    assert frame_head.config.problem_type == "multi_label_classification"
+    probabilities = torch.sigmoid(logits[valid])
+    targets = multi_hot[valid]
+    expected = -(targets * probabilities.log() + (1 - targets) * (1 - probabilities).log()).mean()
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-5)
+
+    with pytest.raises(ValueError, match=r"must have shape \(2, 10, 3\) .*got \(2, 9, 3\)"):
+        frame_head(x, attention_mask=mask, labels=multi_hot[:, :9])
+    frame_head.config.problem_type = None
+
+
+def test_frame_head_learns_to_tag_frames():
+    """A tone switched on and off every 160 ms frame, tagged per frame by the head on a frozen random encoder: the
+    training accuracy goes from chance to > 95% in 60 Adam steps."""
+    torch.manual_seed(10)
+    head = MatpacForAudioFrameClassification(tiny_config(num_labels=2, freeze_encoder=True))
+    on = torch.randint(0, 2, (16, 12))  # (clips, frames): is the tone on?
+    x = 0.3 * torch.randn(16, 12 * 16, 80)
+    x[:, :, 20:26] += 3.0 * on.repeat_interleave(16, dim=1)[:, :, None]  # a band of 6 mel bins, frame by frame
+    optimizer = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=1e-2)
+    accuracy = lambda: (head(x).logits.argmax(-1) == on).float().mean().item()  # noqa: E731
+    with torch.no_grad():
+        before = accuracy()
+    for _ in range(60):
+        optimizer.zero_grad()
+        head(x, labels=on).loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = accuracy()
+    assert before < 0.75 and after > 0.95, (before, after)

@@ -109,7 +109,11 @@ class MatpacConfig(PreTrainedConfig):
             probes); `"mean"` = mean of the 768-d tokens over frequency and time, BatchNorm1d without affine
             parameters, then linear (official AudioSet-fine-tuned head).
         classifier_dropout (0.0): dropout before the classifier's linear layer.
-        freeze_encoder (False): keep the encoder frozen (linear probe) when fine-tuning.
+        freeze_encoder (False): keep the encoder frozen (linear probe) when fine-tuning: the heads apply it when built
+            and again after `from_pretrained` (see `MatpacForAudioClassification.freeze_base_model`).
+        use_weighted_layer_sum (False): feed the heads ([`MatpacForAudioClassification`],
+            [`MatpacForAudioFrameClassification`]) a learned softmax-weighted sum of the encoder's `num_hidden_layers
+            + 1` hidden states (SUPERB style, as `Wav2Vec2ForSequenceClassification`) instead of the last layer.
 
     Example:
 
@@ -191,6 +195,31 @@ class MatpacConfig(PreTrainedConfig):
     classifier_pooling: str = "concat"
     classifier_dropout: float | int = 0.0
     freeze_encoder: bool = False
+    use_weighted_layer_sum: bool = False
+
+    # ------------------------------------------------------------------ pipelines shipped with the model folder
+    @property
+    def custom_pipelines(self) -> dict:
+        """`pipeline()` tasks whose code `save_pretrained` copies into the model folder (`"audio-feature-extraction"`),
+        so that remote-code users get them with `trust_remote_code=True`. A task already registered in this process
+        (`import matpac_hf` registers it) is left out here: transformers' `pipeline()` looks at
+        `config.custom_pipelines` before its registry and would otherwise demand `trust_remote_code` for the
+        installed class. The full dict is what gets saved (`to_dict`)."""
+        from transformers.pipelines import PIPELINE_REGISTRY
+
+        stored = self.__dict__.get("_custom_pipelines") or {}
+        return {task: info for task, info in stored.items() if task not in PIPELINE_REGISTRY.supported_tasks}
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value: dict):
+        self.__dict__["_custom_pipelines"] = dict(value or {})
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        custom_pipelines = output.pop("_custom_pipelines", None)
+        if custom_pipelines:
+            output["custom_pipelines"] = custom_pipelines
+        return output
 
     # ------------------------------------------------------------------ derived sizes
     @property

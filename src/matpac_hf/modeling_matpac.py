@@ -14,20 +14,27 @@ Layout follows transformers' ViTMAE / AST modeling files. Tensor-shape vocabular
 """
 
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
 
 from .configuration_matpac import MatpacConfig
 
+
+logger = logging.get_logger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Output dataclasses
@@ -53,9 +60,14 @@ class MatpacModelOutput(ModelOutput):
             `num_hidden_layers + 1` tensors of shape `(batch_size, num_time_patches, frame_embedding_size)`, same
             layout as `last_hidden_state`: index 0 the embedded patches (with positions), index i the output of block
             i (the last one before the final LayerNorm).
-        attentions (`tuple(torch.FloatTensor)`, returned when `output_attentions=True` with eager attention):
-            Per layer, the attention probabilities of every chunk: `(num_chunks, num_heads, seq_len, seq_len)`, where
-            chunks of all clips are stacked in clip order.
+        attentions (`tuple(torch.FloatTensor)`, returned when `output_attentions=True`):
+            `num_hidden_layers` tensors of shape `(batch_size, num_chunks, num_heads, seq_len, seq_len)`: the attention
+            probabilities of each clip, per `max_frames` chunk (each chunk is encoded on its own, so attention never
+            crosses chunks). `num_chunks = ceil(num_frames / max_frames)` (1 for clips up to 6.08 s:
+            `attentions[layer][:, 0]` is the usual `(batch, heads, seq, seq)`); `seq_len = 1 + F * T`, the CLS token
+            then the patches in frequency-major order, `T` the time columns of the longest chunk in the batch. Rows and
+            columns of padded patches, and chunks that a shorter clip does not have, are 0. Computed with eager
+            attention (under sdpa / flash / flex the forward falls back to eager when they are asked for).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -140,9 +152,12 @@ class MatpacEmbeddings(nn.Module):
         self.config = config
         self.patch_embeddings = MatpacPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        # Fixed, not learned: filled in `_init_weights`, never saved (it is a pure function of the config).
+        # Fixed, not learned, never saved: a pure function of the config, built here and rebuilt by `_init_weights`
+        # (which fills it after a meta-device init, e.g. in `from_pretrained`).
         self.register_buffer(
-            "position_embeddings", torch.zeros(1 + config.num_patches, config.hidden_size), persistent=False
+            "position_embeddings",
+            build_2d_sincos_position_table(config.num_frequency_patches, config.max_time_patches, config.hidden_size),
+            persistent=False,
         )
 
     def embed_patches(self, input_values: torch.Tensor) -> torch.Tensor:
@@ -204,14 +219,31 @@ class MatpacSelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ):
         batch_size, seq_len, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_attention_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation != "eager":
+            if output_attentions:
+                # sdpa / flash / flex kernels never form the attention probabilities. Rather than return `None`s
+                # (transformers' sdpa path only warns), this call falls back to eager attention, same numbers.
+                logger.warning_once(
+                    f"output_attentions=True with attn_implementation={self.config._attn_implementation!r}: these "
+                    "kernels do not return attention probabilities, so this forward falls back to eager attention "
+                    "(same outputs, slower). Load the model with attn_implementation='eager' to silence this warning."
+                )
+            else:
+                attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                    self.config._attn_implementation, eager_attention_forward
+                )
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -250,8 +282,16 @@ class MatpacLayer(GradientCheckpointingLayer):
         self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.mlp = MatpacMLP(config, hidden_size, intermediate_size)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        attn_output, attn_weights = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ):
+        attn_output, attn_weights = self.attention(
+            self.layernorm_before(hidden_states), attention_mask, output_attentions=output_attentions, **kwargs
+        )
         hidden_states = hidden_states + self.dropout(attn_output)
         hidden_states = hidden_states + self.mlp(self.layernorm_after(hidden_states))
         return hidden_states, attn_weights
@@ -298,14 +338,18 @@ class MatpacEncoder(nn.Module):
         output_attentions: bool = False,
     ) -> MatpacEncoderOutput:
         """`hidden_states`: `(batch, seq, hidden)` tokens. `attention_mask`: `(batch, seq)`, 1 for tokens to attend."""
-        if attention_mask is not None:
+        if attention_mask is not None and output_attentions and self.config._attn_implementation != "eager":
+            # The eager fallback of MatpacSelfAttention (see there) takes eager's additive float mask.
+            key_is_padding = 1.0 - attention_mask[:, None, None, :].to(hidden_states.dtype)  # (batch, 1, 1, seq)
+            attention_mask = key_is_padding * torch.finfo(hidden_states.dtype).min
+        elif attention_mask is not None:
             attention_mask = create_bidirectional_mask(
                 config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
             )
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, attention_mask)
+            hidden_states, attn_weights = layer(hidden_states, attention_mask, output_attentions=output_attentions)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -329,6 +373,18 @@ AUTO_CLASS_OF_MODEL_CLASS = {
     "MatpacModel": "AutoModel",
     "MatpacForPreTraining": "AutoModelForPreTraining",
     "MatpacForAudioClassification": "AutoModelForAudioClassification",
+    "MatpacForAudioFrameClassification": "AutoModelForAudioFrameClassification",
+}
+
+# `pipeline()` tasks whose code `save_pretrained` copies into the folder (`<file>.<class>` as in `config.auto_map`), so
+# remote-code users get them from `config.custom_pipelines`. Named here, not imported: an import of `.pipelines` would
+# make its file (and its soundfile / soxr imports) a requirement of every remote-code model load.
+CUSTOM_PIPELINES = {
+    "audio-feature-extraction": {
+        "impl": "pipelines.AudioFeatureExtractionPipeline",
+        "pt": ["AutoModel"],
+        "type": "audio",
+    },
 }
 
 
@@ -356,15 +412,47 @@ class MatpacPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # The losses are means over each batch (they do not use `num_items_in_batch`): the Trainer must scale them for
+    # gradient accumulation itself, although `forward` takes `**kwargs`.
+    accepts_loss_kwargs = False
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """[`~PreTrainedModel.save_pretrained`] with the full remote-code wiring: when the class is registered for an
         Auto class (importing `matpac_hf` does it; so does loading with `trust_remote_code=True`), transformers copies
-        `modeling_matpac.py` and `configuration_matpac.py` into the folder, and `config.auto_map` lists AutoConfig
-        plus every MATPAC model Auto class, so the folder loads where `matpac_hf` is not installed."""
+        `modeling_matpac.py` and `configuration_matpac.py` into the folder, `config.auto_map` lists AutoConfig plus
+        every MATPAC model Auto class, and `config.custom_pipelines` the `audio-feature-extraction` pipeline, whose
+        code (`pipelines.py` and the files it imports) is copied too. The folder then loads, and serves
+        `pipeline(model=folder, trust_remote_code=True)`, where `matpac_hf` is not installed."""
+        pipeline_files = []
         if self.is_remote_code():
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **matpac_auto_map()}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+            # The package's file, or (remote code: the module cache holds only the model's files) the loaded folder's.
+            candidates = [Path(__file__).with_name("pipelines.py")]
+            if self.name_or_path:
+                candidates.append(Path(self.name_or_path) / "pipelines.py")
+            pipeline_file = next((path for path in candidates if path.is_file()), None)
+            if pipeline_file is not None:
+                pipeline_files = [pipeline_file, *map(Path, get_relative_import_files(str(pipeline_file)))]
+                saved_pipelines = self.config.to_dict().get("custom_pipelines", {})
+                self.config.custom_pipelines = {**saved_pipelines, **CUSTOM_PIPELINES}
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        for path in pipeline_files:
+            if not (Path(save_directory) / path.name).exists():
+                shutil.copy(path, Path(save_directory) / path.name)
+        return saved
+
+    # -- frozen parameters: the one place -----------------------------------------------------------------------------
+    def _frozen_parameters(self) -> list[nn.Module | nn.Parameter]:
+        """Modules / parameters that must not train, given the config (none here; see the subclasses)."""
+        return []
+
+    def tie_weights(self, *args, **kwargs):
+        """No tied weights. Applies `requires_grad=False` to [`_frozen_parameters`]: transformers calls this at the end
+        of `__init__` (`post_init`) and of `from_pretrained`, whose loader re-creates every loaded tensor as a
+        trainable `nn.Parameter`, so this is the one hook that keeps frozen parameters frozen."""
+        super().tie_weights(*args, **kwargs)
+        for frozen in self._frozen_parameters():
+            frozen.requires_grad_(False)
 
     def _init_weights(self, module):
         """Official initialisation: xavier-uniform linears with zero bias, LayerNorm (1, 0), patch embedding
@@ -403,9 +491,9 @@ class MatpacModel(MatpacPreTrainedModel):
 
     Inputs of any length are handled with the official "precise" semantics: each clip's valid frames are cut into
     consecutive `max_frames` chunks (the last one shorter, zero-padded only up to a multiple of `patch_size`), every
-    chunk is encoded on its own, and the chunks are concatenated along time. All chunks of all clips go through the
-    encoder in one batched call; shorter chunks are padded to the longest chunk of the batch and the padded tokens are
-    masked out of attention, so each clip gets exactly what it gets alone.
+    chunk is encoded on its own, and the chunks are concatenated along time. The chunks of all clips go through the
+    encoder in micro-batches of at most `chunk_batch_size` chunks of equal length (never padded, no attention mask),
+    so each clip gets exactly what it gets alone and activation memory stays bounded for audio of any length.
     """
 
     # Loading the student from a MatpacForPreTraining or MatpacForAudioClassification folder: the other parts of
@@ -479,136 +567,186 @@ class MatpacModel(MatpacPreTrainedModel):
         return frame_lengths
 
     # -- chunking -----------------------------------------------------------------------------------------------------
-    def _split_into_chunks(self, input_values: torch.Tensor, frame_lengths: torch.Tensor):
-        """Cut every clip into consecutive `max_frames` chunks and stack the chunks of all clips.
+    # Activation memory one encoder call may use in inference (no grad): `forward` runs the chunks in micro-batches
+    # of `chunk_batch_size` chunks, by default as many as fit this budget (8 for ViT-B), so peak memory does not grow
+    # with the length of the audio beyond the output itself. Small micro-batches are also faster on CPUs: their
+    # activations are reused from the allocator instead of page-faulting fresh memory every layer.
+    chunk_memory_budget_bytes = 64 * 2**20
 
-        Returns:
-            chunk_values: `(num_chunks, chunk_frames, num_mel_bins)`, frames past a clip's end set to 0.
-            chunk_time_patches: `(num_chunks,)` valid time columns per chunk (ceil(valid frames / patch_size)).
-            chunk_clip_index: `(num_chunks,)` which clip each chunk belongs to.
-            chunk_position: `(num_chunks,)` index of the chunk within its clip.
+    def default_chunk_batch_size(self) -> int:
+        """Chunks per encoder call: `config.chunk_batch_size` when set, else as many full chunks as fit
+        `chunk_memory_budget_bytes` (per chunk: the MLP and qkv activations and one layer's attention scores)."""
+        configured = getattr(self.config, "chunk_batch_size", None)
+        if configured:
+            return int(configured)
+        config = self.config
+        seq_len = 1 + config.num_patches
+        floats = seq_len * (config.intermediate_size + 6 * config.hidden_size)
+        floats += config.num_attention_heads * seq_len * seq_len
+        return max(1, self.chunk_memory_budget_bytes // (4 * floats))
+
+    def _plan_chunks(self, frame_lengths: list[int], chunk_batch_size: int) -> list[list[tuple[int, int, int]]]:
+        """Cut every clip into consecutive `max_frames` chunks and group the chunks into micro-batches.
+
+        Each chunk is `(clip, position, time_patches)`: its clip, its index within the clip, and its valid time
+        columns (ceil(valid frames / patch_size)). A micro-batch holds at most `chunk_batch_size` chunks of the same
+        length (longest first, clip order among equals): no chunk is ever padded and no attention mask is needed, so
+        every chunk is encoded exactly as alone. (Per-call overhead is small next to one chunk's work: a ViT-B chunk
+        of 191 tokens is already a full-size matrix product.)
         """
         patch_size, max_frames = self.config.patch_size, self.config.max_frames
-        batch_size, num_frames, num_mel_bins = input_values.shape
-        device = input_values.device
-        max_chunks = math.ceil(num_frames / max_frames)
+        chunks = []
+        for clip, length in enumerate(frame_lengths):
+            for position in range(math.ceil(length / max_frames)):
+                valid_frames = min(max_frames, length - position * max_frames)
+                chunks.append((clip, position, math.ceil(valid_frames / patch_size)))
+        micro_batches = []
+        for time_patches in sorted({chunk[2] for chunk in chunks}, reverse=True):
+            same_length = [chunk for chunk in chunks if chunk[2] == time_patches]
+            micro_batches += [
+                same_length[i : i + chunk_batch_size] for i in range(0, len(same_length), chunk_batch_size)
+            ]
+        return micro_batches
 
-        # Zero every frame past a clip's end (the official code pads with zeros in the normalised domain).
-        frame_index = torch.arange(num_frames, device=device)
-        valid_frames = frame_index[None, :] < frame_lengths[:, None]  # (batch, num_frames)
-        values = input_values.masked_fill(~valid_frames[:, :, None], 0.0)  # also clears NaN/inf in the padding
-        values = nn.functional.pad(values, (0, 0, 0, max_chunks * max_frames - num_frames))
-        values = values.view(batch_size, max_chunks, max_frames, num_mel_bins)
-
-        chunk_start = torch.arange(max_chunks, device=device) * max_frames  # (max_chunks,)
-        chunk_frames = (frame_lengths[:, None] - chunk_start[None, :]).clamp(0, max_frames)  # (batch, max_chunks)
-        chunk_exists = chunk_frames > 0
-        chunk_time_patches = torch.div(chunk_frames + patch_size - 1, patch_size, rounding_mode="floor")
-
-        chunk_values = values[chunk_exists]  # (num_chunks, max_frames, num_mel_bins)
-        chunk_time_patches = chunk_time_patches[chunk_exists]
-        clip_index, chunk_position = torch.nonzero(chunk_exists, as_tuple=True)
-
-        # Trim to the longest chunk: a batch of short clips runs on short sequences, like each clip alone.
-        max_time_patches = int(chunk_time_patches.max())
-        chunk_values = chunk_values[:, : max_time_patches * patch_size]
-        return chunk_values, chunk_time_patches, clip_index, chunk_position
-
-    def _chunks_to_frames(
-        self,
-        chunk_tokens: torch.Tensor,
-        chunk_time_patches: torch.Tensor,
-        clip_index: torch.Tensor,
-        chunk_position: torch.Tensor,
-        batch_size: int,
-        num_output_frames: int,
+    def _gather_chunks(
+        self, input_values: torch.Tensor, frame_lengths: list[int], chunks: list[tuple[int, int, int]]
     ) -> torch.Tensor:
-        """`(num_chunks, 1 + F * T, hidden)` encoder tokens -> `(batch, num_output_frames, F * hidden)` frame
-        embeddings: drop CLS, concatenate the frequency tokens of each time column, and place the chunks of each clip
-        one after the other along time."""
+        """`(micro_batch, time_patches * patch_size, num_mel_bins)` values of `chunks` (all of one length), zero past
+        each clip's end (the official code pads the last chunk with zeros in the normalised domain up to a multiple of
+        `patch_size`; this also clears NaN/inf in a padded batch's padding)."""
+        patch_size, max_frames = self.config.patch_size, self.config.max_frames
+        num_frames = input_values.shape[1]
+        chunk_frames = max(time_patches for _, _, time_patches in chunks) * patch_size
+        device = input_values.device
+        clips = torch.tensor([clip for clip, _, _ in chunks], device=device)
+        starts = torch.tensor([position * max_frames for _, position, _ in chunks], device=device)
+        valid = torch.tensor(
+            [frame_lengths[clip] - position * max_frames for clip, position, _ in chunks], device=device
+        )
+        offsets = torch.arange(chunk_frames, device=device)
+        frame_index = (starts[:, None] + offsets[None, :]).clamp(max=num_frames - 1)  # (micro_batch, chunk_frames)
+        values = input_values[clips[:, None], frame_index]  # (micro_batch, chunk_frames, num_mel_bins), a copy
+        return values.masked_fill_((offsets[None, :] >= valid[:, None])[:, :, None], 0.0)
+
+    def _place_frames(self, output: torch.Tensor, chunk_tokens: torch.Tensor, chunks: list[tuple[int, int, int]]):
+        """Write `(micro_batch, 1 + F * T, hidden)` encoder tokens into `output` `(batch, frames, F * hidden)`: drop
+        CLS, concatenate the frequency tokens of each time column, place each chunk at its clip's time offset."""
         num_chunks, _, hidden_size = chunk_tokens.shape
         num_frequency_patches = self.config.num_frequency_patches
         patch_tokens = chunk_tokens[:, 1:].reshape(num_chunks, num_frequency_patches, -1, hidden_size)
-        num_time_patches = patch_tokens.shape[2]
-        frames = patch_tokens.permute(0, 2, 1, 3).reshape(num_chunks, num_time_patches, -1)  # (chunks, T, F * hidden)
+        max_time_patches = self.config.max_time_patches
+        for row, (clip, position, time_patches) in enumerate(chunks):
+            start = position * max_time_patches
+            target = output[clip, start : start + time_patches].view(time_patches, num_frequency_patches, hidden_size)
+            target.copy_(patch_tokens[row, :, :time_patches].transpose(0, 1))  # (T, F, hidden), one copy
 
-        column = torch.arange(num_time_patches, device=frames.device)
-        column_valid = column[None, :] < chunk_time_patches[:, None]  # (chunks, T)
-        output_time = chunk_position[:, None] * self.config.max_time_patches + column[None, :]  # (chunks, T)
-        output_clip = clip_index[:, None].expand(-1, num_time_patches)
-
-        output = frames.new_zeros(batch_size, num_output_frames, frames.shape[-1])
-        output[output_clip[column_valid], output_time[column_valid]] = frames[column_valid]
-        return output
+    def _place_attentions(
+        self, output: torch.Tensor, chunk_attentions: torch.Tensor, chunks: list[tuple[int, int, int]]
+    ):
+        """Write `(micro_batch, heads, seq, seq)` attention probabilities into `output` `(batch, max_chunks, heads,
+        S, S)`, where `S = 1 + F * T_max` lays out the tokens of the batch's longest chunk; rows and columns of tokens
+        a shorter chunk lacks (and chunks a shorter clip lacks) are 0."""
+        device = chunk_attentions.device
+        num_time_patches = (chunk_attentions.shape[-1] - 1) // self.config.num_frequency_patches
+        max_time_patches = (output.shape[-1] - 1) // self.config.num_frequency_patches
+        frequency = torch.arange(self.config.num_frequency_patches, device=device)[:, None]
+        column = torch.arange(num_time_patches, device=device)[None, :]
+        patch_token = (1 + frequency * max_time_patches + column).flatten()  # where each token sits in the S layout
+        token = torch.cat([torch.zeros(1, dtype=torch.long, device=device), patch_token])
+        clips = torch.tensor([clip for clip, _, _ in chunks], device=device)
+        positions = torch.tensor([position for _, position, _ in chunks], device=device)
+        heads = torch.arange(chunk_attentions.shape[1], device=device)
+        output[
+            clips[:, None, None, None],
+            positions[:, None, None, None],
+            heads[None, :, None, None],
+            token[None, None, :, None],
+            token[None, None, None, :],
+        ] = chunk_attentions
 
     # -- forward ------------------------------------------------------------------------------------------------------
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> MatpacModelOutput | tuple:
+        chunk_batch_size: int | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MatpacModelOutput:
         r"""
         input_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`):
             Normalised log-mel spectrograms from [`MatpacFeatureExtractor`]. Any number of frames >= 1.
         attention_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*):
             1 for valid frames, 0 for padding (as returned by the feature extractor for clips of different lengths).
+        output_hidden_states (`bool`, *optional*):
+            Return every layer's output in the frame layout of `last_hidden_state` (see [`MatpacModelOutput`]).
+        output_attentions (`bool`, *optional*):
+            Return every layer's attention probabilities per clip and chunk (see [`MatpacModelOutput`]). Under sdpa /
+            flash / flex attention the forward then falls back to eager attention (with a one-time warning).
+        chunk_batch_size (`int`, *optional*):
+            `max_frames` chunks per encoder call (default: [`~MatpacModel.default_chunk_batch_size`], 8 for ViT-B).
+            The outputs do not depend on it; peak activation memory grows with it, not with the audio's length.
+        return_dict (`bool`, *optional*):
+            `False` returns a tuple (transformers' `can_return_tuple`).
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
 
         frame_lengths = self._check_inputs(input_values, attention_mask)
-        batch_size = input_values.shape[0]
+        batch_size, num_frames, _ = input_values.shape
         patch_size = self.config.patch_size
 
-        chunk_values, chunk_time_patches, clip_index, chunk_position = self._split_into_chunks(
-            input_values, frame_lengths
-        )
-        chunk_tokens = self.embeddings(chunk_values)  # (num_chunks, 1 + F * T, hidden)
+        # The chunk plan lives on the host. Without a mask it follows from the shape alone: no device sync, and no
+        # data-dependent shape for torch.compile.
+        host_lengths = [num_frames] * batch_size if attention_mask is None else frame_lengths.tolist()
+        chunk_batch_size = chunk_batch_size or self.default_chunk_batch_size()
+        micro_batches = self._plan_chunks(host_lengths, chunk_batch_size)
+        clip_time_patches = [math.ceil(length / patch_size) for length in host_lengths]
+        num_output_frames = max(clip_time_patches)
+        max_chunks = math.ceil(max(host_lengths) / self.config.max_frames)
+        max_seq_len = 1 + self.config.num_frequency_patches * max(chunks[0][2] for chunks in micro_batches)
 
-        # Mask out padded time columns of shorter chunks (only when chunk lengths differ).
-        token_mask = None
-        num_time_patches = chunk_values.shape[1] // patch_size
-        if bool((chunk_time_patches < num_time_patches).any()):
-            column_valid = (
-                torch.arange(num_time_patches, device=input_values.device)[None, :] < chunk_time_patches[:, None]
-            )  # (chunks, T)
-            patch_valid = column_valid[:, None, :].expand(-1, self.config.num_frequency_patches, -1).flatten(1)
-            token_mask = torch.cat([torch.ones_like(patch_valid[:, :1]), patch_valid], dim=1).long()
+        last_hidden_state, hidden_states, attentions = None, None, None
+        for chunks in micro_batches:
+            chunk_tokens = self.embeddings(self._gather_chunks(input_values, host_lengths, chunks))
+            encoder_outputs = self.encoder(  # chunks of one length: no padding, no attention mask
+                chunk_tokens,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+            )
+            layer_outputs = encoder_outputs.hidden_states if output_hidden_states else ()
+            if last_hidden_state is None:  # allocated at the first micro-batch, in the dtype the encoder gives
+                shape = (batch_size, num_output_frames, self.config.frame_embedding_size)
+                last_hidden_state = encoder_outputs.last_hidden_state.new_zeros(shape)
+                hidden_states = tuple(h.new_zeros(shape) for h in layer_outputs) if output_hidden_states else None
+                if output_attentions:
+                    attentions = tuple(
+                        a.new_zeros(batch_size, max_chunks, a.shape[1], max_seq_len, max_seq_len)
+                        for a in encoder_outputs.attentions
+                    )
+            self._place_frames(last_hidden_state, encoder_outputs.last_hidden_state, chunks)
+            for output, tokens in zip(hidden_states or (), layer_outputs):
+                self._place_frames(output, tokens, chunks)
+            for output, chunk_attentions in zip(attentions or (), encoder_outputs.attentions or ()):
+                self._place_attentions(output, chunk_attentions, chunks)
 
-        encoder_outputs = self.encoder(
-            chunk_tokens,
-            attention_mask=token_mask,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
-
-        clip_time_patches = torch.div(frame_lengths + patch_size - 1, patch_size, rounding_mode="floor")  # (batch,)
-        num_output_frames = int(clip_time_patches.max())
-        to_frames = lambda tokens: self._chunks_to_frames(  # noqa: E731
-            tokens, chunk_time_patches, clip_index, chunk_position, batch_size, num_output_frames
-        )
-        last_hidden_state = to_frames(encoder_outputs.last_hidden_state)
+        clip_time_patches = torch.tensor(clip_time_patches, device=input_values.device)  # (batch,)
         frame_mask = (
             torch.arange(num_output_frames, device=input_values.device)[None, :] < clip_time_patches[:, None]
         ).long()
         pooler_output = last_hidden_state.sum(1) / clip_time_patches[:, None].to(last_hidden_state.dtype)
-        hidden_states = tuple(to_frames(h) for h in encoder_outputs.hidden_states) if output_hidden_states else None
 
-        output = MatpacModelOutput(
+        return MatpacModelOutput(
             last_hidden_state=last_hidden_state,
             pooler_output=pooler_output,
             frame_mask=frame_mask,
             hidden_states=hidden_states,
-            attentions=encoder_outputs.attentions,
+            attentions=attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
 # ==== pretraining ====
@@ -1085,7 +1223,6 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         # Registered last: its `_init_weights` branch (center, then the teachers) must run after the students'.
         self.classification_loss = MatpacClassificationLoss(config)
         self._ema_parameter_lists = None  # flat (teacher, student) parameter lists of `update_teachers`, built once
-        self._freeze_non_trainable_parameters()
         self.post_init()
 
     @property
@@ -1097,19 +1234,13 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         return self.matpac.embeddings.patch_embeddings
 
     # -- frozen parameters --------------------------------------------------------------------------------------------
-    def _freeze_non_trainable_parameters(self):
-        """Teachers never train (EMA only); the prototype gain is frozen with `head_freeze_weight_norm_gain`."""
-        self.teacher_encoder.requires_grad_(False)
-        self.teacher_head.requires_grad_(False)
+    def _frozen_parameters(self) -> list[nn.Module | nn.Parameter]:
+        """Teachers never train (EMA only); the prototype gain is frozen with `head_freeze_weight_norm_gain`. Applied
+        by [`MatpacPreTrainedModel.tie_weights`] after `__init__` and after `from_pretrained`."""
+        frozen = [self.teacher_encoder, self.teacher_head]
         if self.config.head_freeze_weight_norm_gain:
-            self.student_head.weight_norm_gain.requires_grad_(False)
-
-    def tie_weights(self, *args, **kwargs):
-        """No tied weights; re-applies `requires_grad=False` to the teachers (and a frozen gain). transformers calls
-        this at the end of `__init__` and of `from_pretrained`, whose loader re-creates every loaded tensor as a
-        trainable `nn.Parameter`."""
-        super().tie_weights(*args, **kwargs)
-        self._freeze_non_trainable_parameters()
+            frozen.append(self.student_head.weight_norm_gain)
+        return frozen
 
     # -- initialisation -----------------------------------------------------------------------------------------------
     def _init_weights(self, module):
@@ -1524,13 +1655,70 @@ def _mean_channel_std(vectors: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# MatpacForAudioClassification: the student encoder plus a linear classifier
+# Heads: MatpacForAudioClassification (one vector per clip), MatpacForAudioFrameClassification (one per 160 ms)
 # ----------------------------------------------------------------------------------------------------------------------
 
 _PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
-class MatpacForAudioClassification(MatpacPreTrainedModel):
+class MatpacPreTrainedModelWithHead(MatpacPreTrainedModel):
+    """What both downstream heads share: the student encoder `matpac`, the optional SUPERB-style `layer_weights`
+    (`config.use_weighted_layer_sum`), and encoder freezing (`config.freeze_encoder`, [`freeze_base_model`])."""
+
+    def __init__(self, config: MatpacConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.matpac = MatpacModel(config)
+        if config.use_weighted_layer_sum:
+            num_layers = config.num_hidden_layers + 1  # the embedded patches, then every block
+            self.layer_weights = nn.Parameter(torch.full((num_layers,), 1.0 / num_layers))
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, nn.BatchNorm1d):
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif module is self and self.config.use_weighted_layer_sum:
+            init.constant_(self.layer_weights, 1.0 / self.layer_weights.numel())
+
+    def _frozen_parameters(self) -> list[nn.Module | nn.Parameter]:
+        return [self.matpac] if self.config.freeze_encoder else []
+
+    def freeze_base_model(self):
+        """Stop gradients into the encoder (patch embedding, CLS token, blocks, final norm): only the head (and
+        `layer_weights`) trains, a linear probe. Sets `config.freeze_encoder = True`, so the choice is saved with the
+        model and applied again by `from_pretrained` (through [`~MatpacPreTrainedModel.tie_weights`])."""
+        self.config.freeze_encoder = True
+        self.tie_weights()
+
+    freeze_encoder = freeze_base_model  # the former name, kept for existing callers
+
+    def _encode(self, input_values, attention_mask, kwargs) -> tuple[MatpacModelOutput, torch.Tensor, bool]:
+        """Runs the encoder; returns its outputs, the frame features the head reads (`(batch, T', F * hidden)`) and
+        whether the caller asked for hidden states."""
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        encoder_outputs = self.matpac(
+            input_values,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states or self.config.use_weighted_layer_sum,
+            return_dict=True,
+            **kwargs,
+        )
+        if not self.config.use_weighted_layer_sum:
+            return encoder_outputs, encoder_outputs.last_hidden_state, output_hidden_states
+        # The last block's entry is replaced by `last_hidden_state` (the same block after the final LayerNorm): with all
+        # the weight on the last layer the head sees exactly what it sees without the weighted sum.
+        layers = [*encoder_outputs.hidden_states[:-1], encoder_outputs.last_hidden_state]
+        layers = torch.stack(layers)  # (num_hidden_layers + 1, batch, T', F * hidden)
+        weights = nn.functional.softmax(self.layer_weights, dim=-1).to(layers.dtype)
+        frames = (weights[:, None, None, None] * layers).sum(0)  # (batch, T', F * hidden); padded rows stay 0
+        return encoder_outputs, frames, output_hidden_states
+
+
+class MatpacForAudioClassification(MatpacPreTrainedModelWithHead):
     """MATPAC encoder with a linear classification (or regression) head on a pooled clip embedding.
 
     Two heads, chosen by `config.classifier_pooling`:
@@ -1540,8 +1728,10 @@ class MatpacForAudioClassification(MatpacPreTrainedModel):
     * `"mean"` (official AudioSet-fine-tuned head): mean over frequency and time of the 768-d tokens, `head_norm`
       (BatchNorm1d without affine parameters), then `classifier`, a linear layer 768 -> `num_labels`.
 
-    `config.classifier_dropout` is applied just before `classifier`. With `config.freeze_encoder=True` (or after
-    [`~MatpacForAudioClassification.freeze_encoder`]) only the head trains: a linear probe.
+    With `config.use_weighted_layer_sum=True` the pooling reads a learned softmax-weighted sum of the encoder's hidden
+    states (`layer_weights`, SUPERB style) instead of the last layer. `config.classifier_dropout` is applied just
+    before `classifier`. With `config.freeze_encoder=True` (or after [`~MatpacForAudioClassification.freeze_base_model`])
+    only the head trains: a linear probe.
 
     The loss follows transformers' sequence-classification convention, chosen by `config.problem_type` (set from the
     first labels seen when it is `None`): `"single_label_classification"` (cross-entropy on class indices),
@@ -1550,8 +1740,6 @@ class MatpacForAudioClassification(MatpacPreTrainedModel):
 
     def __init__(self, config: MatpacConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.matpac = MatpacModel(config)
         if config.classifier_pooling == "mean":
             self.head_norm = nn.BatchNorm1d(config.hidden_size, affine=False)
             classifier_input_size = config.hidden_size
@@ -1560,46 +1748,19 @@ class MatpacForAudioClassification(MatpacPreTrainedModel):
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(classifier_input_size, config.num_labels)
         self.post_init()
-        if config.freeze_encoder:
-            self.freeze_encoder()
 
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, nn.BatchNorm1d):
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            init.zeros_(module.num_batches_tracked)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """[`PreTrainedModel.from_pretrained`], then re-applies `config.freeze_encoder` (loading creates fresh
-        parameters, all trainable)."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if model.config.freeze_encoder:
-            model.freeze_encoder()
-        return loaded
-
-    def freeze_encoder(self):
-        """Stop gradients into the encoder (patch embedding, CLS token, blocks, final norm): only the head trains.
-
-        Also sets `config.freeze_encoder = True`, so the choice is saved with the model."""
-        for parameter in self.matpac.parameters():
-            parameter.requires_grad_(False)
-        self.config.freeze_encoder = True
-
-    def pool(self, encoder_outputs: MatpacModelOutput) -> torch.Tensor:
-        """Clip vector fed to the classifier: `(batch, frame_embedding_size)` for `"concat"`, `(batch, hidden_size)`
-        (after `head_norm`) for `"mean"`."""
+    def pool(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """Clip vector fed to the classifier from `(batch, T', F * hidden)` frame features (zero on padding):
+        `(batch, frame_embedding_size)` for `"concat"`, `(batch, hidden_size)` (after `head_norm`) for `"mean"`."""
+        frame_mask = frame_mask.to(frames.dtype)  # (batch, T')
+        num_valid = frame_mask.sum(1, keepdim=True)  # (batch, 1)
         if self.config.classifier_pooling == "concat":
-            return encoder_outputs.pooler_output  # (batch, F * hidden)
+            return frames.sum(1) / num_valid  # (batch, F * hidden), as MatpacModel's pooler_output
 
-        frames = encoder_outputs.last_hidden_state  # (batch, T', F * hidden)
         batch_size, num_frames, _ = frames.shape
         tokens = frames.view(batch_size, num_frames, self.config.num_frequency_patches, self.config.hidden_size)
         column_means = tokens.mean(dim=2)  # (batch, T', hidden): mean over the frequency tokens of each column
-        frame_mask = encoder_outputs.frame_mask.to(column_means.dtype)  # (batch, T')
-        clip_means = (column_means * frame_mask[..., None]).sum(1) / frame_mask.sum(1, keepdim=True)  # (batch, hidden)
+        clip_means = (column_means * frame_mask[..., None]).sum(1) / num_valid  # (batch, hidden)
         if self.training and batch_size == 1:
             raise ValueError(
                 "classifier_pooling='mean' normalises with BatchNorm1d, which needs at least 2 clips per batch in "
@@ -1637,13 +1798,7 @@ class MatpacForAudioClassification(MatpacPreTrainedModel):
                     "single_label_classification expects integer class indices of shape (batch,), got "
                     f"{labels.dtype} labels of shape {tuple(labels.shape)}.{hint}"
                 )
-            valid = labels != -100  # the ignore index of the cross-entropy
-            if ((labels[valid] < 0) | (labels[valid] >= self.num_labels)).any():
-                raise ValueError(
-                    f"Class indices must lie in [0, {self.num_labels - 1}] (num_labels={self.num_labels}) or be -100 "
-                    f"(ignored); got values {sorted(set(labels[valid].tolist()))[:10]}. Set num_labels / id2label in "
-                    "the config to cover every class."
-                )
+            _check_class_indices(labels, self.num_labels)
             return labels
         if problem_type == "multi_label_classification" and labels.shape[1:] != (self.num_labels,):
             raise ValueError(
@@ -1657,15 +1812,14 @@ class MatpacForAudioClassification(MatpacPreTrainedModel):
             )
         return labels.float()
 
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> SequenceClassifierOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SequenceClassifierOutput:
         r"""
         input_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`):
             Normalised log-mel spectrograms from [`MatpacFeatureExtractor`]; clips of any length.
@@ -1674,20 +1828,19 @@ class MatpacForAudioClassification(MatpacPreTrainedModel):
         labels (`torch.Tensor`, *optional*):
             `(batch_size,)` class indices in `[0, num_labels - 1]` (single-label), `(batch_size, num_labels)` multi-hot
             targets (multi-label), or `(batch_size,)` / `(batch_size, num_labels)` real targets (regression).
+        kwargs (`TransformersKwargs`):
+            `output_hidden_states`, `output_attentions`, `return_dict` as for [`MatpacModel`].
 
         Returns:
             [`~modeling_outputs.SequenceClassifierOutput`]: `loss` (when `labels` are given), `logits` of shape
-            `(batch_size, num_labels)`, and the encoder's frame-layout `hidden_states` / `attentions` when asked for.
+            `(batch_size, num_labels)`, and the encoder's frame-layout `hidden_states` / per-clip `attentions` when
+            asked for.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        encoder_outputs = self.matpac(
-            input_values,
-            attention_mask=attention_mask,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        clip_embedding = self.pool(encoder_outputs)  # (batch, classifier input size)
+        encoder_outputs, frames, output_hidden_states = self._encode(input_values, attention_mask, kwargs)
+        if self.config.classifier_pooling == "concat" and not self.config.use_weighted_layer_sum:
+            clip_embedding = encoder_outputs.pooler_output  # (batch, F * hidden)
+        else:
+            clip_embedding = self.pool(frames, encoder_outputs.frame_mask)  # (batch, classifier input size)
         logits = self.classifier(self.dropout(clip_embedding))  # (batch, num_labels)
 
         loss = None
@@ -1695,13 +1848,142 @@ class MatpacForAudioClassification(MatpacPreTrainedModel):
             labels = self._check_labels(labels, logits.shape[0])
             loss = self.loss_function(labels, logits, self.config)
 
-        output = SequenceClassifierOutput(
+        return SequenceClassifierOutput(
             loss=loss,
             logits=logits,
-            hidden_states=encoder_outputs.hidden_states,
+            hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
             attentions=encoder_outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
-__all__ = ["MatpacPreTrainedModel", "MatpacModel", "MatpacForPreTraining", "MatpacForAudioClassification"]
+@dataclass
+class MatpacFrameClassifierOutput(ModelOutput):
+    """
+    Output of [`MatpacForAudioFrameClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `labels` are given):
+            Mean over the valid frames (see `frame_mask`) of the cross-entropy (single-label) or of the per-class
+            BCE-with-logits (multi-label).
+        logits (`torch.FloatTensor` of shape `(batch_size, num_time_patches, num_labels)`):
+            One row per 160 ms frame embedding (`patch_size * hop_length` samples), aligned with [`MatpacModel`]'s
+            `last_hidden_state`; frame `i` is centred at `matpac_hf.hear.frame_timestamps_ms`'s `i`-th time.
+        frame_mask (`torch.LongTensor` of shape `(batch_size, num_time_patches)`):
+            1 for frames inside the clip, 0 for padding of a shorter clip (their logits mean nothing).
+        hidden_states, attentions: as in [`MatpacModelOutput`], when asked for.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    frame_mask: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class MatpacForAudioFrameClassification(MatpacPreTrainedModelWithHead):
+    """MATPAC encoder with a linear classifier on every frame embedding: frame tagging / sound event detection at the
+    encoder's 160 ms resolution (the role of `Wav2Vec2ForAudioFrameClassification`).
+
+    `classifier` is a linear layer on each 3840-d frame embedding (the `num_frequency_patches` tokens of a time column
+    concatenated, [`MatpacModel`]'s `last_hidden_state`), or on the learned softmax-weighted sum of the hidden states
+    with `config.use_weighted_layer_sum=True`. `config.classifier_dropout` is applied before it; `config.freeze_encoder`
+    / [`~MatpacForAudioFrameClassification.freeze_base_model`] train the head alone. `config.classifier_pooling` does
+    not apply (nothing is pooled).
+
+    Labels, one row per frame (`labels.shape[1] == logits.shape[1]`, frames past a clip's end ignored):
+
+    * `(batch, num_time_patches)` integer class indices (`-100` = ignore): `"single_label_classification"`,
+      cross-entropy;
+    * `(batch, num_time_patches, num_labels)` multi-hot floats: `"multi_label_classification"`, BCE-with-logits
+      (sound event detection, where events overlap).
+
+    `config.problem_type` is set from the first labels when it is `None`. (`Wav2Vec2ForAudioFrameClassification` takes
+    one-hot rows and applies cross-entropy to their argmax; here float rows mean multi-label.)
+    """
+
+    _frame_problem_types = ("single_label_classification", "multi_label_classification")
+
+    def __init__(self, config: MatpacConfig):
+        super().__init__(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.frame_embedding_size, config.num_labels)
+        self.post_init()
+
+    def _frame_loss(self, logits: torch.Tensor, labels: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        labels = torch.as_tensor(labels, device=logits.device)
+        if self.config.problem_type is None:
+            is_index = labels.dim() == 2 and not labels.is_floating_point()
+            self.config.problem_type = "single_label_classification" if is_index else "multi_label_classification"
+        problem_type = self.config.problem_type
+        if problem_type not in self._frame_problem_types:
+            raise ValueError(
+                f"MatpacForAudioFrameClassification supports config.problem_type in {self._frame_problem_types} (or "
+                f"None), got {problem_type!r}."
+            )
+        batch_size, num_frames, num_labels = logits.shape
+        expected = (batch_size, num_frames) + ((num_labels,) if problem_type == "multi_label_classification" else ())
+        if tuple(labels.shape) != expected:
+            kind = "class indices" if len(expected) == 2 else "multi-hot rows"
+            raise ValueError(
+                f"{problem_type} frame labels must have shape {expected} ({kind}, one row per 160 ms frame, as many as "
+                f"`logits` has: ceil(num_frames / {self.config.patch_size}) for the longest clip), got "
+                f"{tuple(labels.shape)}."
+            )
+        valid = frame_mask.bool()  # (batch, T')
+        if problem_type == "single_label_classification":
+            if labels.is_floating_point():
+                raise ValueError("single_label_classification frame labels must be integer class indices.")
+            labels = labels.masked_fill(~valid, -100)
+            _check_class_indices(labels, num_labels)
+            return nn.functional.cross_entropy(logits.float().reshape(-1, num_labels), labels.reshape(-1))
+        losses = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+        return losses[valid].mean()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MatpacFrameClassifierOutput:
+        r"""
+        input_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`):
+            Normalised log-mel spectrograms from [`MatpacFeatureExtractor`]; clips of any length.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*):
+            1 for valid frames, 0 for padding.
+        labels (`torch.Tensor`, *optional*):
+            `(batch_size, num_time_patches)` class indices or `(batch_size, num_time_patches, num_labels)` multi-hot
+            targets (see the class docstring).
+        kwargs (`TransformersKwargs`):
+            `output_hidden_states`, `output_attentions`, `return_dict` as for [`MatpacModel`].
+        """
+        encoder_outputs, frames, output_hidden_states = self._encode(input_values, attention_mask, kwargs)
+        logits = self.classifier(self.dropout(frames))  # (batch, T', num_labels)
+        loss = None if labels is None else self._frame_loss(logits, labels, encoder_outputs.frame_mask)
+        return MatpacFrameClassifierOutput(
+            loss=loss,
+            logits=logits,
+            frame_mask=encoder_outputs.frame_mask,
+            hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
+            attentions=encoder_outputs.attentions,
+        )
+
+
+def _check_class_indices(labels: torch.Tensor, num_labels: int):
+    valid = labels != -100  # the ignore index of the cross-entropy
+    if ((labels[valid] < 0) | (labels[valid] >= num_labels)).any():
+        raise ValueError(
+            f"Class indices must lie in [0, {num_labels - 1}] (num_labels={num_labels}) or be -100 (ignored); got "
+            f"values {sorted(set(labels[valid].tolist()))[:10]}. Set num_labels / id2label in the config to cover "
+            "every class."
+        )
+
+
+__all__ = [
+    "MatpacPreTrainedModel",
+    "MatpacModel",
+    "MatpacForPreTraining",
+    "MatpacForAudioClassification",
+    "MatpacForAudioFrameClassification",
+]
