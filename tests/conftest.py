@@ -3,6 +3,13 @@
 import pytest
 
 
+def pytest_configure(config):
+    # Marks that transformers' common test mixins use (tests/test_transformers_common.py); transformers registers them
+    # in its own conftest.
+    for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+        config.addinivalue_line("markers", f"{mark}: a mark of transformers' common tests")
+
+
 # The one tiny MATPAC configuration of the test suite; tests pass overrides for what they exercise.
 TINY_MATPAC_CONFIG = dict(
     hidden_size=32,
