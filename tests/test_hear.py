@@ -2,6 +2,7 @@
 grid, scene = mean of the native frames, loading from a saved folder."""
 
 import contextlib
+import functools
 import importlib
 import importlib.machinery
 import re
@@ -43,10 +44,11 @@ def tensorflow_stub(monkeypatch):
     return stub
 
 
-def test_hear_validator_passes(tensorflow_stub, tiny_matpac_folder, monkeypatch, capsys):
-    """The HEAR 2021 validator, in-process: 2021.0.2 (the last release installable on Python >= 3.9) or 2021.0.6 (the
-    final one, stricter: three clip lengths, no timestamp past the end; it declares Python < 3.9 but runs here, so
-    install it with `pip install --no-deps --ignore-requires-python hearvalidator==2021.0.6`)."""
+@pytest.fixture
+def hear_validator(tensorflow_stub):
+    """`hearvalidator.validate`, imported against the tensorflow stub: 2021.0.2 (the last release installable on
+    Python >= 3.9) or 2021.0.6 (the final one, stricter: three clip lengths, no timestamp past the end; it declares
+    Python < 3.9 but runs here: `pip install --no-deps --ignore-requires-python hearvalidator==2021.0.6`)."""
     try:
         validate = importlib.import_module("hearvalidator.validate")
     except ModuleNotFoundError as error:
@@ -55,7 +57,12 @@ def test_hear_validator_passes(tensorflow_stub, tiny_matpac_folder, monkeypatch,
             "pip install --no-deps --ignore-requires-python hearvalidator==2021.0.6"
         )
     assert validate.tf is tensorflow_stub
-    monkeypatch.setattr(sys, "argv", ["hear-validator", "matpac_hf.hear", "-m", str(tiny_matpac_folder), "-d", "cpu"])
+    return validate
+
+
+def _validate(validate, folder, monkeypatch, capsys) -> tuple[str, list[str]]:
+    """Runs `hear-validator matpac_hf.hear -m folder -d cpu` in-process; returns its output and warnings."""
+    monkeypatch.setattr(sys, "argv", ["hear-validator", "matpac_hf.hear", "-m", str(folder), "-d", "cpu"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         validate.main()  # raises validate.ModelError on any failed check
@@ -63,13 +70,27 @@ def test_hear_validator_passes(tensorflow_stub, tiny_matpac_folder, monkeypatch,
     print(output)
     assert output.rstrip().endswith("Looks good!")
     assert "Received torch Module" in output
+    return output, [str(w.message) for w in caught]
+
+
+def test_hear_validator_passes(hear_validator, tiny_matpac_folder, monkeypatch, capsys):
+    output, messages = _validate(hear_validator, tiny_matpac_folder, monkeypatch, capsys)
     # 2 s sounds (2021.0.2: 16 of them; 2021.0.6: 2, plus 1.07 s and 4 s): 87.5, 127.5, ..., 1967.5 ms
     assert re.search(r"Received timestamps of shape: (torch\.Size\(\[16, 48\]\)|\(2, 48\))", output)
     assert re.search(r"Received embedding of shape: (torch\.Size\(\[16, 48, 160\]\)|\(2, 48, 160\))", output)
     assert "nterval between timestamps is 40.0ms" in output
-    messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "50ms" in m], "the validator asks for timestamps <= 50 ms apart"
     assert not [m for m in messages if "timestamps end at" in m], "the last timestamp must be within a hop of the end"
+
+
+def test_hear_validator_passes_on_the_native_grid(hear_validator, tiny_matpac_folder, monkeypatch, capsys):
+    """timestamp_hop_ms=160 (one pass, the model's own columns) is regular too; the validator only warns that
+    160 ms is coarser than its recommended 50 ms."""
+    monkeypatch.setattr(hear, "load_model", functools.partial(hear.load_model, timestamp_hop_ms=160))
+    output, messages = _validate(hear_validator, tiny_matpac_folder, monkeypatch, capsys)
+    assert re.search(r"Received timestamps of shape: (torch\.Size\(\[16, 12\]\)|\(2, 12\))", output)
+    assert "nterval between timestamps is 160.0ms" in output
+    assert [m for m in messages if "50ms" in m]
 
 
 def test_timestamp_values():
