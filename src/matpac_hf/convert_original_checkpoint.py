@@ -4,8 +4,13 @@
 
 ```bash
 python -m matpac_hf.convert_original_checkpoint \
-    --checkpoint_path matpac_plus_6s_2048_enconly.pt --output_dir matpac-base
+    --checkpoint_path matpac_plus_6s_2048_enconly.pt --output_dir matpac-base [--hub_model_id me/matpac-base]
 ```
+
+The official files are the GitHub release assets of https://github.com/aurianworld/matpac (`matpac_10_2048.pt`,
+`matpac_plus_6s_2048_enconly.pt`, `matpac_plus_music_6s_2048_enconly.pt`, `matpac_plus_as_48_1_map_enc_and_head.pt`,
+and the downstream probes in `Weights_probes_matpac.zip`). The weights are the authors', not under matpac-hf's MIT
+licence: the card written beside them says `license: other` and where they come from, unless `--license` is given.
 
 The output folder holds `config.json` (sizes inferred from the tensor shapes), `model.safetensors`,
 `preprocessor_config.json` ([`MatpacFeatureExtractor`]), a model card `README.md` and the code files, so it loads with
