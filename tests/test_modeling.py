@@ -479,3 +479,11 @@ def test_frame_head_learns_to_tag_frames():
     with torch.no_grad():
         after = accuracy()
     assert before < 0.75 and after > 0.95, (before, after)
+
+
+def test_layer_weights_start_uniform_when_loaded_from_an_encoder_folder(tmp_path):
+    """`from_pretrained(encoder_folder, use_weighted_layer_sum=True)`: the missing `layer_weights` are created on the
+    meta device and filled by `_init_weights` (uniform, as a fresh head)."""
+    MatpacModel(tiny_config()).save_pretrained(tmp_path)
+    head = MatpacForAudioClassification.from_pretrained(tmp_path, use_weighted_layer_sum=True, num_labels=3)
+    torch.testing.assert_close(head.layer_weights.detach(), torch.full((3,), 1 / 3))

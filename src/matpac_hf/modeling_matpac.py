@@ -431,10 +431,12 @@ class MatpacPreTrainedModel(PreTrainedModel):
             if self.name_or_path:
                 candidates.append(Path(self.name_or_path) / "pipelines.py")
             pipeline_file = next((path for path in candidates if path.is_file()), None)
+            saved_pipelines = self.config.to_dict().get("custom_pipelines", {})
             if pipeline_file is not None:
                 pipeline_files = [pipeline_file, *map(Path, get_relative_import_files(str(pipeline_file)))]
-                saved_pipelines = self.config.to_dict().get("custom_pipelines", {})
                 self.config.custom_pipelines = {**saved_pipelines, **CUSTOM_PIPELINES}
+            else:  # e.g. loaded from a Hub repository through remote code: do not advertise code the folder lacks
+                self.config.custom_pipelines = {k: v for k, v in saved_pipelines.items() if k not in CUSTOM_PIPELINES}
         saved = super().save_pretrained(save_directory, *args, **kwargs)
         for path in pipeline_files:
             if not (Path(save_directory) / path.name).exists():
