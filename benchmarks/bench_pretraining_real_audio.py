@@ -1,0 +1,346 @@
+"""Does pretraining beat a random encoder on real audio? Tiny MATPAC pretrained on CPU, then linear-probed.
+
+1. Builds (cached) the real-audio corpus of `examples/real_audio_corpus.py` from Debian packages (espeak-ng / flite
+   voices, fluidsynth with the installed GM soundfonts): ~2400 unlabelled clips of 1-6 s, and three labelled tasks
+   whose test folds hold out whole conditions: digits (unseen voices), instrument families (unseen GM programs),
+   drum sounds (unseen drum kits).
+2. Computes the normalised log-mel of every pretraining clip once (MatpacFeatureExtractor.extract_log_mel) and
+   pretrains `MatpacForPreTraining` on random `--crop_frames` crops of it, with the loop of
+   examples/run_pretraining.py: forward(step) -> backward -> update_teachers(step) -> clip 3.0 -> AdamW (betas 0.9,
+   0.95, eps 1e-6) -> linear warm-up + cosine. Crops are cut in the log-mel domain (the script cuts waveforms; the same
+   thing up to the 160-sample frame grid). A clip shorter than the crop is zero-padded and its padded frames are
+   given to the model as `attention_mask` (never targets or visible context).
+3. At each `--eval_steps` (and at step 0) the student encoder is frozen and linear-probed
+   (`examples/run_linear_probe.py`'s Adam probe with early stopping on a held-out 10 %): cross-validation over the
+   condition folds, each fold's test accuracy a mean over `--probe_seeds`; a task's figure is the mean over folds
+   with its 95 % t confidence interval. The random-init baseline is the same run's encoder at step 0 (same config,
+   same seed, never trained). The gain's CI is the paired CI over folds.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_pretraining_real_audio.py --steps 3000 --eval_steps 1000 2000
+
+Prints the schedule, monitors every `--log_every` steps (losses, target/prediction std, teacher perplexity, distinct
+teacher classes: collapse shows as std -> 0 and perplexity -> 1), a table per evaluation, and appends one JSON line
+per evaluation to `--results_file`.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "examples"))
+
+import real_audio_corpus  # noqa: E402
+import run_linear_probe  # noqa: E402
+
+from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForPreTraining  # noqa: E402
+
+
+TASKS = ("digits", "instruments", "drums")
+MONITOR_KEYS = (
+    "loss",
+    "prediction_loss",
+    "classification_loss",
+    "target_std",
+    "prediction_std",
+    "teacher_perplexity",
+    "num_teacher_classes",
+    "student_teacher_agreement",
+)
+
+
+def tiny_preset() -> dict:
+    from run_pretraining import PRESETS
+
+    return dict(PRESETS["tiny"])
+
+
+def parse_overrides(text: str | None) -> dict:
+    """'a=1,b=x' -> typed after MatpacConfig's defaults."""
+    if not text:
+        return {}
+    defaults, out = MatpacConfig(), {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if not hasattr(defaults, key):
+            raise ValueError(f"--config item {item!r}: {key!r} is not a MatpacConfig field")
+        kind = type(getattr(defaults, key))
+        out[key] = (value.lower() in ("1", "true")) if kind is bool else kind(value)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def load_wav_16k(path: str) -> np.ndarray:
+    audio, rate = real_audio_corpus.read_wav(path)
+    return real_audio_corpus.to_16k(audio, rate)
+
+
+def pretraining_log_mels(corpus_dir: str, feature_extractor) -> list[torch.Tensor]:
+    """Normalised log-mel `(frames, 80)` float16 of every pretraining clip, cached next to the corpus."""
+    cache = os.path.join(corpus_dir, "pretrain_log_mel.pt")
+    if os.path.isfile(cache):
+        return torch.load(cache)
+    paths = sorted(
+        os.path.join(root, name)
+        for root, _, files in os.walk(os.path.join(corpus_dir, "pretrain"))
+        for name in files
+        if name.endswith(".wav")
+    )
+    mels = []
+    for path in paths:
+        waveform = torch.from_numpy(load_wav_16k(path))[None]
+        mel = feature_extractor.extract_log_mel(waveform)[0]
+        if mel.shape[-1] != feature_extractor.num_mel_bins:  # (80, frames) layout of older versions
+            mel = mel.T
+        mels.append(mel.to(torch.float16).contiguous())
+    torch.save(mels, cache)
+    return mels
+
+
+def random_crops(mels, batch_size: int, crop_frames: int, generator: torch.Generator):
+    """A batch of random `crop_frames` crops `(batch, crop_frames, 80)` and its frame mask `(batch, crop_frames)`
+    (0 on the zero padding of clips shorter than the crop)."""
+    picks = torch.randint(len(mels), (batch_size,), generator=generator).tolist()
+    batch = torch.zeros(batch_size, crop_frames, mels[0].shape[-1])
+    mask = torch.zeros(batch_size, crop_frames, dtype=torch.long)
+    for row, index in enumerate(picks):
+        mel = mels[index]
+        frames = mel.shape[0]
+        if frames > crop_frames:
+            start = int(torch.randint(frames - crop_frames + 1, (1,), generator=generator))
+            mel = mel[start : start + crop_frames]
+        batch[row, : mel.shape[0]] = mel.float()
+        mask[row, : mel.shape[0]] = 1
+    return batch, mask
+
+
+def load_task(corpus_dir: str, task: str) -> dict:
+    folder = os.path.join(corpus_dir, "tasks", task)
+    with open(os.path.join(folder, "metadata.csv")) as handle:
+        rows = [line.rstrip("\n").split(",") for line in handle][1:]
+    return {
+        "waveforms": [load_wav_16k(os.path.join(folder, name)) for name, _, _ in rows],
+        "labels": [[label] for _, label, _ in rows],
+        "folds": [fold for _, _, fold in rows],
+    }
+
+
+# ------------------------------------------------------------------------------------------------ probe
+
+
+@torch.no_grad()
+def embed(encoder, feature_extractor, waveforms, batch_size: int = 32) -> np.ndarray:
+    """Clip embeddings (pooler_output) of waveforms, batched by similar length with the FE's attention mask."""
+    encoder.eval()
+    order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
+    out = [None] * len(waveforms)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        inputs = feature_extractor([waveforms[i] for i in chunk], sampling_rate=16000, return_tensors="pt")
+        pooled = encoder(**inputs).pooler_output.float().numpy()
+        for row, index in enumerate(chunk):
+            out[index] = pooled[row]
+    return np.stack(out)
+
+
+def grouped_probe(embeddings: np.ndarray, task: dict, seeds) -> list[float]:
+    """Cross-validation over the condition folds (`run_linear_probe.cross_validate`): one test accuracy per fold, the
+    mean over `seeds` (a seed sets the classifier init, the shuffling and the 10 % validation hold-out)."""
+    class_names = sorted({label[0] for label in task["labels"]})
+    _, per_fold = run_linear_probe.cross_validate(
+        embeddings, task["labels"], task["folds"], class_names, seeds, validation_fraction=0.1
+    )
+    return per_fold
+
+
+def evaluate(encoder, feature_extractor, tasks: dict, seeds) -> dict:
+    return {
+        name: grouped_probe(embed(encoder, feature_extractor, task["waveforms"]), task, seeds)
+        for name, task in tasks.items()
+    }
+
+
+def ci95(values) -> tuple[float, float]:
+    summary = run_linear_probe.summarise(list(values))
+    return summary["mean"], summary["ci95"] or float("nan")
+
+
+def report(step: int, pretrained: dict, random_init: dict) -> dict:
+    rows, gains = {}, []
+    print(f"\nlinear probe at step {step} (accuracy %, mean over folds +- 95 % CI; gain: paired over folds)")
+    print(f"{'task':<12} {'folds':>5} {'pretrained':>15} {'random init':>15} {'gain':>15}")
+    for task in pretrained:
+        p, r = np.array(pretrained[task]), np.array(random_init[task])
+        (pm, pc), (rm, rc), (gm, gc) = ci95(p), ci95(r), ci95(p - r)
+        gains.append(gm)
+        rows[task] = {
+            "pretrained": pm,
+            "pretrained_ci95": pc,
+            "random_init": rm,
+            "random_init_ci95": rc,
+            "gain": gm,
+            "gain_ci95": gc,
+            "pretrained_folds": p.tolist(),
+            "random_init_folds": r.tolist(),
+        }
+        print(
+            f"{task:<12} {len(p):>5} {100 * pm:7.1f} +- {100 * pc:4.1f} {100 * rm:7.1f} +- {100 * rc:4.1f} "
+            f"{100 * gm:+7.1f} +- {100 * gc:4.1f}"
+        )
+    mean_gain = float(np.mean(gains))
+    print(f"{'mean gain':<12} {'':>5} {'':>15} {'':>15} {100 * mean_gain:+7.1f}", flush=True)
+    return {"tasks": rows, "mean_gain": mean_gain}
+
+
+# ------------------------------------------------------------------------------------------------ pretraining
+
+
+def learning_rate_factor(step: int, warmup: int, total: int) -> float:
+    """transformers' get_cosine_schedule_with_warmup, as the script uses."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus_dir", default=os.path.join(HERE, "..", ".cache", "real_audio_corpus"))
+    parser.add_argument("--num_pretraining_clips", type=int, default=2400)
+    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps")
+    parser.add_argument("--eval_steps", type=int, nargs="*", default=[], help="also probe at these steps")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--crop_frames", type=int, default=96, help="crop length in frames (multiple of 16)")
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--warmup_steps", type=int, help="default: 1/15 of the run (the official proportion)")
+    parser.add_argument("--teacher_temperature_warmup_steps", type=int, help="default: 1/30 of the run")
+    parser.add_argument("--weight_decay", type=float, default=0.05)
+    parser.add_argument("--config", help="MatpacConfig overrides over the tiny preset, e.g. 'mask_ratio=0.6'")
+    parser.add_argument("--no_preset", action="store_true", help="start from MatpacConfig defaults, not tiny")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--probe_seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--threads", type=int, help="torch threads (default: OMP_NUM_THREADS or 1)")
+    parser.add_argument("--log_every", type=int, default=100)
+    parser.add_argument("--results_file", default=os.path.join(HERE, "..", ".cache", "real_audio_results.jsonl"))
+    parser.add_argument("--name", default="", help="label of this run in the results file")
+    args = parser.parse_args(argv)
+
+    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    built = real_audio_corpus.build_real_audio_corpus(args.corpus_dir, args.num_pretraining_clips)
+    print(
+        f"corpus {args.corpus_dir}: {built['pretraining_clips']} pretraining clips ({built['pretraining_hours']} h), "
+        f"task clips {built['task_clips']} ({time.perf_counter() - start:.0f} s)"
+    )
+    warmup = args.warmup_steps if args.warmup_steps is not None else round(args.steps / 15)
+    teacher_warmup = (
+        args.teacher_temperature_warmup_steps
+        if args.teacher_temperature_warmup_steps is not None
+        else round(args.steps / 30)
+    )
+    config_kwargs = {} if args.no_preset else tiny_preset()
+    config_kwargs.update(parse_overrides(args.config))
+    config = MatpacConfig(total_steps=args.steps, teacher_temperature_warmup_steps=teacher_warmup, **config_kwargs)
+    feature_extractor = MatpacFeatureExtractor.from_model_config(config)
+    mels = pretraining_log_mels(args.corpus_dir, feature_extractor)
+    short = sum(m.shape[0] < args.crop_frames for m in mels)
+    print(f"{len(mels)} clips; {short} shorter than the {args.crop_frames}-frame crop (padded, masked)")
+    tasks = {name: load_task(args.corpus_dir, name) for name in args.tasks}
+
+    torch.manual_seed(args.seed)
+    model = MatpacForPreTraining(config).train()
+    random_encoder = MatpacForPreTraining(config).matpac  # placeholder of the right shape, loaded from step 0 below
+    random_encoder.load_state_dict(model.matpac.state_dict())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=args.learning_rate, betas=(0.9, 0.95), eps=1e-6, weight_decay=args.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, warmup, args.steps))
+    settings = {
+        "name": args.name,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "crop_frames": args.crop_frames,
+        "learning_rate": args.learning_rate,
+        "warmup_steps": warmup,
+        "teacher_temperature_warmup_steps": teacher_warmup,
+        "weight_decay": args.weight_decay,
+        "config_overrides": parse_overrides(args.config),
+        "preset": None if args.no_preset else "tiny",
+        "bf16": args.bf16,
+        "threads": threads,
+        "seed": args.seed,
+        "probe_seeds": args.probe_seeds,
+        "parameters_M": round(sum(p.numel() for p in trainable) / 1e6, 3),
+    }
+    print("settings:", json.dumps(settings))
+
+    probe_start = time.perf_counter()
+    random_scores = evaluate(random_encoder, feature_extractor, tasks, args.probe_seeds)
+    print(f"random-init probe: {time.perf_counter() - probe_start:.0f} s")
+    data_generator = torch.Generator().manual_seed(args.seed + 1)
+    mask_generator = torch.Generator().manual_seed(args.seed + 2)
+    eval_steps = sorted(set(args.eval_steps) | {args.steps})
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
+    window, monitors, train_seconds = [], {}, 0.0
+    os.makedirs(os.path.dirname(os.path.abspath(args.results_file)), exist_ok=True)
+    for step in range(args.steps):
+        tic = time.perf_counter()
+        values, frame_mask = random_crops(mels, args.batch_size, args.crop_frames, data_generator)
+        padded = bool((frame_mask == 0).any())
+        with autocast:
+            outputs = model(values, attention_mask=frame_mask if padded else None, step=step, generator=mask_generator)
+        outputs.loss.backward()
+        model.update_teachers(step)
+        torch.nn.utils.clip_grad_norm_(trainable, 3.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_seconds += time.perf_counter() - tic
+        window.append({k: float(getattr(outputs, k).detach()) for k in MONITOR_KEYS})
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            monitors = {k: sum(r[k] for r in window) / len(window) for k in MONITOR_KEYS}
+            window = []
+            print(
+                f"step {step + 1:>5} {train_seconds:6.0f} s | loss {monitors['loss']:.3f} (pred "
+                f"{monitors['prediction_loss']:.3f}, cls {monitors['classification_loss']:.3f}) | std tgt/pred "
+                f"{monitors['target_std']:.3f}/{monitors['prediction_std']:.3f} | perplexity "
+                f"{monitors['teacher_perplexity']:.1f}, classes {monitors['num_teacher_classes']:.0f}, agree "
+                f"{monitors['student_teacher_agreement']:.2f} | lr {scheduler.get_last_lr()[0]:.2e}",
+                flush=True,
+            )
+        if step + 1 in eval_steps:
+            model.eval()
+            pretrained_scores = evaluate(model.matpac, feature_extractor, tasks, args.probe_seeds)
+            model.train()
+            summary = report(step + 1, pretrained_scores, random_scores)
+            record = {
+                **settings,
+                "at_step": step + 1,
+                "train_seconds": round(train_seconds, 1),
+                "seconds_per_step": round(train_seconds / (step + 1), 4),
+                "monitors": monitors,
+                **summary,
+            }
+            with open(args.results_file, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+    print(
+        f"total wall time {time.perf_counter() - start:.0f} s (pretraining {train_seconds:.0f} s, {threads} threads)"
+    )
+
+
+if __name__ == "__main__":
+    main()
