@@ -1,127 +1,264 @@
-"""Clip-embedding throughput of MatpacModel (ViT-B, random weights) on long clips.
+"""End-to-end clip-embedding throughput (waveform in, clip embedding out) of MatpacModel against the official
+"precise" inference loop, on the three shapes of issue 11, in one run with alternating rounds.
 
-Prints seconds of audio embedded per wall-clock second for:
+For each shape (8 clips x 30 s, 1 clip x 30 s, 32 clips x 2 s) and each round, every variant runs once, in turn:
 
-* the feature extractor alone (waveform -> log-mel);
-* the batched precise forward (all chunks of all clips in one encoder call), fp32 and bf16 autocast;
-* the official "precise" style: one encoder call per chunk, clip after clip, fp32 and bf16 autocast;
+* `official fp32`: the official code's way (tests/official_reference.py): the torchaudio-style front end on the
+  batch, then one encoder call per chunk index with all clips of the batch stacked (`forward_precise`);
+* `project fp32`: MatpacFeatureExtractor + MatpacModel (micro-batched chunks of equal length, the default);
+* `project int8`: the same after `matpac_hf.inference.quantize_linear_layers_int8` (the opt-in fast CPU path);
+* `project bf16 autocast`: only where bf16 is native (`native_bf16_support`); skipped where it is emulated;
+* `project torch.compile` (with `--compile`): fp32, compile time reported.
 
-and the cosine similarity of bf16 vs fp32 clip embeddings.
+Each round also times a large fp32 GEMM, the machine's attainable fp32 rate. Printed: median seconds of audio per
+second, the median of the per-round speed ratios against `official fp32` (the machines are shared: a ratio within a
+round is steadier than an absolute time), the fraction of the GEMM rate reached (exact FLOPs of the tokens encoded;
+ViT-B: about 5.58 GFLOP per second of audio), and cosine / max abs diff of the clip embeddings against official fp32.
+With `--probe`, a linear probe (logistic regression, 5-fold CV) on a small synthetic task compares fp32 and int8.
 
-    python benchmarks/bench_inference.py                 # 2 clips x 30 s: under 5 min on 2 CPU cores
-    python benchmarks/bench_inference.py --num_clips 8   # 8 clips x 30 s
-
-bf16 autocast only pays off where the CPU has bf16 matrix units (AMX / AVX512-BF16); without them it is emulated and
-slower than fp32.
+    python benchmarks/bench_inference.py                      # 3 rounds, all three shapes (~15 min on 2 cores)
+    python benchmarks/bench_inference.py --rounds 5 --probe   # the issue's table plus the probe check
+    python benchmarks/bench_inference.py --shapes 32x2 --rounds 1   # quick check
 """
 
 import argparse
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacModel
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # official_reference: the independent re-implementation of the official code
+sys.path.insert(0, str(REPO / "examples"))  # demo_corpus: synthetic sounds for the probe
+
+from official_reference import OfficialMatpac, official_mel_filters, randomize_  # noqa: E402
+
+from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacModel  # noqa: E402
+from matpac_hf.convert_original_checkpoint import map_encoder  # noqa: E402
+from matpac_hf.inference import describe_cpu, native_bf16_support, quantize_linear_layers_int8  # noqa: E402
 
 
-def parse_args():
+SHAPES = {"8x30": (8, 30.0), "1x30": (1, 30.0), "32x2": (32, 2.0)}
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_clips", type=int, default=2, help="Clips per batch (8 for the 8 x 30 s case).")
-    parser.add_argument("--seconds", type=float, default=30.0, help="Length of every clip in seconds.")
-    parser.add_argument("--repeats", type=int, default=1, help="Timed runs per variant (the best one is reported).")
-    parser.add_argument("--device", default="cpu", help="torch device (cpu or cuda).")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds (medians are reported).")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
+    parser.add_argument("--no_int8", action="store_true", help="Skip the int8 variant.")
+    parser.add_argument("--compile", action="store_true", help="Also time torch.compile (fp32; compile time shown).")
+    parser.add_argument("--probe", action="store_true", help="Linear probe fp32 vs int8 on a synthetic task.")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def best_time(function, repeats: int) -> tuple[float, object]:
-    best, result = float("inf"), None
+# ----------------------------------------------------------------------------------------------------------------------
+# FLOPs and the GEMM rate
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def encoder_flops(config: MatpacConfig, chunk_time_patches: list[int]) -> float:
+    """Multiply-add FLOPs (2 per MAC) of the patch embedding and the encoder on chunks of these column counts."""
+    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    total = 0.0
+    for columns in chunk_time_patches:
+        patches = config.num_frequency_patches * columns
+        seq = 1 + patches
+        total += 2 * patches * config.patch_size**2 * hidden  # patch embedding
+        total += layers * (2 * seq * (4 * hidden * hidden + 2 * hidden * inter) + 4 * seq * seq * hidden)
+    return total
+
+
+def chunk_columns(config: MatpacConfig, num_frames: int) -> list[int]:
+    columns = []
+    for start in range(0, num_frames, config.max_frames):
+        columns.append(-(-min(config.max_frames, num_frames - start) // config.patch_size))
+    return columns
+
+
+def gemm_rate(size=(4096, 768, 3072), repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of an (m, k) @ (k, n) product over `repeats` runs (shapes of ViT-B's MLP)."""
+    m, k, n = size
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    out = torch.empty(m, n)
+    torch.mm(a, b, out=out)
+    best = float("inf")
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
         start = time.perf_counter()
-        result = function()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - start)
-    return best, result
+    return 2 * m * k * n / best / 1e9
 
 
-def main():
-    args = parse_args()
+# ----------------------------------------------------------------------------------------------------------------------
+# The official way: batched front end, one encoder call per chunk index over all clips
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class OfficialPipeline:
+    def __init__(self, model: OfficialMatpac):
+        self.model = model
+        self.filters = official_mel_filters()
+        self.window = torch.hann_window(400)
+
+    def log_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
+        spectrum = torch.stft(
+            waveforms,
+            n_fft=400,
+            hop_length=160,
+            win_length=400,
+            window=self.window,
+            center=False,
+            return_complex=True,
+        )
+        mel = torch.matmul(spectrum.abs().pow(2.0).transpose(-1, -2), self.filters).transpose(-1, -2)
+        return (torch.log(mel + torch.finfo(torch.float32).eps) + 7.056) / 4.193  # (B, 80, frames)
+
+    def __call__(self, waveforms: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            emb, _ = self.model.forward_precise(self.log_mel(waveforms))
+            return emb.mean(dim=1)
+
+
+def project_pipeline(model, feature_extractor, autocast_dtype=None):
+    def run(waveforms: torch.Tensor) -> torch.Tensor:
+        with (
+            torch.no_grad(),
+            torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=bool(autocast_dtype)),
+        ):
+            features = feature_extractor(waveforms, sampling_rate=16000, return_tensors="pt")
+            return model(features["input_values"]).pooler_output.float()
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Linear probe on a small synthetic task
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def probe_accuracy(pipelines: dict, seed: int) -> dict[str, float]:
+    from demo_corpus import DEMO_CLASSES, synthesize_sound
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    clips, labels = [], []
+    for index in range(40 * len(DEMO_CLASSES)):  # 40 clips of 2 s per class, loud background noise: not trivial
+        kind = DEMO_CLASSES[index % len(DEMO_CLASSES)]
+        clip = synthesize_sound(kind, 2.0, 16000, rng) + 0.3 * rng.standard_normal(32000)
+        clips.append(clip.astype(np.float32))
+        labels.append(index % len(DEMO_CLASSES))
+    waveforms = torch.from_numpy(np.stack(clips))
+    labels = np.array(labels)
+    results = {}
+    for name, run in pipelines.items():
+        embeddings = torch.cat([run(waveforms[i : i + 32]) for i in range(0, len(waveforms), 32)]).numpy()
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+        results[name] = 100 * float(np.mean(cross_val_score(probe, embeddings, labels, cv=folds)))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    autocast_dtype = torch.bfloat16
-
-    config = MatpacConfig()  # official ViT-B sizes
-    model = MatpacModel(config).to(device).eval()
+    print(f"CPU: {describe_cpu()}", flush=True)
+    config = MatpacConfig()  # ViT-B
+    official = randomize_(OfficialMatpac(), seed=args.seed)
+    model = MatpacModel(config).eval()
+    state = official.state_dict()
+    model.load_state_dict({ours: state[name] for name, ours in map_encoder(state).items()}, strict=False)
     feature_extractor = MatpacFeatureExtractor()
+    print(
+        f"ViT-B ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, random weights), "
+        f"{model.default_chunk_batch_size()} chunks per encoder call, attention {config._attn_implementation}",
+        flush=True,
+    )
+
+    variants = {
+        "official fp32": OfficialPipeline(official),
+        "project fp32": project_pipeline(model, feature_extractor),
+    }
+    if not args.no_int8:
+        variants["project int8"] = project_pipeline(quantize_linear_layers_int8(model), feature_extractor)
+    native_bf16, reason = native_bf16_support("cpu")
+    if native_bf16:
+        variants["project bf16 autocast"] = project_pipeline(model, feature_extractor, torch.bfloat16)
+    else:
+        print(f"bf16 autocast skipped: {reason} (emulated bf16 is slower than fp32)", flush=True)
+    if args.compile:
+        compiled = torch.compile(model, dynamic=False)
+        variants["project torch.compile"] = project_pipeline(compiled, feature_extractor)
+
     rng = np.random.default_rng(args.seed)
-    num_samples = int(args.seconds * config.sampling_rate)
-    audio = [0.1 * rng.standard_normal(num_samples).astype(np.float32) for _ in range(args.num_clips)]
-    total_seconds = args.num_clips * args.seconds
-    print(
-        f"MatpacModel ViT-B ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), random weights, "
-        f"{args.num_clips} clips x {args.seconds:g} s on {device}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
-        flush=True,
-    )
-
-    seconds, features = best_time(
-        lambda: feature_extractor(audio, sampling_rate=config.sampling_rate, return_tensors="pt"), args.repeats
-    )
-    input_values = features["input_values"].to(device)  # (clips, frames, 80)
-    num_frames = input_values.shape[1]
-    num_chunks = -(-num_frames // config.max_frames)
-    print(
-        f"log-mel: {tuple(input_values.shape)}, {num_chunks} chunks of <= {config.max_frames} frames per clip",
-        flush=True,
-    )
-    print(f"{'feature extractor':<42} {total_seconds / seconds:10.1f} s audio / s  ({seconds:.2f} s)", flush=True)
-
-    def batched():
-        with torch.no_grad():
-            return model(input_values).pooler_output.float()
-
-    def per_chunk():
-        """Official precise style: one encoder call per chunk, clip after clip, then concatenate along time."""
-        embeddings = []
-        with torch.no_grad():
-            for clip in input_values:
-                frames = [
-                    model(clip[None, start : start + config.max_frames]).last_hidden_state
-                    for start in range(0, num_frames, config.max_frames)
-                ]
-                embeddings.append(torch.cat(frames, dim=1).mean(dim=1).float())
-        return torch.cat(embeddings)
-
-    results = {}
-    with torch.no_grad():  # warm-up (one short clip) so that one-off costs are not timed
-        model(input_values[:1, : config.max_frames])
-        with torch.autocast(device.type, dtype=autocast_dtype):
-            model(input_values[:1, : config.max_frames])
-    for name, function in (("batched precise", batched), ("one chunk per call (official loop)", per_chunk)):
-        for precision in ("fp32", "bf16 autocast"):
-            if precision == "fp32":
-                seconds, embeddings = best_time(function, args.repeats)
-            else:
-                with torch.autocast(device.type, dtype=autocast_dtype):
-                    seconds, embeddings = best_time(function, args.repeats)
-            results[(name, precision)] = embeddings
-            label = f"{name}, {precision}"
-            print(f"{label:<42} {total_seconds / seconds:10.1f} s audio / s  ({seconds:.2f} s)", flush=True)
-
-    reference = results[("batched precise", "fp32")]
-    for key, embeddings in results.items():
-        cosine = torch.nn.functional.cosine_similarity(embeddings, reference, dim=-1)
+    table = []
+    for shape in args.shapes:
+        num_clips, seconds = SHAPES[shape]
+        waveforms = torch.from_numpy((0.1 * rng.standard_normal((num_clips, int(seconds * 16000)))).astype(np.float32))
+        audio_seconds = num_clips * seconds
+        num_frames = 1 + (waveforms.shape[1] - 400) // 160
+        flops = num_clips * encoder_flops(config, chunk_columns(config, num_frames))
+        times = {name: [] for name in variants}
+        gemm = []
+        embeddings = {}
+        for name, run in variants.items():  # warm-up (and torch.compile's compile) outside the timed rounds
+            start = time.perf_counter()
+            embeddings[name] = run(waveforms)
+            if name == "project torch.compile":
+                print(f"[{shape}] torch.compile warm-up (compile) {time.perf_counter() - start:.1f} s", flush=True)
+        for round_index in range(args.rounds):
+            gemm.append(gemm_rate())
+            order = list(variants) if round_index % 2 == 0 else list(reversed(variants))
+            for name in order:
+                start = time.perf_counter()
+                variants[name](waveforms)
+                times[name].append(time.perf_counter() - start)
+        gemm_median = statistics.median(gemm)
         print(
-            f"cosine vs batched fp32 clip embeddings, {key[0]}, {key[1]}: "
-            f"min {cosine.min().item():.6f}, mean {cosine.mean().item():.6f}, "
-            f"max abs diff {(embeddings - reference).abs().max().item():.2e}",
+            f"\n[{shape}] {num_clips} x {seconds:g} s, {flops / audio_seconds / 1e9:.2f} GFLOP per audio second, "
+            f"fp32 GEMM {gemm_median:.0f} GFLOP/s (median of {args.rounds}; range {min(gemm):.0f}-{max(gemm):.0f})",
             flush=True,
+        )
+        reference = embeddings["official fp32"]
+        for name in variants:
+            ratios = [o / t for o, t in zip(times["official fp32"], times[name])]
+            throughput = audio_seconds / statistics.median(times[name])
+            fraction = statistics.median(flops / t / 1e9 / g for t, g in zip(times[name], gemm))
+            cosine = torch.nn.functional.cosine_similarity(embeddings[name], reference, dim=-1).min().item()
+            diff = (embeddings[name] - reference).abs().max().item()
+            print(
+                f"  {name:<24} {throughput:7.1f} s audio/s  x{statistics.median(ratios):.2f} vs official  "
+                f"{100 * fraction:5.1f} % of GEMM rate  cosine {cosine:.6f}  max abs diff {diff:.1e}",
+                flush=True,
+            )
+            table.append((shape, name, throughput, statistics.median(ratios), fraction, cosine))
+
+    print("\n| shape | variant | s audio / s | vs official fp32 | fraction of fp32 GEMM rate | min cosine |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for shape, name, throughput, ratio, fraction, cosine in table:
+        print(f"| {shape} | {name} | {throughput:.1f} | {ratio:.2f}x | {100 * fraction:.0f} % | {cosine:.6f} |")
+
+    if args.probe:
+        probe_variants = {"fp32": variants["project fp32"]}
+        if "project int8" in variants:
+            probe_variants["int8"] = variants["project int8"]
+        accuracy = probe_accuracy(probe_variants, args.seed)
+        print(
+            "\nlinear probe (5 synthetic classes x 40 clips of 2 s, 5-fold CV, random ViT-B): "
+            + ", ".join(f"{name} {value:.1f} %" for name, value in accuracy.items())
         )
 
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacModel
-from matpac_hf import inference
+from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacModel, inference
 from matpac_hf.inference import (
     default_autocast_dtype,
     embed_long_audio,
