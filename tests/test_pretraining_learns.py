@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_pretraining_learns import train  # noqa: E402
 
 
-STEPS, BATCH_SIZE = 300, 16
+STEPS, BATCH_SIZE = 150, 16  # the schedules (warm-ups, EMA and MATPAC++ anneals) scale with STEPS
 
 
 @pytest.mark.slow
@@ -27,9 +27,10 @@ def test_prediction_loss_falls_without_collapse(use_mcl):
         rows = train(steps=STEPS, batch_size=BATCH_SIZE, log_every=STEPS // 6, use_mcl=use_mcl)
     finally:
         torch.set_num_threads(threads)
-    # measured (300 steps, batch 16): prediction loss 1.98 -> 0.45 (MATPAC++ 1.82 -> 0.43), classification loss
-    # 5.66 -> 2.91, target std 0.105 -> 0.104, perplexity ~27 (MATPAC++ ~37) of 64 prototypes, 21-30 distinct teacher
-    # classes per batch, student/teacher agreement 0.01 -> 0.45-0.49
+    # measured (150 steps, batch 16; last row = mean of steps 126-150): prediction loss 1.98 -> 0.59 (MATPAC++
+    # 1.82 -> 0.54), classification loss 5.66 -> 3.01 (5.74 -> 3.23), target std 0.105 -> 0.110, perplexity 31 (39)
+    # of 64 prototypes, 27 (38) distinct teacher classes per batch, student/teacher agreement 0.01 -> 0.44 (0.03 ->
+    # 0.37). 300 steps reach 0.45 (0.43) and agreement 0.49 (0.45): the same story at twice the cost.
     first, last = rows[0], rows[-1]
     assert last["prediction_loss"] < 0.35 * first["prediction_loss"], rows
     assert last["classification_loss"] < 0.7 * first["classification_loss"], rows
