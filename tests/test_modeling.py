@@ -487,3 +487,14 @@ def test_layer_weights_start_uniform_when_loaded_from_an_encoder_folder(tmp_path
     MatpacModel(tiny_config()).save_pretrained(tmp_path)
     head = MatpacForAudioClassification.from_pretrained(tmp_path, use_weighted_layer_sum=True, num_labels=3)
     torch.testing.assert_close(head.layer_weights.detach(), torch.full((3,), 1 / 3))
+
+
+def test_trainer_scales_the_batch_mean_losses_for_gradient_accumulation(tmp_path):
+    """`forward` takes `**kwargs` (TransformersKwargs), which the Trainer reads as "the model normalises the loss by
+    `num_items_in_batch` itself" and then skips its gradient-accumulation scaling. MATPAC's losses are batch means, so
+    the models say `accepts_loss_kwargs = False`."""
+    from transformers import Trainer, TrainingArguments
+
+    for head_class in HEADS:
+        args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, gradient_accumulation_steps=4)
+        assert Trainer(model=head_class(tiny_config()), args=args).model_accepts_loss_kwargs is False
