@@ -1196,12 +1196,13 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
 
     One training step (the official order; see [`~MatpacForPreTraining.update_teachers`] for the loop):
 
-    1. `forward(input_values, step=step)`: masking, student, predictor, teacher (no-grad), both losses. In training
+    1. `forward(input_values, step=step)` (plus `attention_mask=` for crops of short, padded clips): masking,
+       student, predictor, teacher (no-grad), both losses. In training
        mode (`model.train()`) the forward also updates `center` with this batch's teacher output, averaged over all
        processes with `torch.distributed.all_reduce` when a process group is initialised (every process must run
        the forward the same number of times, as under DDP). In eval mode the center is left untouched. The losses
        are means over the masked tokens of all processes (spec section 4.8): each process's mean is scaled by its
-       share of the tokens, which is exactly 1 when the processes have equal batches.
+       share of the tokens, which is exactly 1 when the processes have equal numbers of (valid) masked tokens.
     2. backward of `outputs.loss`, then `update_teachers(step)` (EMA), then the optimiser step.
 
     Teacher initialisation (`config.teacher_init`): `"independent"` (default, the official code) gives the teacher
@@ -1467,10 +1468,16 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         fewest_visible = int(fewest_patches * (1 - config.mask_ratio))
         if fewest_visible < 1 or fewest_visible >= fewest_patches:
             short = torch.nonzero(num_columns == num_columns.min()).flatten().tolist()
+            columns_needed = [  # fewest columns with a visible patch
+                c
+                for c in range(1, num_frames // patch_size + 1)
+                if int(num_frequency_patches * c * (1 - config.mask_ratio))
+            ]
+            shortest = f"{(columns_needed[0] - 1) * patch_size + 1} frames" if columns_needed else "more frames"
             raise ValueError(
                 f"Clips {short} of the batch have {fewest_patches} valid patches (attention_mask), of which "
                 f"mask_ratio={config.mask_ratio} leaves {fewest_visible} visible; pretraining needs at least one "
-                f"visible and one masked patch. Drop clips shorter than {patch_size * 2} frames, or pad less."
+                f"visible and one masked patch. Keep only clips of at least {shortest}, or lower mask_ratio."
             )
         valid_frames = torch.arange(num_frames, device=input_values.device)[None, :] < frame_lengths[:, None]
         input_values = input_values.masked_fill(~valid_frames[:, :, None], 0.0)[:, : kept_columns * patch_size]
