@@ -28,6 +28,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 test: lint
+	$(PY) tests/transformers_common_tests.py  # transformers' own common tests: fetched once from PyPI (sdist)
 	$(PY) -m pytest tests --durations=10
 
 demo: $(STAMP)
@@ -38,4 +39,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_dataloader.py
 
 clean:
-	rm -rf $(VENV) demo_output build src/*.egg-info
+	rm -rf $(VENV) demo_output build src/*.egg-info .transformers_tests
