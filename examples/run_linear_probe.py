@@ -445,9 +445,10 @@ def train_linear_probe(
     metric, return the metrics. `train` / `validation` / `test` are `{"x": (n, dim) float32, "y": targets}`.
 
     Small training sets get smaller batches (at least `min_steps_per_epoch` steps per epoch) and validation ties are
-    broken by the validation loss: with 2 steps per epoch and a validation set of a few clips, early stopping kept
-    an epoch-1 classifier (measured on 200 clips of 5 separable classes: 0.27 accuracy, 0.81 with both rules, 0.84
-    for scikit-learn's logistic regression); sets of 1 000+ clips are unchanged (0.56 -> 0.58, logistic 0.56)."""
+    broken by the validation loss; patience counts the epochs without a better validation metric. Without these, a
+    200-clip task trained 2 steps per epoch and early stopping kept an epoch-1 classifier (5 separable classes in
+    tests/test_linear_probe.py: 0.39 accuracy, now 0.74; scikit-learn's logistic regression 0.81); a 1 600-clip
+    task is unchanged (0.558 -> 0.569)."""
     mean = train["x"].mean(0, keepdims=True)
     std = train["x"].std(0, keepdims=True) + 1e-8
     x_train, x_val, x_test = (torch.from_numpy((d["x"] - mean) / std) for d in (train, validation, test))
