@@ -276,6 +276,7 @@ def test_integer_pcm_is_scaled_by_dtype_range(extractor):
         (np.array([0.1] * 500 + [np.nan] * 10, np.float32), {}, "NaN or Inf"),
         (np.array([0.1] * 500 + [np.inf], np.float32), {}, "NaN or Inf"),
         ([np.zeros(16000, np.float32), np.zeros((2, 16000), np.float32)], {}, r"Clip 1 is 2-D.*mean\(axis=0\)"),
+        ([np.zeros((16000, 2), np.float32)], {}, r"Clip 0 is 2-D.*\(samples, channels\).*mean\(axis=1\)"),
         (np.zeros((48000, 2), np.float32), {}, r"looks like \(samples, channels\).*soundfile.*audio\.mean\(axis=1\)"),
         (torch.zeros(16000, 6), {}, r"\(16000, 6\), which looks like \(samples, channels\)"),
         (np.zeros((2, 3, 16000), np.float32), {}, r"3-D"),

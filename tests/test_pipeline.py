@@ -52,10 +52,14 @@ def test_dict_input_and_resampling(extractor, audio):
 
 
 def test_wav_path_is_decoded_mixed_and_resampled(extractor, audio, tmp_path):
-    stereo = np.stack([audio, audio], axis=1)
+    """File paths go through matpac_hf.audio_io.decode_audio: the down-mix is the channel mean, (L + R) / 2 (ffmpeg's
+    `-ac 1`, which transformers' own audio pipelines use for paths, gives (L + R) / sqrt(2), 3 dB louder)."""
+    stereo = np.stack([audio, np.zeros_like(audio)], axis=1)  # left only
     sf.write(tmp_path / "clip.wav", stereo, 16000, subtype="FLOAT")
     from_file = extractor(str(tmp_path / "clip.wav"))
-    np.testing.assert_allclose(from_file["clip_embedding"], extractor(audio)["clip_embedding"], atol=1e-5)
+    np.testing.assert_allclose(from_file["clip_embedding"], extractor(audio / 2)["clip_embedding"], atol=1e-5)
+    louder = extractor(audio / np.sqrt(2))["clip_embedding"]
+    assert np.abs(from_file["clip_embedding"] - louder).max() > 100 * 1e-5
     sf.write(tmp_path / "clip_44k.wav", np.zeros(44100, dtype=np.float32), 44100)
     assert extractor(str(tmp_path / "clip_44k.wav"))["frame_embeddings"].shape == (7, 160)  # 1 s at 16 kHz
     with pytest.raises(ValueError, match="does not exist"):

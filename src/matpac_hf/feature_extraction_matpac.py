@@ -346,10 +346,14 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
         else:
             clip = np.asarray(clip)
         if clip.ndim == 2:
+            if clip.shape[1] < clip.shape[0]:
+                layout, axis = "(samples, channels), as `soundfile.read` returns a multi-channel file", 1
+            else:
+                layout, axis = "(channels, samples)", 0
             raise ValueError(
-                f"{position} is 2-D with shape {clip.shape}: MATPAC takes mono audio. Down-mix a "
-                "(channels, samples) clip with `audio.mean(axis=0)` (or `audio.mean(axis=1)` for "
-                "(samples, channels)) before calling the feature extractor."
+                f"{position} is 2-D with shape {clip.shape}, which looks like {layout}: MATPAC takes mono audio. "
+                f"Down-mix it with `audio.mean(axis={axis})` before calling the feature extractor (or decode files "
+                "with `matpac_hf.audio_io.decode_audio(path)`, which down-mixes and resamples)."
             )
         if clip.ndim != 1:
             raise ValueError(f"{position} has shape {clip.shape}; each clip must be a 1-D array of mono samples.")
