@@ -575,19 +575,22 @@ class MatpacModel(MatpacPreTrainedModel):
     # activations are reused from the allocator instead of page-faulting fresh memory every layer.
     chunk_memory_budget_bytes = 64 * 2**20
 
-    def default_chunk_batch_size(self) -> int:
-        """Chunks per encoder call: `config.chunk_batch_size` when set, else as many full chunks as fit
-        `chunk_memory_budget_bytes` (per chunk: the MLP and qkv activations and one layer's attention scores)."""
+    def default_chunk_batch_size(self, time_patches: int | None = None) -> int:
+        """Chunks of `time_patches` columns (default: full chunks) per encoder call: `config.chunk_batch_size` when
+        set, else as many as fit `chunk_memory_budget_bytes` (per chunk: the MLP and qkv activations and one layer's
+        attention scores in float32), so short chunks run in larger micro-batches."""
         configured = getattr(self.config, "chunk_batch_size", None)
         if configured:
             return int(configured)
         config = self.config
-        seq_len = 1 + config.num_patches
+        seq_len = 1 + config.num_frequency_patches * (time_patches or config.max_time_patches)
         floats = seq_len * (config.intermediate_size + 6 * config.hidden_size)
         floats += config.num_attention_heads * seq_len * seq_len
         return max(1, self.chunk_memory_budget_bytes // (4 * floats))
 
-    def _plan_chunks(self, frame_lengths: list[int], chunk_batch_size: int) -> list[list[tuple[int, int, int]]]:
+    def _plan_chunks(
+        self, frame_lengths: list[int], chunk_batch_size: int | None
+    ) -> list[list[tuple[int, int, int]]]:
         """Cut every clip into consecutive `max_frames` chunks and group the chunks into micro-batches.
 
         Each chunk is `(clip, position, time_patches)`: its clip, its index within the clip, and its valid time
@@ -605,9 +608,8 @@ class MatpacModel(MatpacPreTrainedModel):
         micro_batches = []
         for time_patches in sorted({chunk[2] for chunk in chunks}, reverse=True):
             same_length = [chunk for chunk in chunks if chunk[2] == time_patches]
-            micro_batches += [
-                same_length[i : i + chunk_batch_size] for i in range(0, len(same_length), chunk_batch_size)
-            ]
+            size = chunk_batch_size or self.default_chunk_batch_size(time_patches)
+            micro_batches += [same_length[i : i + size] for i in range(0, len(same_length), size)]
         return micro_batches
 
     def _gather_chunks(
@@ -688,7 +690,7 @@ class MatpacModel(MatpacPreTrainedModel):
             Return every layer's attention probabilities per clip and chunk (see [`MatpacModelOutput`]). Under sdpa /
             flash / flex attention the forward then falls back to eager attention (with a one-time warning).
         chunk_batch_size (`int`, *optional*):
-            `max_frames` chunks per encoder call (default: [`~MatpacModel.default_chunk_batch_size`], 8 for ViT-B).
+            Chunks per encoder call (default: [`~MatpacModel.default_chunk_batch_size`], 8 full chunks for ViT-B).
             The outputs do not depend on it; peak activation memory grows with it, not with the audio's length.
         return_dict (`bool`, *optional*):
             `False` returns a tuple (transformers' `can_return_tuple`).
@@ -705,7 +707,6 @@ class MatpacModel(MatpacPreTrainedModel):
         # The chunk plan lives on the host. Without a mask it follows from the shape alone: no device sync, and no
         # data-dependent shape for torch.compile.
         host_lengths = [num_frames] * batch_size if attention_mask is None else frame_lengths.tolist()
-        chunk_batch_size = chunk_batch_size or self.default_chunk_batch_size()
         micro_batches = self._plan_chunks(host_lengths, chunk_batch_size)
         clip_time_patches = [math.ceil(length / patch_size) for length in host_lengths]
         num_output_frames = max(clip_time_patches)
