@@ -333,6 +333,7 @@ def test_save_and_load_round_trip(extractor, tmp_path):
 
     audio = [make_audio(5000, seed=40), make_audio(3000, seed=41)]
     reloaded = MatpacFeatureExtractor.from_pretrained(tmp_path)
+    MatpacConfig().save_pretrained(tmp_path)  # a model folder: AutoFeatureExtractor next to a MATPAC config.json
     auto_loaded = AutoFeatureExtractor.from_pretrained(tmp_path)
     assert type(auto_loaded) is MatpacFeatureExtractor
     expected = custom(audio, sampling_rate=SAMPLING_RATE)
@@ -344,13 +345,6 @@ def test_save_and_load_round_trip(extractor, tmp_path):
     # the custom statistics are really used
     default = extractor(audio, sampling_rate=SAMPLING_RATE)["input_values"]
     assert np.abs(default - expected["input_values"]).max() > 0.1
-
-
-def test_auto_feature_extractor_from_model_config(tmp_path):
-    MatpacConfig().save_pretrained(tmp_path)
-    MatpacFeatureExtractor().save_pretrained(tmp_path)
-    loaded = AutoFeatureExtractor.from_pretrained(tmp_path)
-    assert isinstance(loaded, MatpacFeatureExtractor)
 
 
 def test_inconsistent_feature_size_is_refused():
@@ -373,8 +367,6 @@ def test_cuda_path_matches_cpu(extractor):
 
 
 def test_from_model_config_copies_the_front_end():
-    from matpac_hf import MatpacConfig
-
     config = MatpacConfig(num_mel_bins=64, f_min=20.0, spectrogram_mean=-5.0, spectrogram_std=3.0, hop_length=320)
     feature_extractor = MatpacFeatureExtractor.from_model_config(config, return_attention_mask=True)
     for name in MatpacFeatureExtractor.FRONT_END_FIELDS:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.base import pad_collate_fn
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .audio_io import decode_audio, resample
@@ -111,32 +112,18 @@ class AudioFeatureExtractionPipeline(Pipeline):
         return getattr(self.model.config, "model_type", None) == "matpac"
 
     def _collate(self, items: list[dict]) -> dict:
-        """Stacks preprocessed inputs, right-padding `input_values` `(1, frames, mel)` and `attention_mask`
-        `(1, frames)` along time (axis 1). For a model that does not mask padding, the items are kept apart
-        (`_forward` runs clips of equal length together)."""
+        """Batches preprocessed clips. MATPAC: transformers' own `pad_collate_fn` right-pads `input_values`
+        `(1, frames, mel)` with `padding_value` and `attention_mask` with 0 along time (axis 1). A model that does not
+        mask padding gets its items kept apart (`_forward` runs clips of equal length together)."""
         if not self._masks_padding:
             return {"unpadded_items": items}
-        padding_value = float(getattr(self.feature_extractor, "padding_value", 0.0))
-        batch = {}
-        for key in items[0]:
-            tensors = [item[key] for item in items]
-            if tensors[0].dim() < 2:  # per-clip scalars such as num_samples, (1,)
-                batch[key] = torch.cat(tensors, dim=0)
-                continue
-            length = max(t.shape[1] for t in tensors)
-            value = padding_value if key != "attention_mask" and tensors[0].is_floating_point() else 0
-            padded = []
-            for t in tensors:
-                pad = [0, 0] * (t.dim() - 2) + [0, length - t.shape[1]]  # F.pad lists the last axis first
-                padded.append(torch.nn.functional.pad(t, pad, value=value))
-            batch[key] = torch.cat(padded, dim=0)
-        return batch
+        return pad_collate_fn(None, self.feature_extractor)(items)
 
     def get_iterator(
         self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
     ):
-        # As Pipeline.get_iterator, with a collate function that pads spectrograms along time (the default one pads
-        # the second axis, which is the mel axis here).
+        # As Pipeline.get_iterator, with a collate function that keeps the clips of a model that does not mask padding
+        # apart.
         if isinstance(inputs, (list, tuple)):
             dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
         else:
