@@ -611,6 +611,8 @@ def test_classifier_checkpoint_with_other_labels_warns_or_refuses(tmp_path, capl
 def test_data_source_conflicts_and_feature_extractor_errors(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         script.DataArguments(dataset_name="some/dataset", train_file="train.csv")
+    with pytest.raises(ValueError, match="--dataset_name .* or --train_file"):
+        script.DataArguments()
     with pytest.raises(ValueError, match="--validation_file .* needs --train_file"):
         script.DataArguments(dataset_name="some/dataset", validation_file="valid.csv")
 
