@@ -210,7 +210,7 @@ def test_freeze_encoder_trains_only_the_head(tmp_path):
     # the method freezes a full fine-tuning model and records it in the config
     full = MatpacForAudioClassification(head_config())
     assert all(p.requires_grad for p in full.matpac.parameters())
-    full.freeze_encoder()
+    full.freeze_base_model()
     assert full.config.freeze_encoder and not any(p.requires_grad for p in full.matpac.parameters())
 
 
