@@ -81,7 +81,7 @@ def test_list_audio_files_uses_the_one_extension_list(tmp_path):
 
 
 def test_decode_audio_column_skip_counts_and_error_refuses(tmp_path):
-    from datasets import Dataset
+    from datasets import Audio, Dataset
 
     sf.write(tmp_path / "good.wav", _tone(0.5, 8000), 8000)
     (tmp_path / "bad.flac").write_bytes(CORRUPTED)
@@ -96,12 +96,23 @@ def test_decode_audio_column_skip_counts_and_error_refuses(tmp_path):
     row = decoded[0]["audio"]
     assert row["sampling_rate"] == 16000 and row["path"] == files[0] and len(row["array"]) == 8000
     np.testing.assert_allclose(row["array"], decode_audio(files[0]), atol=1e-7)
-    on_access = dataset.select([0]).with_transform(decode_audio_column("audio", sampling_rate=8000))
-    assert len(on_access[0]["audio"]["array"]) == 4000
     with pytest.raises(AudioDecodeError, match=r"bad\.flac.*--bad_audio skip"):
         dataset.map(decode_audio_column("audio"), batched=True)
     with pytest.raises(ValueError, match="bad_audio must be one of"):
         decode_audio_column("audio", bad_audio="ignore")
+
+    # An Audio(decode=False) column (no torchcodec needed): stored with `map` and the transform's features, or decoded
+    # on access with `with_transform`, also through a later `map` that drops the column.
+    undecoded = dataset.select([0, 2]).cast_column("audio", Audio(decode=False))
+    decode = decode_audio_column("audio", sampling_rate=8000)
+    stored = undecoded.map(decode, batched=True, features=decode.features(undecoded.features))
+    assert len(stored[0]["audio"]["array"]) == 4000 and stored[1]["audio"]["path"] == files[2]
+    on_access = undecoded.with_transform(decode)
+    assert len(on_access[0]["audio"]["array"]) == 4000
+    lengths = on_access.map(
+        lambda b: {"n": [len(a["array"]) for a in b["audio"]]}, batched=True, remove_columns="audio"
+    )
+    assert lengths["n"] == [4000, 4000]
 
 
 @pytest.mark.parametrize("sampling_rate,channels", [(16000, 1), (44100, 2), (48000, 1)])

@@ -206,9 +206,15 @@ def decode_audio_column(
     plain paths) into datasets' decoded form `{"array": float32 mono, "sampling_rate", "path"}`:
 
     ```python
-    dataset = dataset.cast_column("audio", Audio(decode=False)).map(decode_audio_column("audio"), batched=True)
-    dataset.with_transform(decode_audio_column("audio"))  # or decode on access
+    decode = decode_audio_column("audio")
+    dataset = dataset.cast_column("audio", Audio(decode=False))
+    dataset.with_transform(decode)  # decode on access
+    dataset.map(decode, batched=True, features=decode.features(dataset.features))  # or once, stored
     ```
+
+    `features=` is needed by `map` when the column is an `Audio` column: `datasets` would otherwise store the decoded
+    arrays with the `Audio` feature again, which encodes them (and needs torchcodec). A batch without `column` passes
+    through unchanged (a later `map` that removed the column, while the transform stays set).
 
     With `bad_audio="skip"` the rows whose audio cannot be decoded are removed from the batch (every column) and
     counted in the transform's `policy.num_skipped` (in this process); with `"error"` they are refused with the file
@@ -226,9 +232,16 @@ class DecodeAudioColumn:
         self.sampling_rate = sampling_rate
         self.policy = BadAudioPolicy(bad_audio)
 
+    def features(self, features):
+        """`features` (a dataset's `datasets.Features`) with `column` as the decoded struct this transform writes."""
+        from datasets import Features, List, Value
+
+        decoded = {"array": List(Value("float32")), "sampling_rate": Value("int64"), "path": Value("string")}
+        return Features({**features, self.column: decoded})
+
     def __call__(self, batch: dict) -> dict:
         if self.column not in batch:
-            raise ValueError(f"No audio column {self.column!r} in the batch, whose columns are {list(batch)}.")
+            return batch
         keep, decoded = [], []
         for index, value in enumerate(batch[self.column]):
             try:
