@@ -305,7 +305,7 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
                 f"({1000 * self.n_fft / self.sampling_rate:g} ms, one STFT window)."
             )
         mel_filters, window = self._constants_on(waveforms.device)
-        num_frames = 1 + (waveforms.shape[-1] - self.n_fft) // self.hop_length
+        num_frames = self.num_frames(waveforms.shape[-1])
         if num_frames > self.stft_block_frames:  # long audio: the STFT block by block, one output allocation
             output = torch.empty(
                 (waveforms.shape[0], num_frames, self.num_mel_bins), dtype=torch.float32, device=waveforms.device
