@@ -258,6 +258,8 @@ def build_augmentation(args: DataArguments):
             raise ValueError(f"--aug_background_dir {args.aug_background_dir} is not a folder.")
         transforms.append(make(p))
         settings.update({name: getattr(args, name) for name in (flag, *uses)})
+    if "aug_background_dir" in settings:  # the model card names the folder, never a local path
+        settings["aug_background_dir"] = Path(settings["aug_background_dir"]).name
     if not transforms:
         return None, {"augmentation": "none"}
     logger.info("Training augmentation: " + ", ".join(type(transform).__name__ for transform in transforms))
