@@ -171,20 +171,16 @@ class AudioClassificationTrainingArguments(TrainingArguments):
 
 def load_feature_extractor(model_args: ModelArguments, config: MatpacConfig):
     """--feature_extractor_name (must load), else the checkpoint's, else one built from the config's front end."""
-    kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}
-    if model_args.feature_extractor_name is not None:
-        try:
-            return AutoFeatureExtractor.from_pretrained(model_args.feature_extractor_name, **kwargs)
-        except (OSError, TypeError, ValueError) as error:
+    name = model_args.feature_extractor_name or model_args.model_name_or_path
+    try:
+        if name is not None:
+            return AutoFeatureExtractor.from_pretrained(name, cache_dir=model_args.cache_dir, token=model_args.token)
+    except (OSError, TypeError, ValueError) as error:
+        if model_args.feature_extractor_name is not None:
             raise ValueError(
-                f"--feature_extractor_name {model_args.feature_extractor_name!r} could not be loaded ({error}). Give "
-                "a folder or Hub id holding a preprocessor_config.json, or leave the flag out to use the checkpoint's."
+                f"--feature_extractor_name {name!r} could not be loaded ({error}). Give a folder or Hub id holding a "
+                "preprocessor_config.json, or leave the flag out to use the checkpoint's."
             ) from error
-    if model_args.model_name_or_path is not None:
-        try:
-            return AutoFeatureExtractor.from_pretrained(model_args.model_name_or_path, **kwargs)
-        except OSError:  # the checkpoint has no preprocessor_config.json
-            pass
     logger.info("No preprocessor_config.json: building the feature extractor from the model config's front end.")
     return MatpacFeatureExtractor.from_model_config(config)
 
@@ -279,15 +275,24 @@ def configure_for_dataset(config: MatpacConfig, model_args: ModelArguments, clas
 def write_model_card(model_args, data_args, training_args, config, labels, eval_split, metrics, augment):
     """README.md (YAML metadata + description) with matpac_hf's model card renderer; Hub ids only, no local paths."""
     hub_id = lambda name: None if name is None or Path(name).exists() else name  # noqa: E731
-    results = [
-        f"| {key[len('eval_') :]} | {value:.4f} |"
-        for key, value in metrics.items()
-        if key.startswith("eval_") and not key.endswith(("runtime", "per_second"))
+    skip = ("runtime", "per_second")
+    scores = {k[5:]: v for k, v in metrics.items() if k.startswith("eval_") and not k.endswith(skip)}
+    dataset_id = hub_id(data_args.dataset_name)
+    dataset = {
+        "dataset_type": dataset_id or "local",
+        "dataset_name": dataset_id or "local",
+        "dataset_split": eval_split,
+    }
+    eval_results = [  # the card's model-index
+        {"task_type": "audio-classification", **dataset, "metric_type": name, "metric_value": value}
+        for name, value in scores.items()
+        if name != "loss"
     ]
     classifier = f"a linear layer on the {config.frame_embedding_size}-d clip embedding"
     if config.classifier_pooling == "mean":
         classifier = (
-            f"mean of the {config.hidden_size}-d tokens, BatchNorm1d without affine parameters, a linear layer"
+            f"mean of the {config.hidden_size}-d tokens over frequency and time, BatchNorm1d without affine "
+            "parameters, then a linear layer"
         )
     trained_with = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs")
     hyperparameters = {name: getattr(training_args, name) for name in (*trained_with, "weight_decay", "seed")}
@@ -297,7 +302,7 @@ def write_model_card(model_args, data_args, training_args, config, labels, eval_
         model_args.model_card_template,
         license=model_args.license,
         base_model=hub_id(model_args.model_name_or_path),
-        datasets=[hub_id(data_args.dataset_name)] if hub_id(data_args.dataset_name) else None,
+        datasets=[dataset_id] if dataset_id else None,
         metrics=["mean_average_precision", "roc_auc"] if labels.multi_label else ["accuracy"],
         model_name=training_args.hub_model_id or Path(training_args.output_dir).name,
         tags=["audio-classification"],
@@ -306,13 +311,15 @@ def write_model_card(model_args, data_args, training_args, config, labels, eval_
         problem_type=f"{'multi' if labels.multi_label else 'single'}-label classification",
         num_labels=len(labels.names),
         labels=labels.names,
-        dataset_description=hub_id(data_args.dataset_name) or "a local dataset",
+        dataset_description=dataset_id or "a local dataset",
         training_summary=(
             f"Fine-tuned from {hub_id(model_args.model_name_or_path) or 'a local or random MATPAC encoder'} with "
             "matpac-hf's `examples/run_audio_classification.py` (transformers Trainer)."
         ),
         training_hyperparameters=hyperparameters,
-        evaluation_results=f"On {eval_split}:\n\n| metric | value |\n| --- | --- |\n" + "\n".join(results),
+        eval_results=eval_results,
+        evaluation_results=f"On {eval_split}:\n\n| metric | value |\n| --- | --- |\n"
+        + "\n".join(f"| {name} | {value:.4f} |" for name, value in scores.items()),
     )
     Path(training_args.output_dir, "README.md").write_text(text, encoding="utf-8")
 
@@ -409,11 +416,9 @@ def main(argv: list[str] | None = None):
 
     def collate(examples: list[dict]) -> dict:
         """Log-mels of the whole batch, padded (attention_mask marks the valid frames), and the targets."""
+        waveforms = [example["waveform"] for example in examples]
         batch = feature_extractor(
-            [example["waveform"] for example in examples],
-            sampling_rate=sampling_rate,
-            return_attention_mask=True,
-            return_tensors="pt",
+            waveforms, sampling_rate=sampling_rate, return_attention_mask=True, return_tensors="pt"
         )
         batch["labels"] = torch.tensor(np.stack([example["labels"] for example in examples]))
         return batch
@@ -446,10 +451,9 @@ def main(argv: list[str] | None = None):
         )
     else:
         model = MatpacForAudioClassification(config)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    options = ", ".join(f"{option}={getattr(config, option, None)!r}" for option in HEAD_OPTIONS)
     logger.info(
-        f"{', '.join(f'{option}={getattr(config, option, None)!r}' for option in HEAD_OPTIONS)}: {trainable:,} of "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters train."
+        f"{options}: {model.num_parameters(only_trainable=True):,} of {model.num_parameters():,} parameters train."
     )
     total_train_batch = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
     if config.classifier_pooling == "mean" and not training_args.dataloader_drop_last:

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import tiny_config
+from huggingface_hub import ModelCard
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 from transformers import AutoConfig, AutoModelForAudioClassification, HfArgumentParser, pipeline
 
@@ -675,6 +676,10 @@ def test_model_card_reads_sizes_from_the_config_and_records_the_setup(tmp_path, 
     ):
         assert row in card, row
     assert "aug_noise" not in card and "aug_pitch_shift" not in card and "runtime" not in card  # off: not listed
+    metadata = ModelCard(card).data.to_dict()  # the model-index holds the evaluation results
+    (result,) = metadata["model-index"][0]["results"]
+    assert result["metrics"] == [{"type": "accuracy", "value": 0.5}]
+    assert result["dataset"] == {"type": "some/dataset", "name": "some/dataset", "split": "the 'validation' split"}
     assert script.build_augmentation(script.DataArguments(dataset_name="d")) == (None, {"augmentation": "none"})
     with pytest.raises(ValueError, match="--aug_noise_snr_db must be 'min,max'"):
         script.build_augmentation(script.DataArguments(dataset_name="d", aug_noise=0.5, aug_noise_snr_db="40,10"))
