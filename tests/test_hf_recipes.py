@@ -71,8 +71,15 @@ def audio_dataset(audio_files) -> Dataset:
 
 
 def decoded(dataset: Dataset) -> Dataset:
-    """The decoding path that needs no torchcodec: the package's one-line transform."""
+    """The decoding path that needs no torchcodec: the package's one-line transform (decodes on access)."""
     return dataset.with_transform(decode_audio_column("audio"))
+
+
+def decoded_by_map(dataset: Dataset) -> Dataset:
+    """The same transform through `map`, decoding once and storing the arrays (`features=` keeps datasets from
+    re-encoding the column as `Audio`, which needs torchcodec)."""
+    decode = decode_audio_column("audio")
+    return dataset.map(decode, batched=True, features=decode.features(dataset.features)).with_format("numpy")
 
 
 def preprocess_with(feature_extractor):
@@ -87,10 +94,7 @@ def preprocess_with(feature_extractor):
 
 
 def encode(dataset: Dataset, feature_extractor, batch_size: int = 16) -> Dataset:
-    encoded = dataset.map(
-        preprocess_with(feature_extractor), remove_columns="audio", batched=True, batch_size=batch_size
-    )
-    return encoded.with_format(None)  # the decoding transform was for the audio column, which is gone
+    return dataset.map(preprocess_with(feature_extractor), remove_columns="audio", batched=True, batch_size=batch_size)
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +138,8 @@ def test_every_row_gets_an_attention_mask(tiny_matpac_folder, audio_files):
     def preprocess_function(examples):
         return feature_extractor([x["array"] for x in examples["audio"]], sampling_rate=SAMPLING_RATE)
 
-    dataset = decoded(audio_dataset(audio_files))
-    encoded = dataset.map(preprocess_function, remove_columns="audio", batched=True, batch_size=16)
-    encoded = encoded.with_format(None)
+    dataset = decoded_by_map(audio_dataset(audio_files))
+    encoded = dataset.map(preprocess_function, remove_columns="audio", batched=True, batch_size=16).with_format(None)
     assert encoded.column_names == ["label", "input_values", "attention_mask"]
     for row in encoded:
         assert len(row["attention_mask"]) == len(row["input_values"])
@@ -155,7 +158,6 @@ def test_trainer_collator_pads_rows_of_different_map_batches(tiny_matpac_folder,
         return feature_extractor([x["array"] for x in examples["audio"]], sampling_rate=SAMPLING_RATE)
 
     encoded = dataset.map(preprocess_function, remove_columns="audio", batched=True, batch_size=16)
-    encoded = encoded.with_format(None)
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     trainer = Trainer(model=classifier, args=args, processing_class=feature_extractor)
     indices = (4, 21, 9)  # from map batches 1, 2 and 1
@@ -214,7 +216,6 @@ def run_tutorial_recipe(minds: DatasetDict, model_folder, output_dir):
         return inputs
 
     encoded_minds = minds.map(preprocess_function, remove_columns="audio", batched=True, batch_size=16)
-    encoded_minds = encoded_minds.with_format(None)  # drop a decoding transform (with_transform) with the audio
 
     accuracy = evaluate.load(str(matpac_hf.METRICS_DIR / "accuracy"))
 
