@@ -91,11 +91,18 @@ def train(
     seed: int = 0,
     log_every: int = 25,
     use_mcl: bool = False,
+    short_clips: str | None = None,
 ):
     """Trains a tiny model for `steps` steps; returns the list of logged rows (dicts) and prints them.
 
     `use_mcl=True` trains MATPAC++ (5 prediction heads; the temperature decay is shortened so that the soft
-    winner-takes-all temperature falls from 0.1 to the 1e-4 hard-minimum switch at 3/4 of the run)."""
+    winner-takes-all temperature falls from 0.1 to the 1e-4 hard-minimum switch at 3/4 of the run).
+
+    `short_clips`: every clip keeps a uniformly random number of frames (16 to all) and is zero-padded after them, as
+    crops of short clips are. `"masked"` passes the `attention_mask` (padded patches out of the objective);
+    `"unmasked"` does not (padded patches are predicted too, the behaviour before the attention mask existed)."""
+    if short_clips not in (None, "masked", "unmasked"):
+        raise ValueError(f"short_clips must be None, 'masked' or 'unmasked', got {short_clips!r}.")
     torch.manual_seed(seed)
     mcl = dict(use_mcl=True, mcl_temperature_decay=1e-3 ** (1 / (0.75 * steps))) if use_mcl else {}
     config = tiny_pretraining_config(steps, **mcl)
@@ -109,6 +116,7 @@ def train(
     )
     data_generator = torch.Generator().manual_seed(seed + 1)
     mask_generator = torch.Generator().manual_seed(seed + 2)
+    length_generator = torch.Generator().manual_seed(seed + 3)
 
     rows, window, start = [], [], time.perf_counter()
     header = (
@@ -118,7 +126,15 @@ def train(
     print(header)
     for step in range(steps):
         values = synthetic_log_mel(batch_size, config.max_frames, data_generator)
-        outputs = model(values, step=step, generator=mask_generator)
+        attention_mask = None
+        if short_clips is not None:
+            lengths = torch.randint(
+                config.patch_size, config.max_frames + 1, (batch_size,), generator=length_generator
+            )
+            valid_frames = torch.arange(config.max_frames)[None, :] < lengths[:, None]  # (batch, frames)
+            values = values.masked_fill(~valid_frames[:, :, None], 0.0)
+            attention_mask = valid_frames.long() if short_clips == "masked" else None
+        outputs = model(values, attention_mask=attention_mask, step=step, generator=mask_generator)
         outputs.loss.backward()
         model.update_teachers(step)
         torch.nn.utils.clip_grad_norm_(parameters, 3.0)
@@ -151,6 +167,25 @@ def train(
                 flush=True,
             )
     print(f"{steps} steps of batch {batch_size} in {time.perf_counter() - start:.1f} s (averages since last row)")
+    if short_clips is not None:  # the same held-out padded clips, scored on their valid patches only
+        model.eval()
+        heldout_data, heldout_masks = (
+            torch.Generator().manual_seed(seed + 10),
+            torch.Generator().manual_seed(seed + 11),
+        )
+        losses = []
+        with torch.no_grad():
+            for _ in range(4):
+                values = synthetic_log_mel(batch_size, config.max_frames, heldout_data)
+                lengths = torch.randint(
+                    config.patch_size, config.max_frames + 1, (batch_size,), generator=heldout_masks
+                )
+                attention_mask = (torch.arange(config.max_frames)[None, :] < lengths[:, None]).long()
+                values = values.masked_fill(attention_mask[:, :, None] == 0, 0.0)
+                outputs = model(values, attention_mask=attention_mask, step=steps, generator=heldout_masks)
+                losses.append(outputs.prediction_loss.item())
+        rows[-1]["heldout_valid_prediction_loss"] = sum(losses) / len(losses)
+        print(f"held-out prediction loss on the valid patches of padded clips: {sum(losses) / len(losses):.4f}")
     return rows
 
 
@@ -160,11 +195,19 @@ def main():
     parser.add_argument("--batch_size", type=int, default=32, help="clips per step")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="peak AdamW learning rate")
     parser.add_argument("--use_mcl", action="store_true", help="MATPAC++: 5 prediction heads, soft winner-takes-all")
+    parser.add_argument(
+        "--short_clips",
+        choices=["masked", "unmasked"],
+        default=None,
+        help="zero-pad every clip after a random length; 'masked' passes the attention_mask, 'unmasked' does not",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the init, the data and the masks")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this tiny model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    train(args.steps, args.batch_size, args.learning_rate, args.seed, use_mcl=args.use_mcl)
+    train(
+        args.steps, args.batch_size, args.learning_rate, args.seed, use_mcl=args.use_mcl, short_clips=args.short_clips
+    )
 
 
 if __name__ == "__main__":
