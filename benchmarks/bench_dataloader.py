@@ -14,6 +14,12 @@ machine's measured fp32 and bf16 GEMM rate.
 
     python benchmarks/bench_dataloader.py                      # data pipeline only (about a minute)
     python benchmarks/bench_dataloader.py --train              # + training steps of the tiny and base presets
+    python benchmarks/bench_dataloader.py --threads            # + tiny-preset runs: default threads vs torch's
+
+Part 3 (`--threads`): steps per second of real `run_pretraining.py` runs of the tiny preset on the demo corpus (one
+decoding worker, batch 32) with the script's default thread count (the process's cores minus one per decoding
+worker) against torch's own default (every core, the worker then competing with the training threads), alternated
+`--thread_repeats` times. Set nothing in OMP_NUM_THREADS for this part (the script respects it).
 """
 
 import argparse
@@ -199,10 +205,55 @@ def main():
     parser.add_argument("--train", action="store_true", help="also time training steps of the tiny and base presets")
     parser.add_argument("--train_steps", type=int, default=3, help="timed training steps per preset (after 1 warm-up)")
     parser.add_argument("--batch_size", type=int, default=8, help="per-step batch for the training timing")
+    parser.add_argument("--threads", action="store_true", help="only compare thread settings of real tiny runs")
+    parser.add_argument("--thread_steps", type=int, default=20, help="optimiser steps per run of --threads")
+    parser.add_argument("--thread_repeats", type=int, default=2, help="runs per setting of --threads (alternated)")
     args = parser.parse_args()
+    if args.threads:
+        run_thread_benchmark(args)
+        return
     run_data_benchmark(args)
     if args.train:
         run_training_benchmark(args)
+
+
+def run_thread_benchmark(args):
+    """Steps/s of `run_pretraining.py --preset tiny` runs with the default thread choice vs torch's default."""
+    import json
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "run_pretraining.py")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    settings = {"script default": [], f"torch default ({torch.get_num_threads()} threads)": []}
+    settings_args = {
+        "script default": [],
+        f"torch default ({torch.get_num_threads()} threads)": ["--num_threads", str(torch.get_num_threads())],
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        corpus = os.path.join(folder, "corpus")  # built once by the first run, reused by the others
+        for repeat in range(args.thread_repeats):
+            for name, extra in settings_args.items():
+                out = os.path.join(folder, f"run{repeat}_{len(settings[name])}_{name.split()[0]}")
+                os.makedirs(out)
+                if os.path.isdir(corpus):
+                    os.symlink(corpus, os.path.join(out, "demo_corpus"))
+                command = [sys.executable, script, "--preset", "tiny", "--output_dir", out, "--skip_demo_probe"]
+                command += ["--max_steps", str(args.thread_steps), "--logging_steps", str(args.thread_steps)]
+                command += ["--report_to", "jsonl", "--num_workers", "1", "--checkpointing_steps", "100000", *extra]
+                result = subprocess.run(command, env=env, capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise RuntimeError(result.stderr[-3000:])
+                if not os.path.isdir(corpus):
+                    os.rename(os.path.join(out, "demo_corpus"), corpus)
+                with open(os.path.join(out, "logs", "metrics.jsonl")) as handle:
+                    rows = [json.loads(line) for line in handle if '"loss"' in line]
+                settings[name].append(rows[-1]["steps_per_second"])
+                chosen = [line for line in result.stderr.splitlines() if "Threads:" in line]
+                print(f"{name:28s} run {repeat + 1}: {rows[-1]['steps_per_second']:.3f} steps/s | {chosen[0][-150:]}")
+    print(f"\ntiny preset, batch 32, 1 decoding worker, {args.thread_steps} steps, {cores} cores available:")
+    for name, values in settings.items():
+        print(f"  {name:28s}: {np.mean(values):.3f} steps/s (runs: {', '.join(f'{v:.3f}' for v in values)})")
 
 
 def _load_pretraining_script():
@@ -228,14 +279,7 @@ def run_training_benchmark(args):
         f"bf16 {peak['bf16']:.3f} TFLOP/s"
     )
     feature_extractor = MatpacFeatureExtractor()
-    optimizer_args = argparse.Namespace(
-        no_decay_bias_norm=False,
-        weight_decay=0.05,
-        learning_rate=3e-4,
-        adam_beta1=0.9,
-        adam_beta2=0.95,
-        adam_epsilon=1e-6,
-    )
+    optimizer_args = script.parse_args(["--output_dir", "unused"])  # the script's (official) optimiser defaults
     waveforms = torch.randn(args.batch_size, CROP_SAMPLES) * 0.1
     for preset in ("tiny", "base"):
         torch.manual_seed(0)

@@ -25,7 +25,7 @@ CORRUPTED = b"fLaC" + bytes(range(256)) * 8
 CROP_SAMPLES = num_samples_for_frames(608)
 
 
-def _tone(seconds, sampling_rate, frequency=440.0, channels=1, seed=0):
+def tone(seconds, sampling_rate, frequency=440.0, channels=1, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sampling_rate)) / sampling_rate
     mono = 0.5 * np.sin(2 * np.pi * frequency * t) + 0.05 * rng.standard_normal(t.shape[0])
@@ -35,7 +35,7 @@ def _tone(seconds, sampling_rate, frequency=440.0, channels=1, seed=0):
 
 
 def test_stereo_44k_becomes_mono_16k_from_every_input_form(tmp_path):
-    stereo = _tone(3.0, 44100, 1000, channels=2)
+    stereo = tone(3.0, 44100, 1000, channels=2)
     path = tmp_path / "stereo.wav"
     sf.write(path, stereo, 44100, subtype="FLOAT")
     mono = decode_audio(str(path))
@@ -83,7 +83,7 @@ def test_list_audio_files_uses_the_one_extension_list(tmp_path):
 def test_decode_audio_column_skip_counts_and_error_refuses(tmp_path):
     from datasets import Audio, Dataset
 
-    sf.write(tmp_path / "good.wav", _tone(0.5, 8000), 8000)
+    sf.write(tmp_path / "good.wav", tone(0.5, 8000), 8000)
     (tmp_path / "bad.flac").write_bytes(CORRUPTED)
     files = [str(tmp_path / "good.wav"), str(tmp_path / "bad.flac"), str(tmp_path / "good.wav")]
     dataset = Dataset.from_dict({"audio": files, "label": [0, 1, 2]})
@@ -117,7 +117,7 @@ def test_decode_audio_column_skip_counts_and_error_refuses(tmp_path):
 
 @pytest.mark.parametrize("sampling_rate,channels", [(16000, 1), (44100, 2), (48000, 1)])
 def test_segment_crop_equals_crop_of_full_decode(tmp_path, sampling_rate, channels):
-    clip = _tone(9.3, sampling_rate, 700, channels=channels, seed=3)
+    clip = tone(9.3, sampling_rate, 700, channels=channels, seed=3)
     path = str(tmp_path / "clip.wav")
     sf.write(path, clip, sampling_rate, subtype="FLOAT")
     full = decode_audio(path)
@@ -132,7 +132,7 @@ def test_segment_crop_equals_crop_of_full_decode(tmp_path, sampling_rate, channe
 
 def test_short_clip_crop_is_dropped_or_padded_with_its_valid_length():
     buffer = io.BytesIO()
-    sf.write(buffer, _tone(2.0, 44100, 300), 44100, format="FLAC")
+    sf.write(buffer, tone(2.0, 44100, 300), 44100, format="FLAC")
     audio = {"bytes": buffer.getvalue(), "path": "short.flac"}
     assert decode_random_crop(audio, CROP_SAMPLES, min_clip_policy="drop") == (None, 0)
     crop, num_valid = decode_random_crop(audio, CROP_SAMPLES, min_clip_policy="pad")

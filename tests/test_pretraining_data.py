@@ -31,18 +31,10 @@ from matpac_hf.pretraining_data import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from demo_corpus import build_demo_corpus  # noqa: E402
+from test_audio_io import CORRUPTED, tone  # noqa: E402
 
 
 CROP_SAMPLES = num_samples_for_frames(CROP_FRAMES)
-
-
-def _tone(seconds, sampling_rate, frequency=440.0, channels=1, seed=0):
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sampling_rate)) / sampling_rate
-    mono = 0.5 * np.sin(2 * np.pi * frequency * t) + 0.05 * rng.standard_normal(t.shape[0])
-    if channels == 1:
-        return mono.astype(np.float32)
-    return np.stack([mono, 0.3 * mono[::-1]], axis=1).astype(np.float32)
 
 
 def _write_folder(folder, clips):
@@ -67,8 +59,6 @@ def _flac_bytes(waveform, sampling_rate):
 # torchdata's StatefulDataLoader calls a deprecated torch API on every loader; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")
 
-CORRUPTED = b"fLaC" + bytes(range(256)) * 8
-
 
 def _iterate(stream):
     return [(item["example_id"], item["input_values"]) for item in stream]
@@ -76,7 +66,7 @@ def _iterate(stream):
 
 @pytest.mark.parametrize("crop_frames", [CROP_FRAMES, 304])
 def test_crops_give_crop_frames_log_mel_frames(tmp_path, crop_frames):
-    folder = _write_folder(tmp_path / "corpus", [("a.flac", _tone(6.5, 16000), 16000)])
+    folder = _write_folder(tmp_path / "corpus", [("a.flac", tone(6.5, 16000), 16000)])
     dataset, column = load_audio_stream(dataset_dir=str(folder))
     (item,) = list(build_crop_stream(dataset, column, crop_frames=crop_frames))
     log_mel = MatpacFeatureExtractor().extract_log_mel(torch.from_numpy(item["input_values"])[None])
@@ -87,10 +77,10 @@ def test_decode_guard_skips_and_counts_a_corrupted_file(tmp_path):
     folder = _write_folder(
         tmp_path / "corpus",
         [
-            ("a.flac", _tone(6.5, 16000, 220), 16000),
+            ("a.flac", tone(6.5, 16000, 220), 16000),
             ("b_corrupted.flac", CORRUPTED, None),
-            ("c.flac", _tone(7.0, 16000, 330), 16000),
-            ("d.flac", _tone(8.0, 16000, 440), 16000),
+            ("c.flac", tone(7.0, 16000, 330), 16000),
+            ("d.flac", tone(8.0, 16000, 440), 16000),
         ],
     )
     dataset, column = load_audio_stream(dataset_dir=str(folder))
@@ -112,9 +102,9 @@ def test_corrupted_bytes_in_parquet_are_skipped(tmp_path):
     import pyarrow.parquet as pq
 
     rows = [
-        {"bytes": _flac_bytes(_tone(6.5, 16000), 16000), "path": "good1.flac"},
+        {"bytes": _flac_bytes(tone(6.5, 16000), 16000), "path": "good1.flac"},
         {"bytes": CORRUPTED, "path": "bad.flac"},
-        {"bytes": _flac_bytes(_tone(7.0, 16000, 550), 16000), "path": "good2.flac"},
+        {"bytes": _flac_bytes(tone(7.0, 16000, 550), 16000), "path": "good2.flac"},
     ]
     table = pa.table({"sound": rows, "label": [0, 1, 2]})
     metadata = {
@@ -138,9 +128,9 @@ def test_short_clips_are_dropped_or_padded(tmp_path):
     folder = _write_folder(
         tmp_path / "corpus",
         [
-            ("long.flac", _tone(6.2, 16000), 16000),
-            ("short.flac", _tone(5.0, 16000, 300), 16000),
-            ("short44.flac", _tone(2.0, 44100, 300), 44100),
+            ("long.flac", tone(6.2, 16000), 16000),
+            ("short.flac", tone(5.0, 16000, 300), 16000),
+            ("short44.flac", tone(2.0, 44100, 300), 44100),
         ],
     )
     dataset, column = load_audio_stream(dataset_dir=str(folder))
@@ -178,7 +168,7 @@ def test_dropped_clips_are_counted_in_the_training_process_with_a_worker_and_exp
     """Every clip shorter than the crop: the error names the real counts, also when a DataLoader worker did the
     decoding (its counters live in shared memory), and the fix."""
     folder = _write_folder(
-        tmp_path / "corpus", [(f"s{i}.flac", _tone(1.0, 16000, 200 + 50 * i), 16000) for i in range(5)]
+        tmp_path / "corpus", [(f"s{i}.flac", tone(1.0, 16000, 200 + 50 * i), 16000) for i in range(5)]
     )
     dataset, column = load_audio_stream(dataset_dir=str(folder))
     for num_workers in (0, 1):
@@ -197,7 +187,7 @@ def test_dropped_clips_are_counted_in_the_training_process_with_a_worker_and_exp
 
 def test_early_warning_when_most_clips_are_dropped(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(pretraining_data, "EARLY_DROP_WARNING_CLIPS", 4)
-    clips = [(f"s{i}.flac", _tone(1.0, 16000), 16000) for i in range(3)] + [("long.flac", _tone(6.2, 16000), 16000)]
+    clips = [(f"s{i}.flac", tone(1.0, 16000), 16000) for i in range(3)] + [("long.flac", tone(6.2, 16000), 16000)]
     dataset, column = load_audio_stream(dataset_dir=str(_write_folder(tmp_path / "corpus", clips)))
     with caplog.at_level(logging.WARNING, logger="matpac_hf.pretraining_data"):
         assert len(list(build_crop_stream(dataset, column))) == 1
@@ -211,7 +201,7 @@ def test_early_warning_when_most_clips_are_dropped(tmp_path, monkeypatch, caplog
 
 
 def test_bad_audio_error_stops_the_stream_with_the_file_name(tmp_path):
-    folder = _write_folder(tmp_path / "corpus", [("a.flac", _tone(6.5, 16000), 16000), ("b.flac", CORRUPTED, None)])
+    folder = _write_folder(tmp_path / "corpus", [("a.flac", tone(6.5, 16000), 16000), ("b.flac", CORRUPTED, None)])
     dataset, column = load_audio_stream(dataset_dir=str(folder))
     with pytest.raises(AudioDecodeError, match=r"b\.flac.*--bad_audio skip"):
         list(build_crop_stream(dataset, column, bad_audio="error"))
@@ -219,7 +209,7 @@ def test_bad_audio_error_stops_the_stream_with_the_file_name(tmp_path):
 
 def test_two_ranks_see_disjoint_examples(tmp_path):
     folder = _write_folder(
-        tmp_path / "corpus", [(f"c{i:02d}.flac", _tone(6.2, 16000, 200 + 40 * i), 16000) for i in range(9)]
+        tmp_path / "corpus", [(f"c{i:02d}.flac", tone(6.2, 16000, 200 + 40 * i), 16000) for i in range(9)]
     )
     dataset, column = load_audio_stream(dataset_dir=str(folder))
     seen = []
@@ -239,7 +229,7 @@ def test_resume_gives_the_same_crops_as_an_uninterrupted_stream(tmp_path):
     rates = [16000 if i % 3 else 44100 for i in range(7)]
     folder = _write_folder(
         tmp_path / "corpus",
-        [(f"c{i:02d}.flac", _tone(6.5 + 0.3 * i, rates[i], 150 + 50 * i), rates[i]) for i in range(7)],
+        [(f"c{i:02d}.flac", tone(6.5 + 0.3 * i, rates[i], 150 + 50 * i), rates[i]) for i in range(7)],
     )
     dataset, column = load_audio_stream(dataset_dir=str(folder))
 
@@ -267,7 +257,7 @@ def test_resume_with_workers_over_webdataset_shards(tmp_path):
     for shard in range(2):
         with tarfile.open(tmp_path / f"shard-{shard}.tar", "w") as tar:
             for i in range(4):
-                data = _flac_bytes(_tone(6.3, 16000, 100 * (shard * 4 + i + 1)), 16000)
+                data = _flac_bytes(tone(6.3, 16000, 100 * (shard * 4 + i + 1)), 16000)
                 info = tarfile.TarInfo(f"s{shard}_{i}.flac")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -313,7 +303,7 @@ def test_resume_with_a_shuffle_buffer_loses_at_most_the_buffer(tmp_path, buffer_
     that epoch. Measured here (16 clips, 6 consumed before the checkpoint): 2 lost with a buffer of 2, 6 with 8.
     Never more than the buffer, and no clip is seen twice."""
     folder = _write_folder(
-        tmp_path / "corpus", [(f"c{i:02d}.flac", _tone(6.2, 16000, 100 + 40 * i), 16000) for i in range(16)]
+        tmp_path / "corpus", [(f"c{i:02d}.flac", tone(6.2, 16000, 100 + 40 * i), 16000) for i in range(16)]
     )
     dataset, column = load_audio_stream(dataset_dir=str(folder))
 
