@@ -80,11 +80,6 @@ def parse_overrides(text: str | None) -> dict:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def load_wav_16k(path: str) -> np.ndarray:
-    audio, rate = real_audio_corpus.read_wav(path)
-    return real_audio_corpus.to_16k(audio, rate)
-
-
 def pretraining_log_mels(corpus_dir: str, feature_extractor) -> list[torch.Tensor]:
     """Normalised log-mel `(frames, 80)` float16 of every pretraining clip, cached next to the corpus."""
     cache = os.path.join(corpus_dir, "pretrain_log_mel.pt")
@@ -98,7 +93,7 @@ def pretraining_log_mels(corpus_dir: str, feature_extractor) -> list[torch.Tenso
     )
     mels = []
     for path in paths:
-        waveform = torch.from_numpy(load_wav_16k(path))[None]
+        waveform = torch.from_numpy(real_audio_corpus.load_16k(path))[None]
         mel = feature_extractor.extract_log_mel(waveform)[0]
         if mel.shape[-1] != feature_extractor.num_mel_bins:  # (80, frames) layout of older versions
             mel = mel.T
@@ -129,7 +124,7 @@ def load_task(corpus_dir: str, task: str) -> dict:
     with open(os.path.join(folder, "metadata.csv")) as handle:
         rows = [line.rstrip("\n").split(",") for line in handle][1:]
     return {
-        "waveforms": [load_wav_16k(os.path.join(folder, name)) for name, _, _ in rows],
+        "waveforms": [real_audio_corpus.load_16k(os.path.join(folder, name)) for name, _, _ in rows],
         "labels": [[label] for _, label, _ in rows],
         "folds": [fold for _, _, fold in rows],
     }
@@ -235,6 +230,7 @@ def main(argv=None):
     parser.add_argument("--log_every", type=int, default=100)
     parser.add_argument("--results_file", default=os.path.join(HERE, "..", ".cache", "real_audio_results.jsonl"))
     parser.add_argument("--name", default="", help="label of this run in the results file")
+    parser.add_argument("--save_dir", help="save the pretrained encoder (and the step-0 one) here at each evaluation")
     args = parser.parse_args(argv)
 
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
@@ -324,6 +320,11 @@ def main(argv=None):
             )
         if step + 1 in eval_steps:
             model.eval()
+            if args.save_dir:
+                model.matpac.save_pretrained(os.path.join(args.save_dir, f"encoder-{step + 1}"))
+                if not os.path.isdir(os.path.join(args.save_dir, "encoder-0")):
+                    random_encoder.save_pretrained(os.path.join(args.save_dir, "encoder-0"))
+                feature_extractor.save_pretrained(os.path.join(args.save_dir, f"encoder-{step + 1}"))
             pretrained_scores = evaluate(model.matpac, feature_extractor, tasks, args.probe_seeds)
             model.train()
             summary = report(step + 1, pretrained_scores, random_scores)

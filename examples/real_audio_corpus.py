@@ -38,12 +38,14 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import wave
 
 import numpy as np
+import soundfile
+
+from matpac_hf.audio_io import decode_audio
+from matpac_hf.configuration_matpac import SAMPLING_RATE
 
 
-SAMPLING_RATE = 16_000
 SOUNDFONT_FOLDERS = ("/usr/share/sounds/sf2", "/usr/share/sounds/sf3")
 # Installed GM soundfonts, by Debian package file name (the `default-GM` links are aliases of one of these).
 SOUNDFONT_FILES = ("FluidR3_GM.sf2", "TimGM6mb.sf2", "MuseScore_General.sf3", "sf_GMbank.sf2")
@@ -127,35 +129,15 @@ def is_available(minimum_soundfonts: int = 2) -> bool:
 # ------------------------------------------------------------------------------------------------ audio helpers
 
 
-def read_wav(path: str) -> np.ndarray:
-    """A 16-bit PCM WAV as float32 mono at its own rate -> (samples, rate)."""
-    with wave.open(path, "rb") as handle:
-        rate, channels, width = handle.getframerate(), handle.getnchannels(), handle.getsampwidth()
-        frames = handle.readframes(handle.getnframes())
-    if width != 2:
-        raise ValueError(f"{path}: expected 16-bit PCM, got {8 * width}-bit samples.")
-    audio = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
-    return audio.reshape(-1, channels).mean(axis=1), rate
-
-
-def to_16k(audio: np.ndarray, rate: int) -> np.ndarray:
-    if rate == SAMPLING_RATE:
-        return audio
-    import soxr
-
-    return soxr.resample(audio, rate, SAMPLING_RATE).astype(np.float32)
+def load_16k(path: str) -> np.ndarray:
+    """A synthesizer's output file as float32 mono at 16 kHz (matpac_hf.audio_io: down-mix, soxr resampling)."""
+    return decode_audio(path, SAMPLING_RATE)
 
 
 def write_wav(path: str, audio: np.ndarray):
+    """16 kHz mono 16-bit WAV, scaled down when it would clip."""
     peak = float(np.abs(audio).max()) if audio.size else 0.0
-    if peak > 0.99:
-        audio = audio * (0.99 / peak)
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(path, "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(SAMPLING_RATE)
-        handle.writeframes(pcm.tobytes())
+    soundfile.write(path, audio * (0.99 / peak) if peak > 0.99 else audio, SAMPLING_RATE, subtype="PCM_16")
 
 
 def trim_silence(audio: np.ndarray, threshold: float = 1e-3, margin: int = 800) -> np.ndarray:
@@ -178,8 +160,7 @@ def speak(text: str, voice: tuple, workdir: str, rng: np.random.Generator) -> np
     else:
         command = ["flite", "-voice", voice[1], "-t", text, "-o", path]
     subprocess.run(command, check=True, capture_output=True)
-    audio, rate = read_wav(path)
-    return trim_silence(to_16k(audio, rate))
+    return trim_silence(load_16k(path))
 
 
 def espeak_voices(groups=ESPEAK_VARIANT_GROUPS) -> list[tuple]:
@@ -238,8 +219,7 @@ def render_midi(events: list[tuple], soundfont: str, workdir: str, effects: bool
         midi,
     ]
     subprocess.run(command, check=True, capture_output=True)
-    audio, rate = read_wav(out)
-    return to_16k(audio, rate)
+    return load_16k(out)
 
 
 def _program_change(channel: int, program: int, time_s: float, bank: int | None = None) -> list[tuple]:
