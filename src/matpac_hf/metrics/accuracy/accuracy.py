@@ -9,6 +9,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from matpac_hf.metrics.common import metric_info
+
 
 _DESCRIPTION = """
 Accuracy = number of correct predictions / number of predictions, for single-label classification. Predictions and
@@ -30,18 +32,13 @@ Example:
     {'accuracy': 0.75}
 """
 
-_CITATION = ""
-
 
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+        return metric_info(
+            _DESCRIPTION,
+            _KWARGS_DESCRIPTION,
+            datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 
     def _compute(self, predictions, references, normalize=True, sample_weight=None):

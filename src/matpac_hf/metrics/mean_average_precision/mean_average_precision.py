@@ -5,9 +5,10 @@
 A local `evaluate` module (works offline): `evaluate.load("<path to>/metrics/mean_average_precision")`.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from matpac_hf.metrics.common import MULTI_LABEL_FEATURES, average_over_classes, metric_info
 
 
 _DESCRIPTION = """
@@ -35,8 +36,6 @@ Example:
     {'mean_average_precision': 1.0}
 """
 
-_CITATION = ""
-
 
 def binary_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     """AP of one class: `scores` and 0/1 `targets` of shape (num_clips,). NaN when there is no positive."""
@@ -58,35 +57,14 @@ def binary_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
 
 class MeanAveragePrecision(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("int64")),
-                }
-            ),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, MULTI_LABEL_FEATURES)
 
     def _compute(self, predictions, references, average="macro"):
-        scores = np.asarray(predictions, dtype=np.float64)
-        targets = np.asarray(references, dtype=np.float64)
-        if scores.ndim != 2 or scores.shape != targets.shape:
-            raise ValueError(
-                "predictions and references must both have shape (num_clips, num_classes); got "
-                f"{scores.shape} and {targets.shape}."
-            )
-        if not np.isin(targets, (0.0, 1.0)).all():
-            raise ValueError("references must be multi-hot (only 0 and 1).")
-        if average == "micro":
-            return {"mean_average_precision": binary_average_precision(scores.ravel(), targets.ravel())}
-        per_class = np.array([binary_average_precision(scores[:, k], targets[:, k]) for k in range(scores.shape[1])])
-        if average == "none":
-            return {"mean_average_precision": per_class.tolist()}
-        if average != "macro":
-            raise ValueError(f"average must be 'macro', 'micro' or 'none', got {average!r}.")
-        if np.isnan(per_class).all():
-            raise ValueError("No class has a positive reference: mAP is undefined.")
-        return {"mean_average_precision": float(np.nanmean(per_class))}
+        return average_over_classes(
+            "mean_average_precision",
+            binary_average_precision,
+            predictions,
+            references,
+            average,
+            undefined_message="No class has a positive reference: mAP is undefined.",
+        )

@@ -5,9 +5,10 @@
 A local `evaluate` module (works offline): `evaluate.load("<path to>/metrics/roc_auc")`.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from matpac_hf.metrics.common import MULTI_LABEL_FEATURES, average_over_classes, metric_info
 
 
 _DESCRIPTION = """
@@ -29,8 +30,6 @@ Example:
     >>> metric.compute(predictions=[[0.9, 0.1], [0.2, 0.8], [0.6, 0.7]], references=[[1, 0], [0, 1], [0, 1]])
     {'roc_auc': 1.0}
 """
-
-_CITATION = ""
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
@@ -57,35 +56,14 @@ def binary_roc_auc(scores: np.ndarray, targets: np.ndarray) -> float:
 
 class RocAuc(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("int64")),
-                }
-            ),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, MULTI_LABEL_FEATURES)
 
     def _compute(self, predictions, references, average="macro"):
-        scores = np.asarray(predictions, dtype=np.float64)
-        targets = np.asarray(references, dtype=np.float64)
-        if scores.ndim != 2 or scores.shape != targets.shape:
-            raise ValueError(
-                "predictions and references must both have shape (num_clips, num_classes); got "
-                f"{scores.shape} and {targets.shape}."
-            )
-        if not np.isin(targets, (0.0, 1.0)).all():
-            raise ValueError("references must be multi-hot (only 0 and 1).")
-        if average == "micro":
-            return {"roc_auc": binary_roc_auc(scores.ravel(), targets.ravel())}
-        per_class = np.array([binary_roc_auc(scores[:, k], targets[:, k]) for k in range(scores.shape[1])])
-        if average == "none":
-            return {"roc_auc": per_class.tolist()}
-        if average != "macro":
-            raise ValueError(f"average must be 'macro', 'micro' or 'none', got {average!r}.")
-        if np.isnan(per_class).all():
-            raise ValueError("No class has both positive and negative references: ROC-AUC is undefined.")
-        return {"roc_auc": float(np.nanmean(per_class))}
+        return average_over_classes(
+            "roc_auc",
+            binary_roc_auc,
+            predictions,
+            references,
+            average,
+            undefined_message="No class has both positive and negative references: ROC-AUC is undefined.",
+        )
