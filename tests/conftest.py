@@ -1,12 +1,30 @@
 """Shared pytest fixtures and the one tiny-config factory (`from conftest import tiny_config`)."""
 
+import os
+
 import pytest
 
 
+# One torch intra-op thread per test process, and per subprocess the tests start (they inherit the environment), unless
+# OMP_NUM_THREADS is set: the suite's models are tiny, so a second thread only adds synchronisation, and on a busy
+# 2-core machine its spin-waits cost far more than that (tests/test_linear_probe.py at load 5: 127 s of CPU with torch's
+# default of 2 threads, 12.5 s with 1). Parallelism comes from pytest-xdist workers instead (`pytest -n 2`).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     # Marks that transformers' common test mixins use (tests/test_transformers_common.py); transformers registers them
     # in its own conftest.
-    for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+    for mark in (
+        "accelerate_tests",
+        "flash_attn_test",
+        "flash_attn_3_test",
+        "flash_attn_4_test",
+        "torch_compile_test",
+    ):
         config.addinivalue_line("markers", f"{mark}: a mark of transformers' common tests")
 
 
