@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
-from matpac_hf.audio_io import decode_audio
 from matpac_hf.configuration_matpac import SAMPLING_RATE, num_samples_for_frames
 from matpac_hf.pretraining_data import CROP_FRAMES
 
@@ -99,13 +98,16 @@ def synthesize_sound(kind: str, duration: float, sampling_rate: int, rng: np.ran
 
 @dataclass
 class DemoCorpus:
-    """Paths and facts of a corpus written by `build_demo_corpus`."""
+    """Paths and facts of a demo corpus (`build_demo_corpus`, or the real-audio one of `real_audio_corpus.py`)."""
 
-    pretrain_dir: str  # unlabelled audiofolder for pretraining (one deliberately corrupted file included)
+    pretrain_dir: str  # unlabelled audiofolder for pretraining (the synthetic one holds one corrupted file)
     probe_dir: str  # labelled audiofolder (metadata.csv: file_name,label,fold) for the linear probe
     num_clips: int  # readable pretraining clips
     corrupted_files: list[str] = field(default_factory=list)
     class_names: tuple[str, ...] = DEMO_CLASSES
+    # linear-probe tasks: name -> labelled audiofolder with a fold column (the synthetic corpus has one task)
+    probe_tasks: dict[str, str] = field(default_factory=dict)
+    kind: str = "synthetic"
 
 
 def build_demo_corpus(
@@ -157,18 +159,10 @@ def build_demo_corpus(
             file_name = f"probe_{index:05d}.flac"
             sf.write(os.path.join(probe_dir, file_name), clip.astype(np.float32), SAMPLING_RATE)
             writer.writerow([file_name, kind, 1 + (index // len(DEMO_CLASSES)) % NUM_PROBE_FOLDS])
-    return DemoCorpus(pretrain_dir=pretrain_dir, probe_dir=probe_dir, num_clips=num_clips, corrupted_files=[corrupted])
-
-
-def load_labelled_folder(folder: str, sampling_rate: int = SAMPLING_RATE) -> tuple[list[np.ndarray], list[str]]:
-    """Reads a labelled audiofolder (`metadata.csv` with `file_name,label`): mono waveforms at `sampling_rate` and
-    their labels, in file order."""
-    metadata = os.path.join(folder, "metadata.csv")
-    if not os.path.isfile(metadata):
-        raise ValueError(f"{folder!r} has no metadata.csv (columns file_name,label).")
-    waveforms, labels = [], []
-    with open(metadata, newline="") as handle:
-        for row in csv.DictReader(handle):
-            waveforms.append(decode_audio(os.path.join(folder, row["file_name"]), sampling_rate))
-            labels.append(row["label"])
-    return waveforms, labels
+    return DemoCorpus(
+        pretrain_dir=pretrain_dir,
+        probe_dir=probe_dir,
+        num_clips=num_clips,
+        corrupted_files=[corrupted],
+        probe_tasks={"synthetic sounds": probe_dir},
+    )

@@ -63,8 +63,9 @@ from matpac_hf.pretraining_data import (
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling examples below, also when imported
+import real_audio_corpus  # noqa: E402
 import run_linear_probe  # noqa: E402
-from demo_corpus import DemoCorpus, build_demo_corpus, load_labelled_folder  # noqa: E402
+from demo_corpus import DemoCorpus, build_demo_corpus  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -98,6 +99,10 @@ OFFICIAL_WARMUP_FRACTION = 20 / 300
 OFFICIAL_TEACHER_TEMPERATURE_WARMUP_FRACTION = 10 / 300
 DEMO_NUM_EPOCHS = 30  # default length of the embedded demo (a few minutes of the tiny preset on a laptop CPU)
 DEMO_PROBE_CLIPS = 40  # labelled 3 s clips per class of the demo's linear probe
+# `--demo_corpus real` (examples/real_audio_corpus.py: speech, notes and drums of 1-6 s): its pretraining clips, and the
+# data settings it gets when they are left at their defaults (short clips: short, padded crops)
+REAL_DEMO_NUM_CLIPS = 600
+REAL_DEMO_SETTINGS = {"crop_frames": 96, "min_clip_policy": "pad"}
 MONITORS = (
     "prediction_std",
     "target_std",
@@ -178,6 +183,14 @@ def parse_args(argv=None):
         type=int,
         default=240,
         help="clips of the synthetic demo corpus built when no corpus is given",
+    )
+    data.add_argument(
+        "--demo_corpus",
+        choices=("synthetic", "real", "auto"),
+        default="synthetic",
+        help="the demo corpus built when no corpus is given: synthesized sounds, real audio rendered from Debian "
+        "packages (examples/real_audio_corpus.py: espeak-ng voices, fluidsynth soundfonts), or real when those "
+        "packages are installed",
     )
 
     model = parser.add_argument_group("model")
@@ -554,26 +567,49 @@ def run_hyperparameters(args, config: MatpacConfig, schedule: dict, accelerator:
 
 
 def prepare_demo_corpus(args, accelerator: Accelerator, output_dir: str) -> DemoCorpus:
-    """Builds (once) the synthetic demo corpus in `<output_dir>/demo_corpus` and points the run at it."""
+    """Builds (once) the demo corpus in `<output_dir>/demo_corpus` (synthetic, or real audio with --demo_corpus) and
+    points the run at it."""
     demo_dir = os.path.join(output_dir, "demo_corpus")
-    marker = os.path.join(demo_dir, "corpus.json")
-    wanted = {"num_clips": args.demo_num_clips, "seed": args.seed, "num_probe_clips_per_class": DEMO_PROBE_CLIPS}
-    if accelerator.is_main_process and not (os.path.isfile(marker) and read_json(marker) == wanted):
-        build_demo_corpus(
-            demo_dir, num_clips=args.demo_num_clips, seed=args.seed, num_probe_clips_per_class=DEMO_PROBE_CLIPS
+    real = args.demo_corpus == "real" or (args.demo_corpus == "auto" and real_audio_corpus.is_available())
+    if real:
+        if accelerator.is_main_process:
+            real_audio_corpus.build_real_audio_corpus(demo_dir, REAL_DEMO_NUM_CLIPS, seed=args.seed)
+        accelerator.wait_for_everyone()
+        built = read_json(os.path.join(demo_dir, "corpus.json"))
+        tasks = {name: os.path.join(demo_dir, "tasks", name) for name in sorted(built["task_clips"])}
+        demo = DemoCorpus(
+            os.path.join(demo_dir, "pretrain"), "", built["pretraining_clips"], probe_tasks=tasks, kind="real audio"
         )
-        with open(marker, "w") as handle:
-            json.dump(wanted, handle)
-    accelerator.wait_for_everyone()
-    demo = DemoCorpus(os.path.join(demo_dir, "pretrain"), os.path.join(demo_dir, "probe"), args.demo_num_clips)
+        defaults = parse_args(["--output_dir", output_dir])
+        for name, value in REAL_DEMO_SETTINGS.items():
+            if getattr(args, name) == getattr(defaults, name):
+                setattr(args, name, value)
+                logger.info(f"Demo on real audio: --{name} {value}")
+    else:
+        marker = os.path.join(demo_dir, "corpus.json")
+        wanted = {"num_clips": args.demo_num_clips, "seed": args.seed, "num_probe_clips_per_class": DEMO_PROBE_CLIPS}
+        if accelerator.is_main_process and not (os.path.isfile(marker) and read_json(marker) == wanted):
+            build_demo_corpus(
+                demo_dir, num_clips=args.demo_num_clips, seed=args.seed, num_probe_clips_per_class=DEMO_PROBE_CLIPS
+            )
+            with open(marker, "w") as handle:
+                json.dump(wanted, handle)
+        accelerator.wait_for_everyone()
+        probe_dir = os.path.join(demo_dir, "probe")
+        demo = DemoCorpus(
+            os.path.join(demo_dir, "pretrain"),
+            probe_dir,
+            args.demo_num_clips,
+            probe_tasks={"synthetic sounds": probe_dir},
+        )
     args.dataset_dir = demo.pretrain_dir
     args.corpus_size = args.corpus_size or demo.num_clips
     if args.max_steps is None and args.num_epochs is None:
         args.num_epochs = DEMO_NUM_EPOCHS
         logger.info(f"Demo: no run length given, using --num_epochs {DEMO_NUM_EPOCHS}")
     logger.info(
-        f"No corpus given: built the synthetic demo corpus in {demo_dir} ({demo.num_clips} clips + 1 corrupted file, "
-        "and a labelled probe set)"
+        f"No corpus given: the {demo.kind} demo corpus in {demo_dir} ({demo.num_clips} pretraining clips; probe "
+        f"tasks: {', '.join(demo.probe_tasks)})"
     )
     return demo
 
@@ -816,16 +852,35 @@ def read_json(path: str):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_demo_probe(encoder_dir: str, probe_dir: str, seed: int) -> dict:
-    """Cross-validated linear probe of the labelled demo task on the clip embeddings of the pretrained encoder and of
-    a randomly initialised encoder of the same config (`run_linear_probe.py --random_init`)."""
-    waveforms, labels = load_labelled_folder(probe_dir)
-    results = {"probe_num_clips": len(labels), "probe_num_classes": len(set(labels))}
-    for name, init_seed in (("pretrained", None), ("random_init", seed)):
-        model, feature_extractor = run_linear_probe.load_encoder(encoder_dir, random_init_seed=init_seed)
-        embeddings = run_linear_probe.embed_waveforms(model, feature_extractor, waveforms)
-        results[name] = run_linear_probe.cross_validated_probe(embeddings, labels, num_folds=5, seeds=(seed,))
+def run_demo_probe(encoder_dir: str, demo: DemoCorpus, output_dir: str, seed: int) -> dict:
+    """`run_linear_probe.py`'s cross-validation over each task's folds, for the pretrained encoder and for a randomly
+    initialised encoder of the same config (`--random_init`): test accuracy, mean and 95 % CI over the folds."""
+    results = {"corpus": demo.kind, "tasks": {}}
+    for task, folder in demo.probe_tasks.items():
+        results["tasks"][task] = {}
+        for name, extra in (("pretrained", []), ("random_init", ["--random_init", "--init_seed", str(seed)])):
+            probe_dir = os.path.join(output_dir, "demo_probe", f"{task.replace(' ', '_')}_{name}")
+            probe = run_linear_probe.main(
+                ["--model_name_or_path", encoder_dir, "--dataset_dir", folder, "--fold_column", "fold"]
+                + ["--seeds", str(seed), "--output_dir", probe_dir, *extra]
+            )
+            results["tasks"][task][name] = {key: probe[key] for key in ("mean", "ci95", "n", "num_classes")}
+    gains = [100 * (r["pretrained"]["mean"] - r["random_init"]["mean"]) for r in results["tasks"].values()]
+    results["mean_gain_points"] = sum(gains) / len(gains)
     return results
+
+
+def print_demo_probe(results: dict):
+    lines = [f"\nDemo linear probe on {results['corpus']} (accuracy, mean +- 95 % CI over the folds):"]
+    for task, result in results["tasks"].items():
+        pretrained, random_init = result["pretrained"], result["random_init"]
+        lines.append(
+            f"  {task} ({pretrained['num_classes']} classes, {pretrained['n']} folds): pretrained "
+            f"{pretrained['mean']:.3f} +- {pretrained['ci95'] or 0:.3f}, random-init encoder {random_init['mean']:.3f} "
+            f"+- {random_init['ci95'] or 0:.3f}"
+        )
+    lines.append(f"  gain of pretraining: {results['mean_gain_points']:+.1f} points (mean over the tasks)")
+    print("\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -979,17 +1034,10 @@ def save_final_outputs(args, accelerator, model, feature_extractor, card: dict, 
     if os.path.isfile(jsonl.path) and plot_curves(jsonl.path, png):
         logger.info(f"Saved {png}")
     if demo is not None and not args.skip_demo_probe:
-        results = run_demo_probe(encoder_dir, demo.probe_dir, args.seed)
+        results = run_demo_probe(encoder_dir, demo, output_dir, args.seed)
         with open(os.path.join(output_dir, "demo_probe.json"), "w") as handle:
             json.dump(results, handle, indent=2)
-        lines = [
-            f"  {name:20s}: {results[key]['mean']:.3f} +- {results[key]['ci95'] or 0:.3f}"
-            for name, key in (("pretrained encoder", "pretrained"), ("random-init encoder", "random_init"))
-        ]
-        print(
-            f"\nDemo linear probe ({results['probe_num_classes']} synthetic sound classes, {results['probe_num_clips']} "
-            "clips, 5-fold cross-validation, accuracy +- 95 % CI over the folds):\n" + "\n".join(lines)
-        )
+        print_demo_probe(results)
     if args.push_to_hub:
         from huggingface_hub import HfApi
 

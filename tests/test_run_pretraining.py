@@ -104,7 +104,7 @@ def reference(tmp_path_factory, small_corpus):
     return metrics(out)
 
 
-def test_demo_run_writes_both_folders_probes_and_pushes(tmp_path, hub_stub, monkeypatch):
+def test_demo_run_writes_both_folders_probes_and_pushes(tmp_path, hub_stub, monkeypatch, capsys):
     import torch
     from huggingface_hub import ModelCard, constants
     from transformers import AutoModel
@@ -145,12 +145,16 @@ def test_demo_run_writes_both_folders_probes_and_pushes(tmp_path, hub_stub, monk
     assert rows[4]["epoch"] == 1 and rows[4]["data/num_corrupted"] == 2
     assert rows[4]["data/num_yielded"] == 10 + 8
     assert (out / "training_curves.png").stat().st_size > 10_000
-    # the demo probe (run_linear_probe's 5-fold cross-validation on 200 clips): chance is 0.2 (+-0.06 at 95 %); even
-    # a random encoder's clip embeddings separate these synthetic sounds well above it (measured: ~0.5)
+    # the demo probe (run_linear_probe's cross-validation over the 5 folds of 200 clips): chance is 0.2 (+-0.06 at
+    # 95 %); even a random encoder's clip embeddings separate these synthetic sounds well above it (measured: ~0.5)
     probe = json.loads((out / "demo_probe.json").read_text())
-    assert probe["probe_num_clips"] == 200 and probe["probe_num_classes"] == 5
-    for name in ("pretrained", "random_init"):
-        assert probe[name]["n"] == 5 and 0.35 < probe[name]["mean"] <= 1 and probe[name]["ci95"] > 0
+    assert probe["corpus"] == "synthetic" and list(probe["tasks"]) == ["synthetic sounds"]
+    for result in probe["tasks"]["synthetic sounds"].values():
+        assert result["n"] == 5 and result["num_classes"] == 5 and 0.35 < result["mean"] <= 1 and result["ci95"] > 0
+    task = probe["tasks"]["synthetic sounds"]
+    gain = 100 * (task["pretrained"]["mean"] - task["random_init"]["mean"])
+    assert probe["mean_gain_points"] == pytest.approx(gain)
+    assert "Demo linear probe on synthetic" in capsys.readouterr().out
     # pushed to the (stub) Hub: the encoder folder with its card
     files = hub_stub.files("stub-user/matpac-tiny")
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(files)
@@ -237,6 +241,29 @@ def test_short_clips_with_padding_and_a_shorter_crop(tmp_path):
     assert rows[2]["data/num_padded"] == 6 and rows[2]["data/num_too_short"] == 0 and np.isfinite(rows[2]["loss"])
     with pytest.raises(ValueError, match="--crop_frames 300 must be a multiple of the patch size 16"):
         run(*args, "--crop_frames", 300, "--min_clip_policy", "pad", "--output_dir", tmp_path / "bad")
+
+
+def test_real_audio_demo_corpus_gets_short_padded_crops(tmp_path, monkeypatch):
+    """`--demo_corpus real` pretrains on examples/real_audio_corpus.py's clips (a stand-in builder here: the real one
+    renders speech and soundfonts for minutes) with 96-frame padded crops unless told otherwise."""
+
+    def build(folder, num_clips, seed):
+        os.makedirs(os.path.join(folder, "pretrain", "speech"))
+        for i in range(4):
+            t = np.arange(int((0.5 + 0.5 * i) * 16000)) / 16000  # 0.5-2 s
+            clip = (0.3 * np.sin(2 * np.pi * (150 + 90 * i) * t)).astype(np.float32)
+            sf.write(os.path.join(folder, "pretrain", "speech", f"s{i}.wav"), clip, 16000)
+        built = {"pretraining_clips": 4, "task_clips": {"digits": 10, "drums": 10}}
+        Path(folder, "corpus.json").write_text(json.dumps(built))
+        return built
+
+    monkeypatch.setattr(script.real_audio_corpus, "build_real_audio_corpus", build)
+    out = tmp_path / "real"
+    args = ["--demo_corpus", "real", "--per_device_batch_size", 2, "--max_steps", 2, "--num_workers", 0]
+    assert run(*args, "--shuffle_buffer_size", 0, "--skip_demo_probe", "--output_dir", out) == 0
+    run_config = json.loads((out / "logs" / "run_config.json").read_text())
+    assert run_config["crop"] == "96 frames (0.96 s)" and run_config["min_clip_policy"] == "pad"
+    assert metrics(out)[2]["data/num_padded"] == 1 and metrics(out)[2]["data/num_too_short"] == 0  # the 0.5 s clip
 
 
 def test_thread_counts(monkeypatch):
