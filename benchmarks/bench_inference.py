@@ -19,6 +19,7 @@ With `--probe`, a linear probe (logistic regression, 5-fold CV) on a small synth
     python benchmarks/bench_inference.py                      # 3 rounds, all three shapes (~15 min on 2 cores)
     python benchmarks/bench_inference.py --rounds 5 --probe   # the issue's table plus the probe check
     python benchmarks/bench_inference.py --shapes 32x2 --rounds 1   # quick check
+    python benchmarks/bench_inference.py --threads 1 --clock cpu    # a crowded machine: CPU time of one thread
 """
 
 import argparse
@@ -53,6 +54,13 @@ def parse_args(argv=None):
     parser.add_argument("--no_int8", action="store_true", help="Skip the int8 variant.")
     parser.add_argument("--compile", action="store_true", help="Also time torch.compile (fp32; compile time shown).")
     parser.add_argument("--probe", action="store_true", help="Linear probe fp32 vs int8 on a synthetic task.")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="'cpu': time.process_time, steadier than wall time on a crowded machine; use it with --threads 1 (with "
+        "more threads, waiting threads' spinning counts as work).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -81,7 +89,7 @@ def chunk_columns(config: MatpacConfig, num_frames: int) -> list[int]:
     return columns
 
 
-def gemm_rate(size=(4096, 768, 3072), repeats: int = 5) -> float:
+def gemm_rate(size=(4096, 768, 3072), repeats: int = 5, clock=time.perf_counter) -> float:
     """Best fp32 GFLOP/s of an (m, k) @ (k, n) product over `repeats` runs (shapes of ViT-B's MLP)."""
     m, k, n = size
     a, b = torch.randn(m, k), torch.randn(k, n)
@@ -89,9 +97,9 @@ def gemm_rate(size=(4096, 768, 3072), repeats: int = 5) -> float:
     torch.mm(a, b, out=out)
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 2 * m * k * n / best / 1e9
 
 
@@ -175,7 +183,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    print(f"CPU: {describe_cpu()}", flush=True)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"CPU: {describe_cpu()}; timing: {args.clock} clock", flush=True)
     config = MatpacConfig()  # ViT-B
     official = randomize_(OfficialMatpac(), seed=args.seed)
     model = MatpacModel(config).eval()
@@ -220,12 +229,12 @@ def main(argv=None):
             if name == "project torch.compile":
                 print(f"[{shape}] torch.compile warm-up (compile) {time.perf_counter() - start:.1f} s", flush=True)
         for round_index in range(args.rounds):
-            gemm.append(gemm_rate())
+            gemm.append(gemm_rate(clock=clock))
             order = list(variants) if round_index % 2 == 0 else list(reversed(variants))
             for name in order:
-                start = time.perf_counter()
+                start = clock()
                 variants[name](waveforms)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
         gemm_median = statistics.median(gemm)
         print(
             f"\n[{shape}] {num_clips} x {seconds:g} s, {flops / audio_seconds / 1e9:.2f} GFLOP per audio second, "
