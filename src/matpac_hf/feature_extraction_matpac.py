@@ -519,18 +519,25 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
         if pad_to_multiple_of is not None and padding_strategy != PaddingStrategy.DO_NOT_PAD:
             padded_frames = -(-padded_frames // pad_to_multiple_of) * pad_to_multiple_of
         # (batch, padded_frames, num_mel_bins), filled clip-length group by clip-length group
-        input_values = torch.full(
-            (len(clips), padded_frames, self.num_mel_bins),
-            float(self.padding_value),
-            dtype=torch.float32,
-            device=device,
-        )
+        input_values = None  # allocated below unless one group fills it as is (no copy of a long clip's log-mel)
         attention_mask = torch.zeros((len(clips), padded_frames), dtype=torch.int32, device=device)
         for length in sorted(set(lengths)):
             rows = [i for i, n in enumerate(lengths) if n == length]
-            waveforms = torch.from_numpy(np.stack([clips[i] for i in rows])).to(device)  # (group, samples)
+            group = np.stack([clips[i] for i in rows]) if len(rows) > 1 else clips[rows[0]][None]  # one: no copy
+            waveforms = torch.from_numpy(group).to(device)  # (group, samples)
             log_mel = self.extract_log_mel(waveforms)  # (group, num_frames, num_mel_bins)
             num_frames = log_mel.shape[1]
+            if len(rows) == len(clips) and num_frames == padded_frames:  # every clip, no padding
+                input_values = log_mel
+                attention_mask.fill_(1)
+                continue
+            if input_values is None:
+                input_values = torch.full(
+                    (len(clips), padded_frames, self.num_mel_bins),
+                    float(self.padding_value),
+                    dtype=torch.float32,
+                    device=device,
+                )
             start = 0 if self.padding_side == "right" else padded_frames - num_frames
             index = torch.tensor(rows, device=device)
             input_values[index, start : start + num_frames] = log_mel
