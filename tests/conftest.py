@@ -89,3 +89,17 @@ def hub_stub(tmp_path_factory):
         monkeypatch.delenv("HF_HUB_CACHE", raising=False)
         monkeypatch.delenv("HF_MODULES_CACHE", raising=False)
         yield stub
+
+
+@pytest.fixture(scope="module")
+def in_process_hub(hub_stub):
+    """The Hub stub for in-process code: transformers' shared HfApi points at it (huggingface_hub read the
+    environment at import time), and Xet is off (the stub speaks basic LFS)."""
+    import transformers.utils.hub as transformers_hub
+    from huggingface_hub import HfApi, constants
+
+    api = HfApi(endpoint=hub_stub.endpoint, token=hub_stub.token, library_name="transformers")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(transformers_hub, "_hf_api", api)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        yield hub_stub

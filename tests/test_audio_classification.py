@@ -324,20 +324,6 @@ def run_script(*args: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def in_process_hub(hub_stub):
-    """The Hub stub for in-process code: transformers' shared HfApi points at it (huggingface_hub read the
-    environment at import time), and Xet is off (the stub speaks basic LFS)."""
-    import transformers.utils.hub as transformers_hub
-    from huggingface_hub import HfApi, constants
-
-    api = HfApi(endpoint=hub_stub.endpoint, token=hub_stub.token, library_name="transformers")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(transformers_hub, "_hf_api", api)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        yield hub_stub
-
-
-@pytest.fixture(scope="module")
 def single_label_run(generated_data, in_process_hub):
     """Fine-tunes the tiny encoder on the audiofolder with augmentation and pushes it to the local Hub stub."""
     output_dir = generated_data / "single_label_run"
