@@ -21,6 +21,25 @@
 Prints the schedule, monitors every `--log_every` steps (losses, target/prediction std, teacher perplexity, distinct
 teacher classes: collapse shows as std -> 0 and perplexity -> 1), a table per evaluation, and appends one JSON line
 per evaluation to `--results_file`.
+
+Measured (2026-12-01, 1 torch thread on a 2-core machine shared with ~8 other jobs, load 8-10; corpus 2400 clips /
+2.27 h, tasks 400 / 700 / 336 clips; tiny preset, batch 32, lr 1e-3, warm-up 1/15, 96-frame crops, probe seeds 0 1):
+
+    step  pretraining  digits (5 folds)    instruments (8)     drums (8)           mean gain  perplexity  target std
+       0        0 s    90.3 +- 5.2         36.3 +- 6.6         64.8 +- 22.4        (random init = the step-0 encoder)
+     250       51 s    88.9 +- 2.8 (-1.4)  32.7 +- 7.4 (-3.6)  64.1 +- 22.5 (-0.7)   -1.9       94.1       0.054
+     500      119 s    89.4 +- 4.7 (-0.9)  37.4 +- 6.2 (+1.2)  60.1 +- 21.8 (-4.6)   -1.4       38.6       0.061
+    1000      229 s    88.8 +- 5.9 (-1.5)  36.0 +- 7.0 (-0.3)  59.3 +- 22.2 (-5.5)   -2.4       23.7       0.062
+    2000      592 s    86.8 +- 4.7 (-3.5)  36.9 +- 6.7 (+0.7)  59.0 +- 21.2 (-5.8)   -2.9       20.5       0.060
+    3000      884 s    87.5 +- 3.8 (-2.8)  37.1 +- 6.9 (+0.9)  60.7 +- 20.6 (-4.1)   -2.0       20.1       0.059
+
+No collapse (perplexity ~20 of 256 prototypes, ~20 distinct teacher classes per batch, target std 0.06 vs 0.072 for
+random unit vectors) and the prediction loss falls to 0.14, yet the probe does not move: the objective is solved
+without features more linearly separable than the input. The random-init baseline is as strong as a linear probe on the
+time-averaged 16 x 16 log-mel patches with no network at all (90.3 / 33.4 / 64.4 %): a freshly initialised pre-norm ViT
+is close to a random linear projection of its patches. 1000-step variants (crop 192 with padded patches masked, mask
+ratio 0.5, slower EMA, teacher copied from the student, classification or prediction loss alone, lr 3e-3) all stay
+within a few points of zero gain (lr 3e-3 and prediction-only are worse: -9 / -8 at 400 steps).
 """
 
 import argparse
@@ -35,6 +54,7 @@ import torch
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CACHE = os.path.join(os.path.expanduser("~"), ".cache", "matpac_hf")
 sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 
 import real_audio_corpus  # noqa: E402
@@ -210,7 +230,7 @@ def learning_rate_factor(step: int, warmup: int, total: int) -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus_dir", default=os.path.join(HERE, "..", ".cache", "real_audio_corpus"))
+    parser.add_argument("--corpus_dir", default=os.path.join(CACHE, "real_audio_corpus"), help="built once, reused")
     parser.add_argument("--num_pretraining_clips", type=int, default=2400)
     parser.add_argument("--steps", type=int, default=2000, help="optimiser steps")
     parser.add_argument("--eval_steps", type=int, nargs="*", default=[], help="also probe at these steps")
@@ -228,7 +248,9 @@ def main(argv=None):
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--threads", type=int, help="torch threads (default: OMP_NUM_THREADS or 1)")
     parser.add_argument("--log_every", type=int, default=100)
-    parser.add_argument("--results_file", default=os.path.join(HERE, "..", ".cache", "real_audio_results.jsonl"))
+    parser.add_argument(
+        "--results_file", default=os.path.join(CACHE, "bench_pretraining_real_audio.jsonl"), help="JSON lines appended"
+    )
     parser.add_argument("--name", default="", help="label of this run in the results file")
     parser.add_argument("--save_dir", help="save the pretrained encoder (and the step-0 one) here at each evaluation")
     args = parser.parse_args(argv)
