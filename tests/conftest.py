@@ -93,13 +93,17 @@ def hub_stub(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def in_process_hub(hub_stub):
-    """The Hub stub for in-process code: transformers' shared HfApi points at it (huggingface_hub read the
-    environment at import time), and Xet is off (the stub speaks basic LFS)."""
+    """The Hub stub for in-process code: transformers' shared HfApi and huggingface_hub's default endpoint point at it
+    (huggingface_hub read the environment at import time; without the endpoint, `push_to_hub`'s model-card lookup
+    retries huggingface.co for ~45 s), and Xet is off (the stub speaks basic LFS)."""
     import transformers.utils.hub as transformers_hub
     from huggingface_hub import HfApi, constants
 
     api = HfApi(endpoint=hub_stub.endpoint, token=hub_stub.token, library_name="transformers")
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(transformers_hub, "_hf_api", api)
+        monkeypatch.setattr(constants, "ENDPOINT", hub_stub.endpoint)
+        template = hub_stub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"  # hf_hub_url's, made at import time
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         yield hub_stub
