@@ -588,9 +588,7 @@ class MatpacModel(MatpacPreTrainedModel):
         floats += config.num_attention_heads * seq_len * seq_len
         return max(1, self.chunk_memory_budget_bytes // (4 * floats))
 
-    def _plan_chunks(
-        self, frame_lengths: list[int], chunk_batch_size: int | None
-    ) -> list[list[tuple[int, int, int]]]:
+    def _plan_chunks(self, frame_lengths: list[int], chunk_batch_size: int | None) -> list[list[tuple[int, int, int]]]:
         """Cut every clip into consecutive `max_frames` chunks and group the chunks into micro-batches.
 
         Each chunk is `(clip, position, time_patches)`: its clip, its index within the clip, and its valid time
