@@ -524,6 +524,8 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
         for length in sorted(set(lengths)):
             rows = [i for i, n in enumerate(lengths) if n == length]
             group = np.stack([clips[i] for i in rows]) if len(rows) > 1 else clips[rows[0]][None]  # one: no copy
+            if not group.flags.writeable:  # e.g. from datasets' numpy format: torch warns on read-only arrays
+                group = group.copy()
             waveforms = torch.from_numpy(group).to(device)  # (group, samples)
             log_mel = self.extract_log_mel(waveforms)  # (group, num_frames, num_mel_bins)
             num_frames = log_mel.shape[1]
