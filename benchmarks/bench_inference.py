@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "examples"))  # demo_corpus: synthetic sounds for 
 from official_reference import OfficialMatpac, official_mel_filters, randomize_  # noqa: E402
 
 from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacModel  # noqa: E402
+from matpac_hf.configuration_matpac import num_frames_for_samples  # noqa: E402
 from matpac_hf.convert_original_checkpoint import map_encoder  # noqa: E402
 from matpac_hf.inference import describe_cpu, native_bf16_support, quantize_linear_layers_int8  # noqa: E402
 
@@ -218,7 +219,7 @@ def main(argv=None):
         num_clips, seconds = SHAPES[shape]
         waveforms = torch.from_numpy((0.1 * rng.standard_normal((num_clips, int(seconds * 16000)))).astype(np.float32))
         audio_seconds = num_clips * seconds
-        num_frames = 1 + (waveforms.shape[1] - 400) // 160
+        num_frames = num_frames_for_samples(waveforms.shape[1])
         flops = num_clips * encoder_flops(config, chunk_columns(config, num_frames))
         times = {name: [] for name in variants}
         gemm = []

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .configuration_matpac import num_samples_for_frames
+from .configuration_matpac import HOP_LENGTH, N_FFT, num_frames_for_samples, num_samples_for_frames
 from .feature_extraction_matpac import MatpacFeatureExtractor
 from .modeling_matpac import MatpacModel
 
@@ -171,13 +171,13 @@ def _check_waveform(audio, feature_extractor: MatpacFeatureExtractor) -> np.ndar
 
 
 def iter_long_audio_windows(
-    audio, config, window_chunks: int = 16, n_fft: int = 400, hop_length: int = 160
+    audio, config, window_chunks: int = 16, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH
 ) -> Iterator[tuple[int, int, int]]:
     """`(first_frame, sample_start, sample_end)` of the consecutive windows [`embed_long_audio`] feeds the model: each
     window is `window_chunks` whole chunks of `config.max_frames` frames (the last one shorter), and its samples are
     exactly those the frames of the window read, so its log-mel frames are the whole file's frames."""
     num_samples = int(audio.shape[0])
-    num_frames = 1 + (num_samples - n_fft) // hop_length
+    num_frames = num_frames_for_samples(num_samples, n_fft, hop_length)
     frames_per_window = window_chunks * config.max_frames
     for first_frame in range(0, num_frames, frames_per_window):
         last_frame = min(first_frame + frames_per_window, num_frames)
