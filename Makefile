@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.matpac-installed
 
-.PHONY: venv lint format test demo bench clean
+.PHONY: venv lint format test demo bench bench-learning real-audio-debs clean
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ test: lint
 
 demo: $(STAMP)
 	$(PY) examples/run_pretraining.py --preset tiny --output_dir demo_output
+
+# The real-audio corpus of examples/real_audio_corpus.py (Debian voices, soundfonts): `make real-audio-debs` as root.
+REAL_AUDIO_DEBS := espeak-ng flite fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
+	csound-soundfont
+
+real-audio-debs:
+	apt-get install -y --no-install-recommends $(REAL_AUDIO_DEBS)
+
+# Pretrained vs random encoder on real audio, gain vs steps (~15-20 min on 2 cores; needs real-audio-debs).
+bench-learning: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_pretraining_real_audio.py --steps 3000 --eval_steps 250 500 1000 2000
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
