@@ -51,6 +51,17 @@ def test_dict_input_and_resampling(extractor, audio):
         extractor({"raw": audio})
 
 
+def test_multi_channel_array_is_refused(extractor, audio):
+    """A 2-D array is one clip's channels, not a batch: the feature extractor would embed its rows as clips and the
+    pipeline return the first row's embedding only."""
+    for stereo, axis in ((np.stack([audio, audio]), 0), (np.stack([audio, audio], axis=1), 1)):
+        with pytest.raises(ValueError, match=rf"audio\.mean\(axis={axis}\)"):
+            extractor(stereo)
+        with pytest.raises(ValueError, match=rf"audio\.mean\(axis={axis}\)"):
+            extractor({"array": stereo, "sampling_rate": 8000})
+    assert extractor(audio[None])["frame_embeddings"].shape == (7, 160)  # one clip of one channel, as before
+
+
 def test_wav_path_is_decoded_mixed_and_resampled(extractor, audio, tmp_path):
     """File paths go through matpac_hf.audio_io.decode_audio: the down-mix is the channel mean, (L + R) / 2 (ffmpeg's
     `-ac 1`, which transformers' own audio pipelines use for paths, gives (L + R) / sqrt(2), 3 dB louder)."""

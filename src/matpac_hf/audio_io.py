@@ -1,17 +1,19 @@
 # Copyright 2026 The matpac-hf developers.
 # Licensed under the MIT License.
-"""Audio I/O, in one place: decoding (soundfile), down-mix, resampling (soxr), the list of audio file extensions and the
-bad-file policy, for the pretraining stream, the pipelines, HEAR and every script.
+"""Audio I/O, in one place: decoding (soundfile), down-mix, resampling (soxr), the list of audio file extensions and
+the bad-file policy, for the pretraining stream, the pipeline, the labelled-dataset helpers and every script.
 
 ```python
 >>> from matpac_hf.audio_io import decode_audio, decode_audio_column
 >>> waveform = decode_audio("clip.wav")  # float32 mono at 16 kHz: a path, bytes, {"bytes", "path"} or {"array", ...}
 >>> dataset = dataset.cast_column("audio", Audio(decode=False))
->>> dataset = dataset.map(decode_audio_column("audio", bad_audio="skip"), batched=True)  # {"array", "sampling_rate"}
+>>> decode = decode_audio_column("audio", bad_audio="skip")  # -> {"array", "sampling_rate", "path"}
+>>> dataset = dataset.map(decode, batched=True, features=decode.features(dataset.features))
 ```
 
-Decoding never goes through `torchcodec` (which `datasets` >= 4 needs to decode `Audio` columns): an `Audio(decode=False)`
-column gives `{"bytes", "path"}` and soundfile (libsndfile: wav, flac, ogg/vorbis/opus, mp3, aiff, au) reads it.
+Decoding never goes through `torchcodec` (which `datasets` >= 4 needs to decode `Audio` columns): an
+`Audio(decode=False)` column gives `{"bytes", "path"}` and soundfile (libsndfile: wav, flac, ogg/vorbis/opus, mp3,
+aiff, au) reads it.
 
 The bad-file policy (`bad_audio=` in functions, `--bad_audio` in every script) is one of `BAD_AUDIO_POLICIES`:
 `"skip"` skips an unreadable / empty / non-finite file and counts it (the counts are reported), `"error"` refuses it
@@ -62,28 +64,30 @@ class BadAudioPolicy:
 
     `handle(error)` raises (policy `"error"`: an `AudioDecodeError` naming the file and the fix) or logs and counts
     (policy `"skip"`: the first `max_logged` skips are logged, then one in 1000). `num_skipped` and `skipped_names`
-    (the first `max_logged` names) say what was skipped; `summary()` is a one-line report.
+    (the first `max_logged` names) say what was skipped; `summary()` is a one-line report. `scope` says what the
+    count covers in the log lines (e.g. `"so far in epoch 2"` for a policy made anew each epoch).
     """
 
     max_logged = 20
 
-    def __init__(self, bad_audio: str = "error", what: str = "clip"):
+    def __init__(self, bad_audio: str = "error", what: str = "clip", scope: str = "so far"):
         self.bad_audio = check_bad_audio_policy(bad_audio)
         self.what = what
+        self.scope = scope
         self.num_skipped = 0
         self.skipped_names: list[str] = []
 
     def handle(self, error: AudioDecodeError):
         if self.bad_audio == "error":
             raise AudioDecodeError(
-                f"Cannot decode {self.what} {str(error).rstrip('.')}. Fix or remove the file, or skip such files and count them with "
-                "--bad_audio skip (bad_audio='skip')."
+                f"Cannot decode {self.what} {str(error).rstrip('.')}. Fix or remove the file, or skip such files and "
+                "count them with --bad_audio skip (bad_audio='skip')."
             ) from error
         self.num_skipped += 1
         if self.num_skipped <= self.max_logged:
             self.skipped_names.append(str(error).split(": ", 1)[0])
         if self.num_skipped <= self.max_logged or self.num_skipped % 1000 == 0:
-            logger.warning("Skipping unreadable %s (%d so far): %s", self.what, self.num_skipped, error)
+            logger.warning("Skipping unreadable %s (%d %s): %s", self.what, self.num_skipped, self.scope, error)
 
     def summary(self) -> str:
         if not self.num_skipped:
@@ -130,6 +134,17 @@ def audio_source(audio: Any) -> tuple[Any, str]:
     raise AudioDecodeError(f"<{type(audio).__name__}>: no audio bytes nor path in this value")
 
 
+def audio_name(audio: Any) -> str:
+    """A readable name of one audio value for messages, opening nothing: its path, else `<array>` / `<bytes>`."""
+    if isinstance(audio, dict):
+        if audio.get("path"):
+            return str(audio["path"])
+        return "<array>" if audio.get("array") is not None else "<bytes>"
+    if isinstance(audio, (str, os.PathLike)):
+        return os.fspath(audio)
+    return "<bytes>" if isinstance(audio, (bytes, bytearray, memoryview)) else f"<{type(audio).__name__}>"
+
+
 def to_mono(frames: np.ndarray) -> np.ndarray:
     """`(samples, channels)` (or `(samples,)`) -> `(samples,)` float32, the mean of the channels.
 
@@ -168,8 +183,7 @@ def decode_audio(audio: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     Args:
         audio: a file path (str or PathLike), the bytes of a file, `{"bytes", "path"}` (an `Audio(decode=False)`
             value), `{"array", "sampling_rate"}` (datasets' decoded form: `(samples,)`, or 2-D with channels along the
-            shorter axis), or a
-            torchcodec `AudioDecoder` (what `datasets` >= 4 gives for a decoded `Audio` column).
+            shorter axis), or a torchcodec `AudioDecoder` (what `datasets` >= 4 gives for a decoded `Audio` column).
 
     Raises:
         AudioDecodeError: the value cannot be decoded, holds no samples or non-finite ones.
@@ -422,6 +436,7 @@ __all__ = [
     "BadAudioPolicy",
     "DecodeAudioColumn",
     "MIN_CLIP_POLICIES",
+    "audio_name",
     "audio_source",
     "check_bad_audio_policy",
     "clip_key",

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 
-from .audio_io import AUDIO_FILE_EXTENSIONS, AudioDecodeError, BadAudioPolicy, audio_source, decode_audio
+from .audio_io import AUDIO_FILE_EXTENSIONS, AudioDecodeError, BadAudioPolicy, audio_name, decode_audio
 
 
 logger = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def drop_or_refuse_bad_audio(
         for value in values:
             try:
                 if len(decode_audio(value, sampling_rate)) < min_samples:
-                    raise AudioDecodeError(f"{audio_source(value)[1]}: shorter than {min_samples} samples")
+                    raise AudioDecodeError(f"{audio_name(value)}: shorter than {min_samples} samples")
                 keep.append(True)
             except AudioDecodeError as error:
                 policy.handle(error)

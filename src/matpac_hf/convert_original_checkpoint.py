@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from . import modeling_matpac
-from .configuration_matpac import MatpacConfig
+from .configuration_matpac import NUM_MEL_BINS, MatpacConfig
 from .feature_extraction_matpac import MatpacFeatureExtractor
 from .model_card import (
     OFFICIAL_RELEASES,
@@ -231,7 +231,7 @@ def _require(state: dict, key: str, what: str) -> torch.Tensor:
 
 def infer_config(
     state: dict,
-    num_mel_bins: int = 80,
+    num_mel_bins: int = NUM_MEL_BINS,
     num_attention_heads: int | None = None,
     max_frames: int | None = None,
     **extra,
@@ -758,7 +758,7 @@ def convert_checkpoint(
     probe_path: str | Path | None = None,
     label_file: str | Path | None = None,
     label_sort_column: str | None = None,
-    num_mel_bins: int = 80,
+    num_mel_bins: int = NUM_MEL_BINS,
     num_attention_heads: int | None = None,
     decoder_num_attention_heads: int | None = None,
     max_frames: int | None = None,
@@ -959,8 +959,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--num_mel_bins",
         type=int,
-        default=80,
-        help="Mel bands of the input (not visible in the weights; fixes the frequency patch rows). Default 80.",
+        default=NUM_MEL_BINS,
+        help="Mel bands of the input (not visible in the weights; fixes the frequency patch rows). "
+        f"Default {NUM_MEL_BINS}.",
     )
     parser.add_argument(
         "--num_attention_heads",

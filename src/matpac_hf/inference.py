@@ -159,9 +159,11 @@ def _check_waveform(audio, feature_extractor: MatpacFeatureExtractor) -> np.ndar
     elif not isinstance(audio, np.ndarray):
         audio = np.asarray(audio)
     if audio.ndim != 1:
+        axis = 1 if audio.ndim == 2 and audio.shape[1] < audio.shape[0] else 0  # channels along the shorter axis
         raise ValueError(
             f"embed_long_audio takes one mono clip (a 1-D array of samples), got shape {tuple(audio.shape)}. "
-            "Down-mix channels with `.mean(axis=0)` and call it once per file."
+            f"Down-mix channels with `.mean(axis={axis})` (or decode the file with "
+            "`matpac_hf.audio_io.decode_audio(path)`) and call it once per file."
         )
     if audio.shape[0] < feature_extractor.n_fft:
         raise ValueError(
@@ -211,8 +213,9 @@ def embed_long_audio(
         window_seconds (`float`): audio per model call; memory grows with it, speed barely.
         chunk_batch_size (`int`, *optional*): chunks per encoder call inside a window (see [`MatpacModel.forward`]).
         output_hidden_states (`bool`): also accumulate per-layer means (`layer_means`).
-        frame_callback (callable, *optional*): called with `(first_frame_index, frame_embeddings)` for every window,
-            `frame_embeddings` of shape `(num_window_frames, frame_embedding_size)`, e.g. to write them to disk.
+        frame_callback (callable, *optional*): called with `(first_column, frame_embeddings)` for every window:
+            `first_column` is the file-wide index of the window's first frame embedding (160 ms column) and
+            `frame_embeddings` has shape `(num_window_columns, frame_embedding_size)`, e.g. to write them to disk.
 
     Returns:
         [`LongAudioEmbedding`].

@@ -15,8 +15,8 @@ Metadata (the card's YAML header) is built here with `huggingface_hub.ModelCardD
 the template's `pipeline_tag`, `license`, `base_model`, `datasets`, `metrics`, `language`, `model_name`, `tags`
 (always including `audio`, `matpac`, `self-supervised`) and, from `eval_results`, a `model-index` (the Hub's
 evaluation results). `base_model` and `datasets` must be Hub ids: a local path is left out, with a warning (a card
-never names the machine it was written on). Every other keyword fills a variable of the template; a keyword that is neither metadata
-nor used by the template raises a `ValueError` (nothing is silently dropped).
+never names the machine it was written on). Every other keyword fills a variable of the template; a keyword that is
+neither metadata nor used by the template raises a `ValueError` (nothing is silently dropped).
 """
 
 import logging
@@ -160,8 +160,8 @@ def render_model_card(template_name_or_path: str | Path, **fields) -> str:
         fields: metadata (`license` (default `"other"`), `license_name`, `license_link`, `base_model` (a Hub id),
             `datasets` (Hub ids), `metrics`, `language`, `model_name`, extra `tags`, `pipeline_tag` to override the
             template's, `library_name` (default `"transformers"`), `eval_results` (a list of
-            `huggingface_hub.EvalResult` or dicts of its fields: the card's `model-index`)) and template variables (see [`template_fields`]), e.g.
-            `repo_id`, `model_summary`, `training_summary`, `training_hyperparameters` (a dict), `evaluation_results`
+            `huggingface_hub.EvalResult` or dicts of its fields: the card's `model-index`)) and template variables
+            (see [`template_fields`]), e.g. `repo_id`, `model_summary`, `training_summary`, `training_hyperparameters` (a dict), `evaluation_results`
             (markdown), `labels` (a list), `license_note`.
 
     Returns:

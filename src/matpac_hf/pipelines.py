@@ -87,6 +87,12 @@ class AudioFeatureExtractionPipeline(Pipeline):
                 f"Unsupported input of type {type(inputs).__name__}: give a 1-D numpy array / torch tensor, a dict "
                 '{"raw": array, "sampling_rate": int}, a file path or the bytes of an audio file.'
             )
+        if inputs.ndim > 1 and inputs.shape[0] != 1:  # the feature extractor would take its rows as a batch
+            axis = 1 if inputs.ndim == 2 and inputs.shape[1] < inputs.shape[0] else 0  # channels: the shorter axis
+            raise ValueError(
+                f"Each input is one mono clip, got an array of shape {inputs.shape}: down-mix the channels with "
+                f"`audio.mean(axis={axis})`, or pass a list of 1-D clips to embed several."
+            )
         if sampling_rate is not None and sampling_rate != target_rate:
             inputs = resample(inputs, sampling_rate, target_rate)
         return inputs

@@ -38,6 +38,7 @@ from .audio_io import (
     MIN_CLIP_POLICIES,
     AudioDecodeError,
     BadAudioPolicy,
+    check_bad_audio_policy,
     clip_key,
     decode_random_crop,
     keep_audio_undecoded,
@@ -202,14 +203,13 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
             raise ValueError(f"min_clip_policy must be one of {MIN_CLIP_POLICIES}, got {min_clip_policy!r}.")
         if crop_frames < 1:
             raise ValueError(f"crop_frames must be >= 1, got {crop_frames}.")
-        BadAudioPolicy(bad_audio)  # validates
         self.dataset = dataset
         self.audio_column = audio_column
         self.crop_frames = crop_frames
         self.crop_samples = num_samples_for_frames(crop_frames)
         self.min_clip_policy = min_clip_policy
         self.seed = seed
-        self.bad_audio = bad_audio
+        self.bad_audio = check_bad_audio_policy(bad_audio)
         self.sampling_rate = sampling_rate
         self.counters = StreamCounters()
         self.shared_counters: torch.Tensor | None = None  # (num_streams, len(COUNTER_FIELDS)), set by the loop
@@ -258,7 +258,8 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         worker = torch.utils.data.get_worker_info()
         row = worker.id if worker is not None else 0
         epoch = self.epoch
-        policy = BadAudioPolicy(self.bad_audio)
+        where = f", worker {row}" if worker is not None else ""
+        policy = BadAudioPolicy(self.bad_audio, scope=f"so far in epoch {epoch}{where}")  # counts restart each epoch
         for example in self.dataset:
             self.counters.num_read += 1
             item = self._crop(example[self.audio_column], epoch, policy)
