@@ -31,7 +31,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple, logging
 
-from .configuration_matpac import MatpacConfig
+from .configuration_matpac import MatpacConfig, num_samples_for_frames
 
 
 logger = logging.get_logger(__name__)
@@ -127,7 +127,8 @@ class MatpacPatchEmbeddings(nn.Module):
     """`(batch, num_frames, num_mel_bins)` log-mel -> `(batch, F * T, hidden_size)` patch tokens, frequency-major.
 
     The spectrogram is transposed to the `(num_mel_bins, num_frames)` image the official model patches (frequency
-    rows, time columns), so the tokens and their order are those of the official code."""
+    rows, time columns), so the tokens and their order are those of the official code. A 4-D input is taken to be
+    that image already, `(batch, num_channels, num_mel_bins, num_frames)`."""
 
     def __init__(self, config: MatpacConfig):
         super().__init__()
@@ -395,8 +396,7 @@ def matpac_auto_map() -> dict[str, str]:
     module_file = __name__.rsplit(".", 1)[-1]  # "modeling_matpac", also when this file runs as remote code
     auto_map = {"AutoConfig": f"{MatpacConfig.__module__.rsplit('.', 1)[-1]}.{MatpacConfig.__name__}"}
     for class_name, auto_class in AUTO_CLASS_OF_MODEL_CLASS.items():
-        if class_name in globals():
-            auto_map[auto_class] = f"{module_file}.{class_name}"
+        auto_map[auto_class] = f"{module_file}.{class_name}"
     return auto_map
 
 
@@ -498,10 +498,12 @@ class MatpacModel(MatpacPreTrainedModel):
     so each clip gets exactly what it gets alone and activation memory stays bounded for audio of any length.
     """
 
-    # Loading the student from a MatpacForPreTraining or MatpacForAudioClassification folder: the other parts of
-    # those models are expected there and are not part of the encoder.
+    # Loading the student from a MatpacForPreTraining or head (MatpacForAudio[Frame]Classification) folder: the other
+    # parts of those models are expected there and are not part of the encoder. (`center`: where folders saved before
+    # it moved into `classification_loss` hold it.)
     _keys_to_ignore_on_load_unexpected = [
-        r"^(predictor|student_head|teacher_encoder|teacher_head|classification_loss|center|classifier|head_norm)\b"
+        r"^(predictor|student_head|teacher_encoder|teacher_head|classification_loss|center|classifier|head_norm"
+        r"|layer_weights)\b"
     ]
 
     def __init__(self, config: MatpacConfig):
@@ -1405,7 +1407,7 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
                 f"`input_values` must have shape {expected} (log-mel, time first), got "
                 f"{tuple(input_values.shape)}. A spectrogram laid out (batch, mel, frames) needs `.transpose(1, 2)`."
             )
-        samples = (config.max_frames - 1) * config.hop_length + config.win_length
+        samples = num_samples_for_frames(config.max_frames, config.n_fft, config.hop_length)
         if num_frames > config.max_frames or num_frames % config.patch_size != 0 or batch_size == 0:
             raise ValueError(
                 f"Pretraining needs crops of exactly max_frames={config.max_frames} frames ({samples} samples at "
@@ -1845,10 +1847,7 @@ class MatpacForAudioClassification(MatpacPreTrainedModelWithHead):
             asked for.
         """
         encoder_outputs, frames, output_hidden_states = self._encode(input_values, attention_mask, kwargs)
-        if self.config.classifier_pooling == "concat" and not self.config.use_weighted_layer_sum:
-            clip_embedding = encoder_outputs.pooler_output  # (batch, F * hidden)
-        else:
-            clip_embedding = self.pool(frames, encoder_outputs.frame_mask)  # (batch, classifier input size)
+        clip_embedding = self.pool(frames, encoder_outputs.frame_mask)  # (batch, classifier input size)
         logits = self.classifier(self.dropout(clip_embedding))  # (batch, num_labels)
 
         loss = None
@@ -1940,7 +1939,10 @@ class MatpacForAudioFrameClassification(MatpacPreTrainedModelWithHead):
         valid = frame_mask.bool()  # (batch, T')
         if problem_type == "single_label_classification":
             if labels.is_floating_point():
-                raise ValueError("single_label_classification frame labels must be integer class indices.")
+                raise ValueError(
+                    f"single_label_classification frame labels must be integer class indices, got {labels.dtype}: "
+                    "pass `labels.long()`, or set config.problem_type='multi_label_classification' for multi-hot rows."
+                )
             labels = labels.masked_fill(~valid, -100)
             _check_class_indices(labels, num_labels)
             return nn.functional.cross_entropy(logits.float().reshape(-1, num_labels), labels.reshape(-1))
