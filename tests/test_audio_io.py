@@ -66,6 +66,15 @@ def test_decode_errors_name_the_file(tmp_path):
     assert issubclass(AudioDecodeError, ValueError)
 
 
+def test_integer_pcm_arrays_are_scaled_as_the_feature_extractor_scales_them():
+    """An integer `{"array"}` is PCM: int16 / 32768 and uint8 (x - 128) / 128, not the raw integers as floats."""
+    pcm = (tone(1.0, 16000) * 32767).astype(np.int16)
+    np.testing.assert_array_equal(decode_audio({"array": pcm, "sampling_rate": 16000}), pcm / np.float32(32768))
+    unsigned = np.array([0, 64, 128, 255] * 200, dtype=np.uint8)
+    expected = (unsigned.astype(np.float32) - 128) / 128
+    np.testing.assert_array_equal(decode_audio({"array": unsigned, "sampling_rate": 16000}), expected)
+
+
 def test_list_audio_files_uses_the_one_extension_list(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     for name in ("a/x.WAV", "a/b/y.flac", "z.mp3", "notes.txt", "a/meta.csv"):

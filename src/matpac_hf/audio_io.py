@@ -183,7 +183,8 @@ def decode_audio(audio: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     Args:
         audio: a file path (str or PathLike), the bytes of a file, `{"bytes", "path"}` (an `Audio(decode=False)`
             value), `{"array", "sampling_rate"}` (datasets' decoded form: `(samples,)`, or 2-D with channels along the
-            shorter axis), or a torchcodec `AudioDecoder` (what `datasets` >= 4 gives for a decoded `Audio` column).
+            shorter axis; integer PCM is scaled to [-1, 1) as the feature extractor does), or a torchcodec
+            `AudioDecoder` (what `datasets` >= 4 gives for a decoded `Audio` column).
 
     Raises:
         AudioDecodeError: the value cannot be decoded, holds no samples or non-finite ones.
@@ -194,6 +195,9 @@ def decode_audio(audio: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
         name, waveform, orig_sr = audio.get("path") or "<array>", np.asarray(audio["array"]), audio["sampling_rate"]
         if waveform.ndim == 2 and waveform.shape[0] < waveform.shape[1]:  # (channels, samples), as datasets gives
             waveform = waveform.T
+        if waveform.dtype.kind in "iu":  # integer PCM -> [-1, 1), the feature extractor's rule (int16 / 32768)
+            half_range = float(2 ** (8 * waveform.dtype.itemsize - 1))
+            waveform = (waveform.astype(np.float64) - (half_range if waveform.dtype.kind == "u" else 0.0)) / half_range
     elif hasattr(audio, "get_all_samples"):  # torchcodec.decoders.AudioDecoder
         samples = audio.get_all_samples()
         name, waveform, orig_sr = "<AudioDecoder>", samples.data.numpy().T, samples.sample_rate
