@@ -172,12 +172,12 @@ def run_data_benchmark(args):
             )
         single = {}
         for label, rate, stereo in (("16 kHz mono", 16_000, False), ("44.1 kHz stereo", 44_100, True)):
-            single[label] = _single_format_rate(folder, rate, stereo, args)
+            single[label] = _single_format_rate(rate, stereo, args)
         rates = ", ".join(f"{k}: {v:.0f} crops/s" for k, v in single.items())
         print(f"\ndecode_random_crop alone, per format: {rates}")
 
 
-def _single_format_rate(folder, sampling_rate, stereo, args, num_clips=24):
+def _single_format_rate(sampling_rate, stereo, args, num_clips=24):
     """Crops per second of `decode_random_crop` alone (no stream, no batching) on in-memory FLAC bytes of one
     format."""
     rng = np.random.default_rng(1)
@@ -293,7 +293,7 @@ def run_training_benchmark(args):
                 outputs = model(input_values, step=index, generator=script.mask_generator(0, 0, index, 0))
             outputs.loss.backward()
             model.update_teachers(index)
-            torch.nn.utils.clip_grad_norm_(trainable, 3.0)
+            torch.nn.utils.clip_grad_norm_(trainable, optimizer_args.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

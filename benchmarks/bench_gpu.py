@@ -154,14 +154,7 @@ def run_pretraining(args, device, config, peaks):
 
     torch.manual_seed(0)
     model = MatpacForPreTraining(config).to(device).train()
-    optimizer_args = argparse.Namespace(
-        no_decay_bias_norm=False,
-        weight_decay=0.05,
-        learning_rate=3e-4,
-        adam_beta1=0.9,
-        adam_beta2=0.95,
-        adam_epsilon=1e-6,
-    )
+    optimizer_args = script.parse_args(["--output_dir", "unused"])  # the script's (official) optimiser defaults
     optimizer = script.build_optimizer(model, optimizer_args)
     trainable = [p for p in model.parameters() if p.requires_grad]
     feature_extractor = MatpacFeatureExtractor()
@@ -173,7 +166,7 @@ def run_pretraining(args, device, config, peaks):
             outputs = model(feature_extractor.extract_log_mel(waveforms), step=index)
         outputs.loss.backward()
         model.update_teachers(index)
-        torch.nn.utils.clip_grad_norm_(trainable, 3.0)
+        torch.nn.utils.clip_grad_norm_(trainable, optimizer_args.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -60,6 +60,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 
 import real_audio_corpus  # noqa: E402
 import run_linear_probe  # noqa: E402
+import run_pretraining  # noqa: E402
 
 from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForPreTraining  # noqa: E402
 
@@ -75,12 +76,6 @@ MONITOR_KEYS = (
     "num_teacher_classes",
     "student_teacher_agreement",
 )
-
-
-def tiny_preset() -> dict:
-    from run_pretraining import PRESETS
-
-    return dict(PRESETS["tiny"])
 
 
 def parse_overrides(text: str | None) -> dict:
@@ -116,8 +111,6 @@ def pretraining_log_mels(corpus_dir: str, feature_extractor) -> list[torch.Tenso
     for path in paths:
         waveform = torch.from_numpy(real_audio_corpus.load_16k(path))[None]
         mel = feature_extractor.extract_log_mel(waveform)[0]
-        if mel.shape[-1] != feature_extractor.num_mel_bins:  # (80, frames) layout of older versions
-            mel = mel.T
         mels.append(mel.to(torch.float16).contiguous())
     torch.save(mels, cache)
     return mels
@@ -222,7 +215,8 @@ def report(step: int, pretrained: dict, random_init: dict) -> dict:
 
 
 def learning_rate_factor(step: int, warmup: int, total: int) -> float:
-    """transformers' get_cosine_schedule_with_warmup, as the script uses."""
+    """The cosine decay of transformers' get_cosine_schedule_with_warmup (the script's schedule), with the warm-up one
+    step ahead: the first step runs at learning_rate / warmup, not 0."""
     if step < warmup:
         return (step + 1) / max(1, warmup)
     progress = (step - warmup) / max(1, total - warmup)
@@ -270,7 +264,7 @@ def main(argv=None):
         if args.teacher_temperature_warmup_steps is not None
         else round(args.steps / 30)
     )
-    config_kwargs = {} if args.no_preset else tiny_preset()
+    config_kwargs = {} if args.no_preset else dict(run_pretraining.PRESETS["tiny"])
     config_kwargs.update(parse_overrides(args.config))
     config = MatpacConfig(total_steps=args.steps, teacher_temperature_warmup_steps=teacher_warmup, **config_kwargs)
     feature_extractor = MatpacFeatureExtractor.from_model_config(config)
@@ -284,9 +278,9 @@ def main(argv=None):
     random_encoder = MatpacForPreTraining(config).matpac  # placeholder of the right shape, loaded from step 0 below
     random_encoder.load_state_dict(model.matpac.state_dict())
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable, lr=args.learning_rate, betas=(0.9, 0.95), eps=1e-6, weight_decay=args.weight_decay
-    )
+    optimizer_args = run_pretraining.parse_args(["--output_dir", "unused"])  # the script's optimiser defaults
+    optimizer_args.learning_rate, optimizer_args.weight_decay = args.learning_rate, args.weight_decay
+    optimizer = run_pretraining.build_optimizer(model, optimizer_args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, warmup, args.steps))
     settings = {
         "name": args.name,
@@ -324,7 +318,7 @@ def main(argv=None):
             outputs = model(values, attention_mask=frame_mask if padded else None, step=step, generator=mask_generator)
         outputs.loss.backward()
         model.update_teachers(step)
-        torch.nn.utils.clip_grad_norm_(trainable, 3.0)
+        torch.nn.utils.clip_grad_norm_(trainable, optimizer_args.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

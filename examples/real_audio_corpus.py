@@ -1,7 +1,7 @@
 # Copyright 2026 The matpac-hf developers.
 # Licensed under the MIT License.
 """A small real-audio corpus rendered offline from Debian packages: unlabelled pretraining clips and three labelled
-linear-probe tasks whose test folds hold out whole recording conditions (unseen voices, unseen soundfonts).
+linear-probe tasks whose test folds hold out whole recording conditions (unseen voices, GM programs, drum kits).
 
     apt-get install espeak-ng flite fluidsynth fluid-soundfont-gm timgm6mb-soundfont \
         musescore-general-soundfont-small csound-soundfont
@@ -307,7 +307,7 @@ def _spectral_signature(audio: np.ndarray) -> np.ndarray:
     return (spectrum - spectrum.mean()) / (spectrum.std() + 1e-8)
 
 
-def build_drums_task(folder: str, soundfonts: list[str], rng: np.random.Generator, workdir: str) -> int:
+def build_drums_task(folder: str, soundfonts: list[str], workdir: str) -> int:
     rows, signatures = [], []
     for soundfont in soundfonts:
         name = os.path.splitext(os.path.basename(soundfont))[0]
@@ -452,7 +452,7 @@ def build_real_audio_corpus(output_dir: str, num_pretraining_clips: int = 2400, 
             "instruments": build_instruments_task(
                 os.path.join(output_dir, "tasks", "instruments"), sources["soundfonts"], rng, workdir
             ),
-            "drums": build_drums_task(os.path.join(output_dir, "tasks", "drums"), sources["soundfonts"], rng, workdir),
+            "drums": build_drums_task(os.path.join(output_dir, "tasks", "drums"), sources["soundfonts"], workdir),
         }
         seconds = build_pretraining_clips(
             os.path.join(output_dir, "pretrain"), num_pretraining_clips, sources["soundfonts"], rng, workdir

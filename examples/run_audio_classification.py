@@ -23,6 +23,7 @@ Example (linear probe of a pretrained MATPAC on a local folder, CPU):
         --aug_gain 0.5 --aug_noise 0.3 --use_cpu
 """
 
+import functools
 import logging
 import os
 import random
@@ -324,6 +325,38 @@ def write_model_card(model_args, data_args, training_args, config, labels, eval_
     Path(training_args.output_dir, "README.md").write_text(text, encoding="utf-8")
 
 
+def decode_batch(batch, *, data_args, labels, sampling_rate, max_samples, augment, train: bool) -> dict:
+    """The on-the-fly transform of a split: decoded mono waveforms (training: a random crop of at most `max_samples`,
+    then `augment`) and the label targets."""
+    waveforms = []
+    for value in batch[data_args.audio_column_name]:
+        audio = decode_audio(value, sampling_rate)
+        if train and len(audio) > max_samples:
+            start = random.randint(0, len(audio) - max_samples)
+            audio = audio[start : start + max_samples]
+        if train and augment is not None:
+            audio = augment(samples=audio, sample_rate=sampling_rate).astype(np.float32)
+        waveforms.append(audio)
+    return {"waveform": waveforms, "labels": [labels(value) for value in batch[data_args.label_column_name]]}
+
+
+def collate_batch(examples: list[dict], *, feature_extractor, sampling_rate: int) -> dict:
+    """Log-mels of the whole batch, padded (attention_mask marks the valid frames), and the targets."""
+    waveforms = [example["waveform"] for example in examples]
+    batch = feature_extractor(waveforms, sampling_rate=sampling_rate, return_attention_mask=True, return_tensors="pt")
+    batch["labels"] = torch.tensor(np.stack([example["labels"] for example in examples]))
+    return batch
+
+
+def compute_classification_metrics(prediction, *, metric_modules, labels) -> dict:
+    """Accuracy of the argmax (single-label), or every module's figures on the sigmoid scores (multi-label)."""
+    logits, references = prediction.predictions, prediction.label_ids
+    if not labels.multi_label:
+        return metric_modules[0].compute(predictions=logits.argmax(-1), references=references)
+    scores, references = 1.0 / (1.0 + np.exp(-logits)), references.astype(np.int64)
+    return {k: v for m in metric_modules for k, v in m.compute(predictions=scores, references=references).items()}
+
+
 class AudioClassificationTrainer(Trainer):
     """Trainer whose `push_to_hub` writes this project's model card (`create_model_card` is its hook)."""
 
@@ -399,29 +432,12 @@ def main(argv: list[str] | None = None):
     augment, augment_settings = build_augmentation(data_args)
     max_samples = int(round(data_args.max_length_seconds * sampling_rate))
 
-    def transform(batch, train: bool):
-        waveforms = []
-        for value in batch[data_args.audio_column_name]:
-            audio = decode_audio(value, sampling_rate)
-            if train and len(audio) > max_samples:
-                start = random.randint(0, len(audio) - max_samples)
-                audio = audio[start : start + max_samples]
-            if train and augment is not None:
-                audio = augment(samples=audio, sample_rate=sampling_rate).astype(np.float32)
-            waveforms.append(audio)
-        return {"waveform": waveforms, "labels": [labels(value) for value in batch[data_args.label_column_name]]}
-
-    splits["train"].set_transform(lambda batch: transform(batch, train=True))
-    splits["eval"].set_transform(lambda batch: transform(batch, train=False))
-
-    def collate(examples: list[dict]) -> dict:
-        """Log-mels of the whole batch, padded (attention_mask marks the valid frames), and the targets."""
-        waveforms = [example["waveform"] for example in examples]
-        batch = feature_extractor(
-            waveforms, sampling_rate=sampling_rate, return_attention_mask=True, return_tensors="pt"
-        )
-        batch["labels"] = torch.tensor(np.stack([example["labels"] for example in examples]))
-        return batch
+    decode = functools.partial(
+        decode_batch, data_args=data_args, labels=labels, sampling_rate=sampling_rate, max_samples=max_samples
+    )
+    splits["train"].set_transform(functools.partial(decode, augment=augment, train=True))
+    splits["eval"].set_transform(functools.partial(decode, augment=None, train=False))
+    collate = functools.partial(collate_batch, feature_extractor=feature_extractor, sampling_rate=sampling_rate)
 
     # 5. Metrics: the evaluate modules shipped with matpac_hf (no Hub access needed).
     if labels.multi_label:
@@ -429,12 +445,7 @@ def main(argv: list[str] | None = None):
     else:
         metric_modules = [evaluate.load(str(METRICS_DIR / "accuracy"))]
 
-    def compute_metrics(prediction):
-        logits, references = prediction.predictions, prediction.label_ids
-        if not labels.multi_label:
-            return metric_modules[0].compute(predictions=logits.argmax(-1), references=references)
-        scores, references = 1.0 / (1.0 + np.exp(-logits)), references.astype(np.int64)
-        return {k: v for m in metric_modules for k, v in m.compute(predictions=scores, references=references).items()}
+    compute_metrics = functools.partial(compute_classification_metrics, metric_modules=metric_modules, labels=labels)
 
     if training_args.metric_for_best_model == "auto":
         training_args.metric_for_best_model = "mean_average_precision" if labels.multi_label else "accuracy"
@@ -467,7 +478,7 @@ def main(argv: list[str] | None = None):
     # 7. Train, evaluate, write the model card, push.
     final_metrics: dict = {}
     card_inputs = (model_args, data_args, training_args, config, labels, eval_split, final_metrics, augment_settings)
-    model_card_writer = lambda: write_model_card(*card_inputs)  # noqa: E731 - also run by push_to_hub
+    model_card_writer = functools.partial(write_model_card, *card_inputs)  # also run by push_to_hub
 
     callbacks = []
     if model_args.early_stopping_patience > 0 and training_args.eval_strategy != "no":

@@ -24,8 +24,9 @@ cannot be decoded or is shorter than one STFT window stops the run with its name
 is skipped, counted and listed in the results (`--bad_audio skip`).
 
 Baseline: `--random_init` probes a randomly initialised encoder of the same config (seeded by `--init_seed`), so the
-gain of pretraining is one flag away. Other scripts reuse the probe through `load_encoder`, `embed_waveforms` and
-`cross_validated_probe` (run_pretraining.py's demo does).
+gain of pretraining is one flag away. Other scripts reuse the probe: run_pretraining.py's demo calls `main` over each
+task's folds, benchmarks/bench_pretraining_real_audio.py calls `cross_validate` and `summarise`; `load_encoder`,
+`embed_waveforms` and `cross_validated_probe` serve callers with their own clips or embeddings.
 
 Protocols:
   * `--fold_column fold`: cross-validation. Each fold in turn is the test set; the other folds are the training set,

@@ -589,6 +589,8 @@ def prepare_demo_corpus(args, accelerator: Accelerator, output_dir: str) -> Demo
         marker = os.path.join(demo_dir, "corpus.json")
         wanted = {"num_clips": args.demo_num_clips, "seed": args.seed, "num_probe_clips_per_class": DEMO_PROBE_CLIPS}
         if accelerator.is_main_process and not (os.path.isfile(marker) and read_json(marker) == wanted):
+            # no clips of another corpus built here (more clips, or the real-audio one) may stay in pretrain/
+            shutil.rmtree(demo_dir, ignore_errors=True)
             build_demo_corpus(
                 demo_dir, num_clips=args.demo_num_clips, seed=args.seed, num_probe_clips_per_class=DEMO_PROBE_CLIPS
             )
@@ -1022,7 +1024,7 @@ def train(args, accelerator, model, optimizer, lr_scheduler, feature_extractor, 
     return global_step, last_logged, stopped_by
 
 
-def save_final_outputs(args, accelerator, model, feature_extractor, card: dict, demo: DemoCorpus | None, jsonl):
+def save_final_outputs(args, model, feature_extractor, card: dict, demo: DemoCorpus | None, jsonl):
     """Main process: `pretraining_model/`, `encoder/` with its card, the training curves, the demo probe and the Hub
     upload."""
     output_dir = os.path.abspath(args.output_dir)
@@ -1125,9 +1127,7 @@ def main(argv=None) -> int:
         logger.info(f"Data: {data_loop.stats.totals()} (this process)")
         if accelerator.is_main_process:
             monitors = {k: last_logged[k] for k in FINAL_MONITORS if k in last_logged}
-            save_final_outputs(
-                args, accelerator, unwrapped, feature_extractor, card(global_step, monitors), demo, jsonl
-            )
+            save_final_outputs(args, unwrapped, feature_extractor, card(global_step, monitors), demo, jsonl)
     accelerator.wait_for_everyone()
     # Free the DDP wrapper while every process is still here: its gradient reducer holds the process group, and
     # destroying that group after a peer has exited can block forever in gloo's destructor (seen at exit).
