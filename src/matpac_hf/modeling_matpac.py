@@ -438,9 +438,10 @@ class MatpacPreTrainedModel(PreTrainedModel):
             else:  # e.g. loaded from a Hub repository through remote code: do not advertise code the folder lacks
                 self.config.custom_pipelines = {k: v for k, v in saved_pipelines.items() if k not in CUSTOM_PIPELINES}
         saved = super().save_pretrained(save_directory, *args, **kwargs)
-        for path in pipeline_files:
-            if not (Path(save_directory) / path.name).exists():
-                shutil.copy(path, Path(save_directory) / path.name)
+        for path in pipeline_files:  # overwrites older copies (as transformers does the model's code files)
+            target = Path(save_directory) / path.name
+            if not (target.exists() and target.samefile(path)):  # re-saving into the folder the model came from
+                shutil.copy(path, target)
         return saved
 
     # -- frozen parameters: the one place -----------------------------------------------------------------------------
