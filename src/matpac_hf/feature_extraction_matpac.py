@@ -82,7 +82,8 @@ class MatpacFeatureExtractor(SequenceFeatureExtractor):
     Per clip of `n` samples:
 
     1. STFT with a periodic Hann window of `win_length` samples, `n_fft`-point FFT, hop `hop_length`, no centre
-       padding, so the clip gives `1 + (n - n_fft) // hop_length` frames (6.08 s = 97 280 samples -> 606 frames).
+       padding, so the clip gives `1 + (n - n_fft) // hop_length` frames (`num_frames_for_samples` of
+       `configuration_matpac`; 6.08 s = 97 280 samples -> 606 frames).
     2. Power spectrum (magnitude squared), projected on `num_mel_bins` Slaney-scale, Slaney-area-normalised mel
        filters between `f_min` and `f_max` (the filters of `librosa.filters.mel(..., htk=False, norm="slaney")`).
     3. `log(mel + log_offset)` (natural log), then `(log_mel - spectrogram_mean) / spectrogram_std`.

@@ -333,13 +333,14 @@ class StreamStats:
             if any(values):
                 self.latest[f"{epoch}:{row}"] = tuple(values)
 
+    def _sums(self, rows: list[tuple[int, ...]]) -> dict[str, int]:
+        return dict(zip(self.fields, (sum(values[i] for values in rows) for i in range(len(self.fields)))))
+
     def totals(self) -> dict[str, int]:
-        sums = [sum(values[i] for values in self.latest.values()) for i in range(len(self.fields))]
-        return dict(zip(self.fields, sums))
+        return self._sums(list(self.latest.values()))
 
     def epoch_totals(self, epoch: int) -> dict[str, int]:
-        rows = [values for key, values in self.latest.items() if key.split(":")[0] == str(epoch)]
-        return dict(zip(self.fields, (sum(values[i] for values in rows) for i in range(len(self.fields)))))
+        return self._sums([values for key, values in self.latest.items() if key.split(":")[0] == str(epoch)])
 
     def state_dict(self) -> dict:
         return {"latest": {key: list(values) for key, values in self.latest.items()}}
