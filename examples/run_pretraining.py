@@ -748,7 +748,21 @@ def resume(args, accelerator: Accelerator, output_dir: str, data_loop: Pretraini
     return training_state["global_step"]
 
 
-def card_fields(args, config, hyperparameters: dict, corpus, global_step: int, monitors: dict | None = None) -> dict:
+def describe_corpus(args, demo: DemoCorpus | None) -> str:
+    """The corpus as the model card names it: the Hub dataset, the demo corpus, or folder / file names (never local
+    paths)."""
+    if demo is not None:
+        return f"the {demo.kind} demo corpus of examples/run_pretraining.py"
+    if args.dataset_name:
+        return args.dataset_name
+    if args.dataset_dir:
+        return f"the audio folder `{os.path.basename(os.path.normpath(args.dataset_dir))}`"
+    return ", ".join(f"`{os.path.basename(path)}`" for path in args.data_files)
+
+
+def card_fields(
+    args, config, hyperparameters: dict, corpus: str, global_step: int, monitors: dict | None = None
+) -> dict:
     """The fields of the encoder's model card."""
     crop_seconds = args.crop_frames * config.hop_length / config.sampling_rate
     summary = (
@@ -1110,8 +1124,7 @@ def main(argv=None) -> int:
         truncate_jsonl(ids_path, lambda row: row["step"] < start_step)
     hyperparameters = run_hyperparameters(args, config, schedule, accelerator)
     accelerator.init_trackers("matpac_pretraining", config=hyperparameters)
-    corpus = args.dataset_name or (["synthetic demo corpus"] if demo else args.dataset_dir or args.data_files)
-    card = functools.partial(card_fields, args, config, hyperparameters, corpus)
+    card = functools.partial(card_fields, args, config, hyperparameters, describe_corpus(args, demo))
 
     # 6. The training loop (stops early, with a checkpoint, on SIGINT / SIGTERM).
     global_step, last_logged, stopped_by = train(
