@@ -610,6 +610,11 @@ class MatpacModel(MatpacPreTrainedModel):
         for time_patches in sorted({chunk[2] for chunk in chunks}, reverse=True):
             same_length = [chunk for chunk in chunks if chunk[2] == time_patches]
             size = chunk_batch_size or self.default_chunk_batch_size(time_patches)
+            if size < 1:  # a negative size would plan no micro-batch at all
+                raise ValueError(
+                    f"chunk_batch_size must be a positive number of chunks per encoder call, got {size}: pass e.g. "
+                    "chunk_batch_size=8, or leave it None (and config.chunk_batch_size unset) for the memory budget."
+                )
             micro_batches += [same_length[i : i + size] for i in range(0, len(same_length), size)]
         return micro_batches
 
