@@ -527,10 +527,12 @@ class MatpacModel(MatpacPreTrainedModel):
                 f"(batch, num_frames, {num_mel_bins}); got {type(input_values).__name__}. "
                 "Use MatpacFeatureExtractor(..., return_tensors='pt') to turn raw audio into `input_values`."
             )
-        if input_values.dim() == 2 and input_values.shape[-1] == num_mel_bins:
+        if input_values.dim() == 2 and num_mel_bins in input_values.shape:
+            # (num_mel_bins, num_frames) is a single spectrogram in the former, frequency-first layout
+            fix = "input_values[None]" if input_values.shape[-1] == num_mel_bins else "input_values.T[None]"
             raise ValueError(
                 f"`input_values` has shape {tuple(input_values.shape)}: a single spectrogram needs a batch dimension, "
-                f"use `input_values[None]` (shape (1, num_frames, {num_mel_bins}))."
+                f"use `{fix}` (shape (1, num_frames, {num_mel_bins}))."
             )
         if input_values.dim() != 3 or input_values.shape[-1] != num_mel_bins:
             hint = ""
