@@ -84,6 +84,16 @@ def synthetic_log_mel(batch_size: int, num_frames: int, generator: torch.Generat
     return (values - values.mean()) / values.std()
 
 
+def zero_pad_after_random_lengths(values: torch.Tensor, min_frames: int, generator: torch.Generator):
+    """Every clip of `values` `(batch, frames, mel)` keeps a uniformly random number of frames (`min_frames` to all)
+    and is zero-padded after them, as crops of short clips are; returns the clips and their frame mask `(batch,
+    frames)` (1 on the kept frames)."""
+    batch_size, num_frames = values.shape[:2]
+    lengths = torch.randint(min_frames, num_frames + 1, (batch_size,), generator=generator)
+    valid_frames = (torch.arange(num_frames)[None, :] < lengths[:, None]).long()
+    return values.masked_fill(valid_frames[:, :, None] == 0, 0.0), valid_frames
+
+
 def train(
     steps: int,
     batch_size: int = 32,
@@ -128,12 +138,8 @@ def train(
         values = synthetic_log_mel(batch_size, config.max_frames, data_generator)
         attention_mask = None
         if short_clips is not None:
-            lengths = torch.randint(
-                config.patch_size, config.max_frames + 1, (batch_size,), generator=length_generator
-            )
-            valid_frames = torch.arange(config.max_frames)[None, :] < lengths[:, None]  # (batch, frames)
-            values = values.masked_fill(~valid_frames[:, :, None], 0.0)
-            attention_mask = valid_frames.long() if short_clips == "masked" else None
+            values, valid_frames = zero_pad_after_random_lengths(values, config.patch_size, length_generator)
+            attention_mask = valid_frames if short_clips == "masked" else None
         outputs = model(values, attention_mask=attention_mask, step=step, generator=mask_generator)
         outputs.loss.backward()
         model.update_teachers(step)
@@ -177,11 +183,7 @@ def train(
         with torch.no_grad():
             for _ in range(4):
                 values = synthetic_log_mel(batch_size, config.max_frames, heldout_data)
-                lengths = torch.randint(
-                    config.patch_size, config.max_frames + 1, (batch_size,), generator=heldout_masks
-                )
-                attention_mask = (torch.arange(config.max_frames)[None, :] < lengths[:, None]).long()
-                values = values.masked_fill(attention_mask[:, :, None] == 0, 0.0)
+                values, attention_mask = zero_pad_after_random_lengths(values, config.patch_size, heldout_masks)
                 outputs = model(values, attention_mask=attention_mask, step=steps, generator=heldout_masks)
                 losses.append(outputs.prediction_loss.item())
         rows[-1]["heldout_valid_prediction_loss"] = sum(losses) / len(losses)

@@ -113,7 +113,7 @@ def parse_args(argv=None):
         help="Fraction of the training clips of each class held out for early stopping when no validation split.",
     )
     data.add_argument("--multi_label", action="store_true", help="Multi-label task (metric: macro mAP).")
-    data.add_argument("--label_separator", default=";", help="Separator of several labels in one CSV cell.")
+    data.add_argument("--label_separator", default=";", help="Separator of several labels in one string label.")
     data.add_argument(
         "--bad_audio",
         choices=BAD_AUDIO_POLICIES,
@@ -651,6 +651,21 @@ def run_splits(data, class_names, args):
     return runs, [r["test_metric"] for r in runs]
 
 
+def encoder_description(args) -> str:
+    return f"random init of its config, seed {args.init_seed}" if args.random_init else "pretrained weights"
+
+
+def load_model_and_records_once(args, loaded: dict):
+    """`(model, feature_extractor, records)`, loaded on the first call and kept in `loaded` (whose "records", when
+    already read, are reused): a run whose splits are all cached never loads the model or decodes the audio."""
+    if "all" not in loaded:
+        logger.info("Loading %s (%s)", args.model_name_or_path, encoder_description(args))
+        seed = args.init_seed if args.random_init else None
+        model, feature_extractor = load_encoder(args.model_name_or_path, seed, args.trust_remote_code, args.device)
+        loaded["all"] = (model, feature_extractor, loaded.get("records") or load_records(args))
+    return loaded["all"]
+
+
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -663,15 +678,8 @@ def main(argv=None):
     else:
         needed = [s for s in (args.train_split, args.validation_split, args.test_split) if s is not None]
     loaded = {}
-    encoder = f"random init of its config, seed {args.init_seed}" if args.random_init else "pretrained weights"
-
-    def load_model_and_records():
-        if "all" not in loaded:
-            logger.info("Loading %s (%s)", args.model_name_or_path, encoder)
-            seed = args.init_seed if args.random_init else None
-            model, feature_extractor = load_encoder(args.model_name_or_path, seed, args.trust_remote_code, args.device)
-            loaded["all"] = (model, feature_extractor, loaded.get("records") or load_records(args))
-        return loaded["all"]
+    encoder = encoder_description(args)
+    load_model_and_records = functools.partial(load_model_and_records_once, args, loaded)
 
     split_list_path = cache_path(args, "__split_names__")[: -len(".npz")] + ".json"
     if needed is None:
