@@ -1,5 +1,7 @@
-# `make test` and `make demo` create (or refresh) .venv/ at the repo root, install the CPU
-# build of torch first (an unpinned torch would pull a multi-GB CUDA build), then the package.
+# `make test` and `make demo` create (or refresh) .venv/ at the repo root, install torch 2.13.0 first (pinned: an
+# unpinned torch would be upgraded by the package's dependencies), then the package. This project's package registry
+# serves the CPU build of that version; elsewhere, plain PyPI serves a CUDA build: point pip at PyTorch's CPU wheel
+# index first if you want the small CPU build.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -152,7 +152,11 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = arg(False, "Re-initialise a classifier checkpoint's head sized for other classes.")
     early_stopping_patience: int = arg(5, "Stop after this many evaluations without improvement (0 = never).")
     model_card_template: str = arg("audio_classification", "Model card template: a shipped name or a Jinja2 file.")
-    license: str = arg("mit", "License written into the model card.")
+    license: str = arg(
+        "other",
+        "License written into the model card. Default 'other': a fine-tuned model inherits the terms of the weights it "
+        "starts from (the official MATPAC weights are not MIT); give the licence you know applies.",
+    )
     cache_dir: str | None = arg(None, "Where downloaded models and datasets are cached.")
     model_revision: str = arg("main", "Model version (branch, tag or commit).")
     token: str | None = arg(None, "Hub token for private models or datasets.")

@@ -505,7 +505,7 @@ def build_model(args, schedule: dict) -> MatpacForPreTraining:
         raise ValueError(
             f"--crop_frames {args.crop_frames} must be a multiple of the patch size {config.patch_size} and at most "
             f"the model's max_frames {config.max_frames} (its position table), e.g. "
-            f"{max(config.patch_size, args.crop_frames // config.patch_size * config.patch_size)}."
+            f"{max(config.patch_size, min(args.crop_frames, config.max_frames) // config.patch_size * config.patch_size)}."
         )
     return model
 
