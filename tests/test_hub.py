@@ -116,3 +116,17 @@ def test_remote_code_loads_without_the_package(hub_stub, pushed):
     assert "MODEL_MODULE transformers_modules." in remote_code
     assert "EXTRACTOR_MODULE transformers_modules." in remote_code
     assert not hub_stub.unhandled, f"endpoints the stub lacks: {hub_stub.unhandled}"
+
+
+def test_save_pretrained_with_push_to_hub_uploads_the_pipeline_code(in_process_hub, tmp_path):
+    # transformers uploads inside `save_pretrained(..., push_to_hub=True)`, before the method returns: the pipeline
+    # code that `config.custom_pipelines` points at must already be in the folder then.
+    repo_id = "stub-user/tiny-matpac-save-and-push"
+    model = MatpacModel(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "folder", push_to_hub=True, repo_id=repo_id)
+    files = in_process_hub.files(repo_id)
+    pushed_config = in_process_hub.read_blob(files["config.json"].sha256).decode()
+    assert "custom_pipelines" in pushed_config and "pipelines.AudioFeatureExtractionPipeline" in pushed_config
+    for name in ("modeling_matpac.py", "configuration_matpac.py", "pipelines.py", "audio_io.py", "hear.py"):
+        assert name in files, f"{name} missing from the pushed repo: {sorted(files)}"
+    assert (tmp_path / "folder" / "pipelines.py").is_file()

@@ -437,12 +437,27 @@ class MatpacPreTrainedModel(PreTrainedModel):
                 self.config.custom_pipelines = {**saved_pipelines, **CUSTOM_PIPELINES}
             else:  # e.g. loaded from a Hub repository through remote code: do not advertise code the folder lacks
                 self.config.custom_pipelines = {k: v for k, v in saved_pipelines.items() if k not in CUSTOM_PIPELINES}
-        saved = super().save_pretrained(save_directory, *args, **kwargs)
-        for path in pipeline_files:  # overwrites older copies (as transformers does the model's code files)
+        # Copied after transformers writes the folder, and also just before it uploads it (`push_to_hub=True`
+        # uploads inside `super().save_pretrained`): see `_upload_modified_files`.
+        self._pipeline_code_files = pipeline_files
+        try:
+            saved = super().save_pretrained(save_directory, *args, **kwargs)
+            self._copy_pipeline_code(save_directory)
+        finally:
+            self._pipeline_code_files = []
+        return saved
+
+    def _copy_pipeline_code(self, save_directory):
+        for path in getattr(self, "_pipeline_code_files", []):  # overwrites older copies, as for the model's code
             target = Path(save_directory) / path.name
             if not (target.exists() and target.samefile(path)):  # re-saving into the folder the model came from
                 shutil.copy(path, target)
-        return saved
+
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        """Puts the pipeline code in the folder before transformers uploads it (`save_pretrained(...,
+        push_to_hub=True)` uploads before `save_pretrained` returns)."""
+        self._copy_pipeline_code(working_dir)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
     # -- frozen parameters: the one place -----------------------------------------------------------------------------
     def _frozen_parameters(self) -> list[nn.Module | nn.Parameter]:
