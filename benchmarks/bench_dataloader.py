@@ -49,6 +49,31 @@ CROP_SAMPLES = num_samples_for_frames(CROP_FRAMES)
 TARGET_CROPS_PER_SECOND_PER_CORE = 300
 
 
+def pretraining_step(
+    model,
+    optimizer,
+    trainable,
+    feature_extractor,
+    waveforms,
+    index,
+    max_grad_norm,
+    autocast_dtype=None,
+    generator=None,
+):
+    """One optimiser step of run_pretraining.py's loop without accelerate (also used by bench_gpu.py): log-mel on the
+    waveforms' device, forward (under autocast when `autocast_dtype` is given), backward, EMA teachers, gradient
+    clipping, AdamW step."""
+    with torch.autocast(
+        waveforms.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+    ):
+        outputs = model(feature_extractor.extract_log_mel(waveforms), step=index, generator=generator)
+    outputs.loss.backward()
+    model.update_teachers(index)
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _flac_member(name: str, clip: np.ndarray, sampling_rate: int) -> tuple[tarfile.TarInfo, io.BytesIO]:
     buffer = io.BytesIO()
     sf.write(buffer, clip.astype(np.float32), sampling_rate, format="FLAC")
@@ -288,14 +313,17 @@ def run_training_benchmark(args):
         trainable = [p for p in model.parameters() if p.requires_grad]
 
         def step(index, precision, model=model, optimizer=optimizer, trainable=trainable):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                input_values = feature_extractor.extract_log_mel(waveforms)
-                outputs = model(input_values, step=index, generator=script.mask_generator(0, 0, index, 0))
-            outputs.loss.backward()
-            model.update_teachers(index)
-            torch.nn.utils.clip_grad_norm_(trainable, optimizer_args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            pretraining_step(
+                model,
+                optimizer,
+                trainable,
+                feature_extractor,
+                waveforms,
+                index,
+                optimizer_args.max_grad_norm,
+                autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
+                generator=script.mask_generator(0, 0, index, 0),
+            )
 
         with FlopCounterMode(display=False) as counter:
             step(0, "fp32")

@@ -145,9 +145,11 @@ def run_inference(args, device, config):
 
 
 def run_pretraining(args, device, config, peaks):
+    from bench_dataloader import pretraining_step  # the training step bench_dataloader.py times on CPU
     from torch.utils.flop_counter import FlopCounterMode
 
     from matpac_hf import MatpacFeatureExtractor, MatpacForPreTraining
+    from matpac_hf.configuration_matpac import num_samples_for_frames
 
     sys.path.insert(0, str(REPO / "examples"))
     import run_pretraining as script  # the optimiser a real run builds
@@ -158,17 +160,13 @@ def run_pretraining(args, device, config, peaks):
     optimizer = script.build_optimizer(model, optimizer_args)
     trainable = [p for p in model.parameters() if p.requires_grad]
     feature_extractor = MatpacFeatureExtractor()
-    crop_samples = (config.max_frames - 1) * config.hop_length + config.n_fft
+    crop_samples = num_samples_for_frames(config.max_frames, config.n_fft, config.hop_length)
     waveforms = 0.1 * torch.randn(args.train_batch_size, crop_samples, device=device)
 
     def step(index, dtype):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            outputs = model(feature_extractor.extract_log_mel(waveforms), step=index)
-        outputs.loss.backward()
-        model.update_teachers(index)
-        torch.nn.utils.clip_grad_norm_(trainable, optimizer_args.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        pretraining_step(
+            model, optimizer, trainable, feature_extractor, waveforms, index, optimizer_args.max_grad_norm, dtype
+        )
 
     with FlopCounterMode(display=False) as counter:
         step(0, None)
