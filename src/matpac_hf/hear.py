@@ -120,6 +120,12 @@ def load_model(
     return model
 
 
+def _centre_of_frames(num_frames, config) -> float:
+    """Sample offset of the centre of `num_frames` consecutive log-mel frames from their first sample:
+    `(num_frames - 1) / 2 * hop_length + n_fft / 2` (1400 for one 16-frame column)."""
+    return (num_frames - 1) / 2 * config.hop_length + config.n_fft / 2
+
+
 def frame_timestamps_ms(num_samples: int, config, timestamp_hop_ms: float | None = None) -> torch.Tensor:
     """Centre time in milliseconds of each timestamp embedding of a clip of `num_samples` samples, `(n_timestamps,)`
     float64 (see the module docstring): window `i` starts at frame `h i` (`h` = `timestamp_hop_ms` in frames, default
@@ -127,16 +133,14 @@ def frame_timestamps_ms(num_samples: int, config, timestamp_hop_ms: float | None
     its first sample; the windows kept are those centred at or before the last sample, `h i hop_length + c <=
     num_samples`, at least one."""
     hop_frames = config.patch_size if timestamp_hop_ms is None else _hop_frames(timestamp_hop_ms, config)
-    window_centre = (config.patch_size - 1) / 2 * config.hop_length + config.n_fft / 2  # samples
+    window_centre = _centre_of_frames(config.patch_size, config)  # samples
     step = hop_frames * config.hop_length  # samples between windows
     if num_samples >= window_centre:
         count = int((num_samples - window_centre) // step) + 1
         centre_samples = torch.arange(count, dtype=torch.float64) * step + window_centre
     else:  # shorter than half a window: one embedding, at the centre of the clip's frames
         num_frames = num_frames_for_samples(num_samples, config.n_fft, config.hop_length)
-        centre_samples = torch.tensor(
-            [(num_frames - 1) / 2 * config.hop_length + config.n_fft / 2], dtype=torch.float64
-        )
+        centre_samples = torch.tensor([_centre_of_frames(num_frames, config)], dtype=torch.float64)
     return centre_samples * 1000.0 / config.sampling_rate
 
 
@@ -146,7 +150,7 @@ def column_timestamps_ms(num_samples: int, config) -> torch.Tensor:
     the centre of column `j`'s full window, so regular; the last centre may lie past the end of the clip. The HEAR
     grid ([`frame_timestamps_ms`]) drops such columns."""
     num_frames = num_frames_for_samples(num_samples, config.n_fft, config.hop_length)
-    window_centre = (config.patch_size - 1) / 2 * config.hop_length + config.n_fft / 2  # samples
+    window_centre = _centre_of_frames(config.patch_size, config)  # samples
     first_sample = torch.arange(math.ceil(num_frames / config.patch_size), dtype=torch.float64) * (
         config.patch_size * config.hop_length
     )
