@@ -691,6 +691,19 @@ class MatpacModel(MatpacPreTrainedModel):
             token[None, None, None, :],
         ] = chunk_attentions
 
+    def _encode_chunks(
+        self, chunk_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> MatpacEncoderOutput:
+        """The encoder core on one micro-batch: `(micro_batch, frames, num_mel_bins)` chunks of one length (a multiple
+        of `patch_size`, at most `max_frames`) -> [`MatpacEncoderOutput`] on their `(micro_batch, 1 + F * T, hidden)`
+        tokens (patch embedding, CLS, positions, blocks, final LayerNorm). The one step `forward` delegates per
+        micro-batch; `matpac_hf.onnx_inference.OnnxMatpacModel` runs it with onnxruntime instead."""
+        return self.encoder(
+            self.embeddings(chunk_values),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+
     # -- forward ------------------------------------------------------------------------------------------------------
     @can_return_tuple
     def forward(
@@ -738,11 +751,8 @@ class MatpacModel(MatpacPreTrainedModel):
 
         last_hidden_state, hidden_states, attentions = None, None, None
         for chunks in micro_batches:
-            chunk_tokens = self.embeddings(self._gather_chunks(input_values, host_lengths, chunks))
-            encoder_outputs = self.encoder(  # chunks of one length: no padding, no attention mask
-                chunk_tokens,
-                output_hidden_states=output_hidden_states,
-                output_attentions=output_attentions,
+            encoder_outputs = self._encode_chunks(  # chunks of one length: no padding, no attention mask
+                self._gather_chunks(input_values, host_lengths, chunks), output_hidden_states, output_attentions
             )
             layer_outputs = encoder_outputs.hidden_states if output_hidden_states else ()
             if last_hidden_state is None:  # allocated at the first micro-batch, in the dtype the encoder gives
