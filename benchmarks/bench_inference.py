@@ -6,7 +6,10 @@ For each shape (8 clips x 30 s, 1 clip x 30 s, 32 clips x 2 s) and each round, e
 * `official fp32`: the official code's way (tests/official_reference.py): the torchaudio-style front end on the
   batch, then one encoder call per chunk index with all clips of the batch stacked (`forward_precise`);
 * `project fp32`: MatpacFeatureExtractor + MatpacModel (micro-batched chunks of equal length, the default);
-* `project int8`: the same after `matpac_hf.inference.quantize_linear_layers_int8` (the opt-in fast CPU path);
+* `project int8`: the same after `matpac_hf.inference.quantize_linear_layers_int8` (torch dynamic int8);
+* `project onnx int8`: `matpac_hf.onnx_inference.OnnxMatpacModel` (the encoder core exported to ONNX, int8 with
+  onnxruntime's dynamic quantisation, run by onnxruntime; chunking as MatpacModel), where onnxruntime is installed
+  (`pip install "matpac-hf[onnx]"`); the export and quantisation times are printed once, before the timed rounds;
 * `project bf16 autocast`: only where bf16 is native (`native_bf16_support`); skipped where it is emulated;
 * `project torch.compile` (with `--compile`): fp32, compile time reported.
 
@@ -14,17 +17,21 @@ Each round also times a large fp32 GEMM, the machine's attainable fp32 rate. Pri
 second, the median of the per-round speed ratios against `official fp32` (the machines are shared: a ratio within a
 round is steadier than an absolute time), the fraction of the GEMM rate reached (exact FLOPs of the tokens encoded;
 ViT-B: about 5.58 GFLOP per second of audio), and cosine / max abs diff of the clip embeddings against official fp32.
-With `--probe`, a linear probe (logistic regression, 5-fold CV) on a small synthetic task compares fp32 and int8.
+With `--probe`, a linear probe (logistic regression, 5-fold CV) on a small synthetic task compares fp32, torch int8
+and onnx int8.
 
     python benchmarks/bench_inference.py                      # 3 rounds, all three shapes (~15 min on 2 cores)
     python benchmarks/bench_inference.py --rounds 5 --probe   # the issue's table plus the probe check
     python benchmarks/bench_inference.py --shapes 32x2 --rounds 1   # quick check
     python benchmarks/bench_inference.py --threads 1 --clock cpu    # a crowded machine: CPU time of one thread
+    python benchmarks/bench_inference.py --onnx_dir /tmp/matpac-onnx  # keep the ONNX export for the next run
 """
 
 import argparse
+import importlib.util
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,9 +59,18 @@ def parse_args(argv=None):
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds (medians are reported).")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
-    parser.add_argument("--no_int8", action="store_true", help="Skip the int8 variant.")
+    parser.add_argument("--no_int8", action="store_true", help="Skip the torch int8 variant.")
+    parser.add_argument("--no_onnx", action="store_true", help="Skip the onnx int8 variant.")
+    parser.add_argument(
+        "--onnx_dir",
+        default=None,
+        help="Folder for the ONNX export of the onnx int8 variant, reused when it holds this model's export (default: "
+        "a fresh temporary folder, so the export is timed every run).",
+    )
     parser.add_argument("--compile", action="store_true", help="Also time torch.compile (fp32; compile time shown).")
-    parser.add_argument("--probe", action="store_true", help="Linear probe fp32 vs int8 on a synthetic task.")
+    parser.add_argument(
+        "--probe", action="store_true", help="Linear probe fp32 vs torch int8 vs onnx int8 on a synthetic task."
+    )
     parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
@@ -146,6 +162,29 @@ def project_pipeline(model, feature_extractor, autocast_dtype=None):
     return run
 
 
+def onnx_int8_model(model: MatpacModel, onnx_dir: str | None):
+    """`OnnxMatpacModel` (int8) for `model`, printing the export, quantisation and session times (once, outside the
+    timed rounds); None where onnxruntime / onnxscript are not installed."""
+    missing = [name for name in ("onnxruntime", "onnxscript", "onnx") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f'onnx int8 skipped: {", ".join(missing)} not installed (pip install "matpac-hf[onnx]")', flush=True)
+        return None
+    from matpac_hf.onnx_inference import OnnxMatpacModel, ensure_onnx_export
+
+    onnx_dir = onnx_dir or tempfile.mkdtemp(prefix="matpac-onnx-")
+    timings = []
+    for label, step in (
+        ("export (fp32)", lambda: ensure_onnx_export(model, onnx_dir, int8=False)),
+        ("int8 quantisation", lambda: ensure_onnx_export(model, onnx_dir, int8=True)),
+        ("session", lambda: OnnxMatpacModel.from_model(model, onnx_dir=onnx_dir, int8=True)),
+    ):
+        start = time.perf_counter()
+        result = step()
+        timings.append(f"{label} {time.perf_counter() - start:.1f} s")
+    print(f"onnx int8: {', '.join(timings)} (wall; a cached export takes ~0 s) in {onnx_dir}", flush=True)
+    return result
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Linear probe on a small synthetic task
 # ----------------------------------------------------------------------------------------------------------------------
@@ -204,6 +243,9 @@ def main(argv=None):
     }
     if not args.no_int8:
         variants["project int8"] = project_pipeline(quantize_linear_layers_int8(model), feature_extractor)
+    onnx_model = None if args.no_onnx else onnx_int8_model(model, args.onnx_dir)
+    if onnx_model is not None:
+        variants["project onnx int8"] = project_pipeline(onnx_model, feature_extractor)
     native_bf16, reason = native_bf16_support("cpu")
     if native_bf16:
         variants["project bf16 autocast"] = project_pipeline(model, feature_extractor, torch.bfloat16)
@@ -263,8 +305,9 @@ def main(argv=None):
 
     if args.probe:
         probe_variants = {"fp32": variants["project fp32"]}
-        if "project int8" in variants:
-            probe_variants["int8"] = variants["project int8"]
+        for name, label in (("project int8", "torch int8"), ("project onnx int8", "onnx int8")):
+            if name in variants:
+                probe_variants[label] = variants[name]
         accuracy = probe_accuracy(probe_variants, args.seed)
         print(
             "\nlinear probe (5 synthetic classes x 40 clips of 2 s, 5-fold CV, random ViT-B): "
