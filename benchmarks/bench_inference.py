@@ -17,8 +17,11 @@ Each round also times a large fp32 GEMM, the machine's attainable fp32 rate. Pri
 second, the median of the per-round speed ratios against `official fp32` (the machines are shared: a ratio within a
 round is steadier than an absolute time), the fraction of the GEMM rate reached (exact FLOPs of the tokens encoded;
 ViT-B: about 5.58 GFLOP per second of audio), and cosine / max abs diff of the clip embeddings against official fp32.
-With `--probe`, a linear probe (logistic regression, 5-fold CV) on a small synthetic task compares fp32, torch int8
-and onnx int8.
+With `--probe`, a linear probe compares fp32, torch int8 and onnx int8 on the three real-audio tasks of
+`examples/real_audio_corpus.py` (digits, instruments, drums; built once into `--corpus_dir` from Debian packages,
+shared with bench_pretraining_real_audio.py): the same condition folds and seeds for every variant, per-task
+accuracies and the paired differences (int8 - fp32) with their 95 % CIs. Where the corpus cannot be built it falls
+back to a small synthetic task (logistic regression, 5-fold CV; one clip is 0.5 points).
 
     python benchmarks/bench_inference.py                      # 3 rounds, all three shapes (~15 min on 2 cores)
     python benchmarks/bench_inference.py --rounds 5 --probe   # the issue's table plus the probe check
@@ -30,6 +33,7 @@ and onnx int8.
 import argparse
 import atexit
 import importlib.util
+import os
 import shutil
 import statistics
 import sys
@@ -43,7 +47,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # official_reference: the independent re-implementation of the official code
-sys.path.insert(0, str(REPO / "examples"))  # demo_corpus: synthetic sounds for the probe
+sys.path.insert(0, str(REPO / "examples"))  # the probe: real_audio_corpus, run_linear_probe, demo_corpus
+sys.path.insert(0, str(REPO / "benchmarks"))  # bench_pretraining_real_audio: its real-audio tasks and probe
 
 from official_reference import OfficialMatpac, official_mel_filters, randomize_  # noqa: E402
 
@@ -71,7 +76,16 @@ def parse_args(argv=None):
     )
     parser.add_argument("--compile", action="store_true", help="Also time torch.compile (fp32; compile time shown).")
     parser.add_argument(
-        "--probe", action="store_true", help="Linear probe fp32 vs torch int8 vs onnx int8 on a synthetic task."
+        "--probe",
+        action="store_true",
+        help="Linear probe fp32 vs torch int8 vs onnx int8 on the real-audio tasks of examples/real_audio_corpus.py "
+        "(built when missing; without its Debian packages, a small synthetic task).",
+    )
+    parser.add_argument("--probe_seeds", type=int, nargs="+", default=[0, 1], help="Probe seeds (averaged per fold).")
+    parser.add_argument(
+        "--corpus_dir",
+        default=os.path.join(os.path.expanduser("~"), ".cache", "matpac_hf", "real_audio_corpus"),
+        help="The real-audio corpus (shared with bench_pretraining_real_audio.py; built once, reused).",
     )
     parser.add_argument(
         "--clock",
@@ -190,11 +204,68 @@ def onnx_int8_model(model: MatpacModel, onnx_dir: str | None):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Linear probe on a small synthetic task
+# Linear probe: the real-audio tasks (else a small synthetic task)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def probe_accuracy(pipelines: dict, seed: int) -> dict[str, float]:
+def real_audio_tasks(corpus_dir: str) -> dict | None:
+    """The labelled tasks (digits, instruments, drums) of `examples/real_audio_corpus.py` in `corpus_dir`, built there
+    (cached) when missing and the Debian packages are installed; None where they are not."""
+    import real_audio_corpus
+    from bench_pretraining_real_audio import TASKS, load_task
+
+    if not all(os.path.isfile(os.path.join(corpus_dir, "tasks", task, "metadata.csv")) for task in TASKS):
+        if not real_audio_corpus.is_available():
+            print(
+                f"\nthe real-audio corpus is not in {corpus_dir} and cannot be built here (apt-get install "
+                f"{real_audio_corpus.DEBIAN_PACKAGES}): the probe falls back to the synthetic task",
+                flush=True,
+            )
+            return None
+        print(f"\nbuilding the real-audio corpus in {corpus_dir} (once, cached)", flush=True)
+        real_audio_corpus.build_real_audio_corpus(corpus_dir)
+    return {task: load_task(corpus_dir, task) for task in TASKS}
+
+
+def real_audio_probe(models: dict, feature_extractor, tasks: dict, seeds) -> None:
+    """Linear probe (`run_linear_probe.cross_validate` over each task's condition folds, as
+    bench_pretraining_real_audio) of every model's clip embeddings, the same folds and seeds for all: per-task
+    accuracies and the paired differences against fp32 over folds, with 95 % CIs."""
+    from bench_pretraining_real_audio import grouped_probe
+    from run_linear_probe import embed_waveforms, summarise
+
+    per_fold = {name: {} for name in models}  # name -> task -> per-fold test accuracy (%)
+    for task_name, task in tasks.items():
+        for name, model in models.items():
+            embeddings = embed_waveforms(model, feature_extractor, task["waveforms"], batch_size=16)
+            per_fold[name][task_name] = 100 * np.array(grouped_probe(embeddings, task, seeds))
+    for name in models:  # every fold of every task, pooled
+        per_fold[name]["all tasks"] = np.concatenate([per_fold[name][task_name] for task_name in tasks])
+
+    def cell(values, signed=False) -> str:
+        summary = summarise(list(values))
+        ci = summary["ci95"] if summary["ci95"] is not None else float("nan")
+        return f"{summary['mean']:{'+' if signed else ''}.2f} +- {ci:.2f}"
+
+    names = list(models)
+    print(
+        f"\nlinear probe on real audio (random ViT-B; accuracy %, mean over folds +- 95 % CI; seeds {list(seeds)}; "
+        "differences paired over folds)"
+    )
+    print(
+        "| task | clips | folds | " + " | ".join(names) + " | " + " | ".join(f"{n} - fp32" for n in names[1:]) + " |"
+    )
+    print("| --- " * (3 + 2 * len(names) - 1) + "|")
+    clips = {task_name: len(task["waveforms"]) for task_name, task in tasks.items()}
+    clips["all tasks"] = sum(clips.values())
+    for task_name in clips:
+        reference = per_fold["fp32"][task_name]
+        cells = [cell(per_fold[name][task_name]) for name in names]
+        cells += [cell(per_fold[name][task_name] - reference, signed=True) for name in names[1:]]
+        print(f"| {task_name} | {clips[task_name]} | {len(reference)} | " + " | ".join(cells) + " |")
+
+
+def synthetic_probe_accuracy(pipelines: dict, seed: int) -> dict[str, float]:
     from demo_corpus import DEMO_CLASSES, synthesize_sound
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -245,8 +316,9 @@ def main(argv=None):
         "official fp32": OfficialPipeline(official),
         "project fp32": project_pipeline(model, feature_extractor),
     }
-    if not args.no_int8:
-        variants["project int8"] = project_pipeline(quantize_linear_layers_int8(model), feature_extractor)
+    quantized = None if args.no_int8 else quantize_linear_layers_int8(model)
+    if quantized is not None:
+        variants["project int8"] = project_pipeline(quantized, feature_extractor)
     onnx_model = None if args.no_onnx else onnx_int8_model(model, args.onnx_dir)
     if onnx_model is not None:
         variants["project onnx int8"] = project_pipeline(onnx_model, feature_extractor)
@@ -308,15 +380,22 @@ def main(argv=None):
         print(f"| {shape} | {name} | {throughput:.1f} | {ratio:.2f}x | {100 * fraction:.0f} % | {cosine:.6f} |")
 
     if args.probe:
-        probe_variants = {"fp32": variants["project fp32"]}
-        for name, label in (("project int8", "torch int8"), ("project onnx int8", "onnx int8")):
-            if name in variants:
-                probe_variants[label] = variants[name]
-        accuracy = probe_accuracy(probe_variants, args.seed)
-        print(
-            "\nlinear probe (5 synthetic classes x 40 clips of 2 s, 5-fold CV, random ViT-B): "
-            + ", ".join(f"{name} {value:.1f} %" for name, value in accuracy.items())
-        )
+        probe_models = {"fp32": model}
+        if quantized is not None:
+            probe_models["torch int8"] = quantized
+        if onnx_model is not None:
+            probe_models["onnx int8"] = onnx_model
+        tasks = real_audio_tasks(args.corpus_dir)
+        if tasks is not None:
+            real_audio_probe(probe_models, feature_extractor, tasks, args.probe_seeds)
+        else:
+            accuracy = synthetic_probe_accuracy(
+                {name: project_pipeline(m, feature_extractor) for name, m in probe_models.items()}, args.seed
+            )
+            print(
+                "\nlinear probe (5 synthetic classes x 40 clips of 2 s, 5-fold CV, random ViT-B; one clip is 0.5 "
+                "points): " + ", ".join(f"{name} {value:.1f} %" for name, value in accuracy.items())
+            )
 
 
 if __name__ == "__main__":
