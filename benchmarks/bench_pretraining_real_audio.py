@@ -238,6 +238,7 @@ def main(argv=None):
     parser.add_argument("--config", help="MatpacConfig overrides over the tiny preset, e.g. 'mask_ratio=0.6'")
     parser.add_argument("--no_preset", action="store_true", help="start from MatpacConfig defaults, not tiny")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
+    parser.add_argument("--masking", choices=("random", "time_columns"), default="random")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--probe_seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -294,6 +295,7 @@ def main(argv=None):
         "config_overrides": parse_overrides(args.config),
         "preset": None if args.no_preset else "tiny",
         "bf16": args.bf16,
+        "masking": args.masking,
         "threads": threads,
         "seed": args.seed,
         "probe_seeds": args.probe_seeds,
@@ -314,8 +316,19 @@ def main(argv=None):
         tic = time.perf_counter()
         values, frame_mask = random_crops(mels, args.batch_size, args.crop_frames, data_generator)
         padded = bool((frame_mask == 0).any())
+        noise = None
+        if args.masking == "time_columns":
+            columns = args.crop_frames // config.patch_size
+            noise = (
+                torch.rand(args.batch_size, 1, columns, generator=mask_generator)
+                .expand(-1, config.num_frequency_patches, -1)
+                .reshape(args.batch_size, -1)
+            )
+            noise = noise + 1e-3 * torch.rand(noise.shape, generator=mask_generator)
         with autocast:
-            outputs = model(values, attention_mask=frame_mask if padded else None, step=step, generator=mask_generator)
+            outputs = model(
+                values, attention_mask=frame_mask if padded else None, step=step, generator=mask_generator, noise=noise
+            )
         outputs.loss.backward()
         model.update_teachers(step)
         torch.nn.utils.clip_grad_norm_(trainable, optimizer_args.max_grad_norm)
