@@ -134,6 +134,9 @@ def test_demo_run_writes_both_folders_probes_and_pushes(tmp_path, hub_stub, monk
     assert "| total_steps | 4 |" in card.text and "Quelennec" in card.text
     assert "over 4 steps: 0.99 -> 0.999 (encoder)" in card.text  # the objective with this run's numbers
     assert "a constant temperature 0.07 (no warm-up)" in card.text and "over 0 steps" not in card.text
+    # the demo's settings (short crops, learning rate 1e-3) where the user left the defaults
+    run_config = json.loads((out / "logs" / "run_config.json").read_text())
+    assert run_config["crop"] == "96 frames (0.96 s)" and run_config["learning_rate"] == 1e-3
     # schedules written into the config, losses and monitors logged, the corrupted demo file skipped and counted
     assert encoder.config.total_steps == 4
     rows = metrics(out)
@@ -149,11 +152,15 @@ def test_demo_run_writes_both_folders_probes_and_pushes(tmp_path, hub_stub, monk
     # 95 %); even a random encoder's clip embeddings separate these synthetic sounds well above it (measured: ~0.5)
     probe = json.loads((out / "demo_probe.json").read_text())
     assert probe["corpus"] == "synthetic" and list(probe["tasks"]) == ["synthetic sounds"]
-    for result in probe["tasks"]["synthetic sounds"].values():
+    for result in (probe["tasks"]["synthetic sounds"][name] for name in ("pretrained", "random_init")):
         assert result["n"] == 5 and result["num_classes"] == 5 and 0.35 < result["mean"] <= 1 and result["ci95"] > 0
     task = probe["tasks"]["synthetic sounds"]
     gain = 100 * (task["pretrained"]["mean"] - task["random_init"]["mean"])
-    assert probe["mean_gain_points"] == pytest.approx(gain)
+    assert probe["mean_gain_points"] == pytest.approx(gain) == pytest.approx(task["gain_points"]["mean"])
+    paired = [100 * (p - r) for p, r in zip(task["pretrained"]["folds"], task["random_init"]["folds"])]
+    assert len(paired) == 5 and task["gain_points"]["ci95"] == pytest.approx(
+        script.run_linear_probe.summarise(paired)["ci95"]
+    )
     assert "Demo linear probe on synthetic" in capsys.readouterr().out
     # pushed to the (stub) Hub: the encoder folder with its card
     files = hub_stub.files("stub-user/matpac-tiny")
