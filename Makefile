@@ -45,7 +45,7 @@ real-audio-debs:
 
 # Pretrained vs random encoder on real audio, gain vs steps (~15-20 min on 2 cores; needs real-audio-debs).
 bench-learning: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_pretraining_real_audio.py --steps 3000 --eval_steps 250 500 1000 2000
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_pretraining_real_audio.py --steps 8000 --eval_steps 1000 2000 4000
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
