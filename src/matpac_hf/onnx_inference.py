@@ -157,27 +157,34 @@ def _atomic_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
 
 
-def _set_metadata(onnx_model, fingerprint: str, precision: str, config) -> None:
-    """Writes the matpac-hf metadata into an `onnx.ModelProto`."""
-    props = {prop.key: prop.value for prop in onnx_model.metadata_props}
-    props.update(
-        {
-            FINGERPRINT_KEY: fingerprint,
-            PRECISION_KEY: precision,
-            "matpac_hf.max_frames": str(config.max_frames),
-            "matpac_hf.patch_size": str(config.patch_size),
-        }
-    )
+def _metadata(onnx_model) -> dict[str, str]:
+    """The metadata of an `onnx.ModelProto` as a dict."""
+    return {prop.key: prop.value for prop in onnx_model.metadata_props}
+
+
+def _replace_metadata(onnx_model, props: dict[str, str]) -> None:
+    """Replaces the metadata of an `onnx.ModelProto` by `props` (sorted by key)."""
     del onnx_model.metadata_props[:]
     for key, value in sorted(props.items()):
         onnx_model.metadata_props.add(key=key, value=value)
+
+
+def _set_metadata(onnx_model, fingerprint: str, precision: str, config) -> None:
+    """Writes the matpac-hf metadata into an `onnx.ModelProto` (keeping the exporter's own)."""
+    matpac = {
+        FINGERPRINT_KEY: fingerprint,
+        PRECISION_KEY: precision,
+        "matpac_hf.max_frames": str(config.max_frames),
+        "matpac_hf.patch_size": str(config.patch_size),
+    }
+    _replace_metadata(onnx_model, {**_metadata(onnx_model), **matpac})
 
 
 def read_fingerprint(path: str | os.PathLike) -> str | None:
     """The fingerprint stored in an ONNX file written by [`export_onnx`] / [`quantize_onnx_int8`] (None if absent)."""
     onnx = _require("onnx", "Reading an ONNX file")
     onnx_model = onnx.load(str(path), load_external_data=False)
-    return {prop.key: prop.value for prop in onnx_model.metadata_props}.get(FINGERPRINT_KEY)
+    return _metadata(onnx_model).get(FINGERPRINT_KEY)
 
 
 def export_onnx(model: MatpacModel, path: str | os.PathLike, opset_version: int | None = None) -> Path:
@@ -235,7 +242,7 @@ def quantize_onnx_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLik
     quantization = _require("onnxruntime.quantization", "int8 quantisation")
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     source = onnx.load(str(fp32_path))
-    props = {prop.key: prop.value for prop in source.metadata_props}
+    props = _metadata(source)
     temporary = _atomic_path(int8_path)
     try:
         with _quiet_export():
@@ -248,9 +255,7 @@ def quantize_onnx_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLik
                 extra_options={"MatMulConstBOnly": True},
             )
         quantized = onnx.load(str(temporary))
-        del quantized.metadata_props[:]
-        for key, value in sorted({**props, PRECISION_KEY: "int8"}.items()):
-            quantized.metadata_props.add(key=key, value=value)
+        _replace_metadata(quantized, {**props, PRECISION_KEY: "int8"})
         onnx.save(quantized, str(temporary))
         os.replace(temporary, int8_path)
     finally:
