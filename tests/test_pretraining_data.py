@@ -323,3 +323,54 @@ def test_resume_with_a_shuffle_buffer_loses_at_most_the_buffer(tmp_path, buffer_
     assert len(set(before)) == len(before) == 6 and set(before).isdisjoint(after) and len(set(after)) == len(after)
     lost = 16 - len(before) - len(after)
     assert 0 < lost <= buffer_size
+
+
+def test_decoded_clip_cache_gives_the_crops_of_the_files(tmp_path):
+    """With the in-memory cache, every epoch yields the crops read from the files (bitwise for 16 kHz clips, within
+    the resampling filter's rounding for a 44.1 kHz one), short clips are padded the same way, unreadable clips are
+    skipped and counted every epoch, and a cache too small for the corpus falls back to reading crops."""
+    folder = _write_folder(
+        tmp_path / "corpus",
+        [
+            ("a.flac", tone(6.5, 16000, 220), 16000),
+            ("b_corrupted.flac", CORRUPTED, None),
+            ("c.wav", tone(9.0, 16000, 330), 16000),
+            ("d.flac", tone(8.0, 44100, 440), 44100),
+            ("e_short.flac", tone(2.0, 16000, 550), 16000),
+        ],
+    )
+    dataset, column = load_audio_stream(dataset_dir=str(folder))
+
+    def epochs(**kwargs):
+        stream = build_crop_stream(dataset, column, seed=3, min_clip_policy="pad", **kwargs)
+        items = []
+        for epoch in range(3):
+            stream.set_epoch(epoch)
+            items.append({item["example_id"]: item for item in stream})
+            assert stream.counters.num_corrupted == 1 and stream.counters.num_padded == 1
+        return stream, items
+
+    _, read = epochs()
+    cached_stream, cached = epochs(cache_bytes=2**24)
+    assert len(cached_stream.cache) == 4 and not cached_stream.cache.full  # the corrupted file is never cached
+    assert cached_stream.cache.num_bytes == 4 * (6.5 + 9.0 + 8.0 + 2.0) * 16000
+    for from_files, from_cache in zip(read, cached):
+        assert sorted(from_files) == sorted(from_cache) and len(from_files) == 4
+        for key, item in from_files.items():
+            assert from_cache[key]["num_valid_samples"] == item["num_valid_samples"]
+            if key.endswith("d.flac"):
+                np.testing.assert_allclose(from_cache[key]["input_values"], item["input_values"], atol=1e-3)
+            else:
+                np.testing.assert_array_equal(from_cache[key]["input_values"], item["input_values"])
+    assert not np.array_equal(
+        read[0][str(folder / "a.flac")]["input_values"], read[1][str(folder / "a.flac")]["input_values"]
+    )
+    assert cached[0][str(folder / "e_short.flac")]["num_valid_samples"] == 32000
+
+    small_stream, small = epochs(cache_bytes=7 * 16000 * 4)  # room for a.flac only
+    assert len(small_stream.cache) == 1 and small_stream.cache.full
+    for from_files, from_small in zip(read, small):
+        for key, item in from_files.items():
+            np.testing.assert_allclose(from_small[key]["input_values"], item["input_values"], atol=1e-3)
+    with pytest.raises(ValueError, match="positive size"):
+        pretraining_data.DecodedClipCache(0)

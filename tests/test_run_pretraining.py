@@ -273,6 +273,27 @@ def test_real_audio_demo_corpus_gets_short_padded_crops(tmp_path, monkeypatch):
     assert metrics(out)[2]["data/num_padded"] == 1 and metrics(out)[2]["data/num_too_short"] == 0  # the 0.5 s clip
 
 
+def test_demo_settings_replace_only_options_not_given(monkeypatch):
+    """The demo's settings fill in what the command line left out, even where a given value equals the default; the
+    in-memory clip cache refuses DataLoader workers with the fix in the message."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    monkeypatch.setattr(script, "use_real_demo_corpus", lambda args: False)
+    args = script.parse_args(["--output_dir", "out", "--learning_rate", "3e-4", "--num_workers", "1"])
+    assert args.learning_rate == script.parse_args(["--output_dir", "out"]).learning_rate  # the default, given
+    PartialState()  # accelerate's logger needs it
+    try:
+        script.apply_demo_settings(args)
+        assert args.learning_rate == 3e-4 and args.num_workers == 1
+        assert args.crop_frames == 96 and args.audio_cache_mb == 512 and args.max_steps == script.DEMO_MAX_STEPS
+        with pytest.raises(ValueError, match="--audio_cache_mb 512 with --num_workers 1.*--num_workers 0"):
+            script.build_data_loop(args, accelerator=None)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--output_dir", "out", "--audio_cache_mb", "-1"])
+
+
 def test_thread_counts(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(script, "available_cores", lambda: 2)

@@ -433,6 +433,35 @@ def decode_random_crop(
     return crop, num_valid
 
 
+def crop_decoded(
+    waveform: np.ndarray,
+    crop_samples: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    key: str,
+    min_clip_policy: str = "drop",
+) -> tuple[np.ndarray | None, int]:
+    """The crop `decode_random_crop` takes, from a clip already decoded to mono at the target rate (`decode_audio`):
+    the same position, the same short-clip rule and the same return value. For a clip stored at the target rate the
+    crop is bitwise the one `decode_random_crop` reads from the file; for a resampled clip it differs by the
+    resampling filter's rounding only (the whole clip resampled once instead of the samples around the crop)."""
+    if min_clip_policy not in MIN_CLIP_POLICIES:
+        raise ValueError(f"min_clip_policy must be one of {MIN_CLIP_POLICIES}, got {min_clip_policy!r}.")
+    num_samples = waveform.shape[0]
+    if num_samples < crop_samples:
+        if min_clip_policy == "drop":
+            return None, 0
+        crop, num_valid = np.pad(waveform, (0, crop_samples - num_samples)), num_samples
+    else:
+        offset = crop_offset(num_samples, crop_samples, seed, epoch, key)
+        crop, num_valid = waveform[offset : offset + crop_samples], crop_samples
+    crop = np.ascontiguousarray(crop, dtype=np.float32)
+    if not np.isfinite(crop).all():
+        raise AudioDecodeError(f"{key}: non-finite samples (NaN or inf)")
+    return crop, num_valid
+
+
 __all__ = [
     "AUDIO_FILE_EXTENSIONS",
     "AudioDecodeError",
@@ -444,6 +473,7 @@ __all__ = [
     "audio_source",
     "check_bad_audio_policy",
     "clip_key",
+    "crop_decoded",
     "crop_offset",
     "decode_audio",
     "decode_audio_column",
