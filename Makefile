@@ -37,8 +37,7 @@ demo: $(STAMP)
 	$(PY) examples/run_pretraining.py --preset tiny --output_dir demo_output
 
 # The real-audio corpus of examples/real_audio_corpus.py (Debian voices, soundfonts): `make real-audio-debs` as root.
-REAL_AUDIO_DEBS := espeak-ng flite fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
-	csound-soundfont
+REAL_AUDIO_DEBS := $(shell cat examples/real_audio_debs.txt)
 
 real-audio-debs:
 	apt-get install -y --no-install-recommends $(REAL_AUDIO_DEBS)

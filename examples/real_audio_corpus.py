@@ -49,10 +49,9 @@ from matpac_hf.configuration_matpac import SAMPLING_RATE
 SOUNDFONT_FOLDERS = ("/usr/share/sounds/sf2", "/usr/share/sounds/sf3")
 # Installed GM soundfonts, by Debian package file name (the `default-GM` links are aliases of one of these).
 SOUNDFONT_FILES = ("FluidR3_GM.sf2", "TimGM6mb.sf2", "MuseScore_General.sf3", "sf_GMbank.sf2")
-DEBIAN_PACKAGES = (
-    "espeak-ng flite fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small "
-    "csound-soundfont"
-)
+# The Debian packages of the audio sources, listed once in real_audio_debs.txt (also read by `make real-audio-debs`)
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "real_audio_debs.txt")) as _packages:
+    DEBIAN_PACKAGES = " ".join(_packages.read().split())
 
 ESPEAK_ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")
 # espeak-ng voice variants in 5 groups: a digits fold holds out one group (its voices never reach the training folds).

@@ -57,6 +57,7 @@ def test_export_is_cached_next_to_the_folder(exported):
     assert read_fingerprint(onnx_dir / FP32_FILE_NAME) == read_fingerprint(onnx_dir / INT8_FILE_NAME) == fingerprint
     metadata = int8_runner.session.get_modelmeta().custom_metadata_map
     assert metadata["matpac_hf.precision"] == "int8" and metadata["matpac_hf.max_frames"] == "64"
+    assert metadata["matpac_hf.fingerprint"] == fingerprint  # read_fingerprint reads what onnxruntime reads
     # A second runner reuses both files as they are.
     mtimes = {path.name: path.stat().st_mtime_ns for path in onnx_dir.iterdir()}
     again = OnnxMatpacModel.from_model(model, int8=True)
@@ -111,6 +112,19 @@ def test_embed_long_audio_runs_on_the_onnx_runner(exported, tiny_matpac_folder):
     actual = embed_long_audio(fp32_runner, feature_extractor, audio, window_seconds=1.28)
     assert actual.num_frames == expected.num_frames
     assert (actual.clip_embedding - expected.clip_embedding).abs().max().item() <= 1e-4
+
+
+def test_read_fingerprint_without_metadata(exported, tmp_path):
+    import onnx
+
+    folder = exported[0]
+    bare = onnx.load(str(folder / ONNX_SUBFOLDER / FP32_FILE_NAME))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    assert read_fingerprint(tmp_path / "bare.onnx") is None
+    for garbage in (b"\xff" * 16, b"\x0f" * 16):  # a varint running off the end; protobuf wire type 7
+        (tmp_path / "not_onnx.onnx").write_bytes(garbage)
+        assert read_fingerprint(tmp_path / "not_onnx.onnx") is None
 
 
 def test_stale_export_is_exported_again(exported, tmp_path):

@@ -180,11 +180,49 @@ def _set_metadata(onnx_model, fingerprint: str, precision: str, config) -> None:
     _replace_metadata(onnx_model, {**_metadata(onnx_model), **matpac})
 
 
+def _read_varint(handle) -> int | None:
+    """One protobuf varint from `handle` (None at the end of the file)."""
+    value, shift = 0, 0
+    while True:
+        byte = handle.read(1)
+        if not byte:
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+
+
+_METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props (onnx.proto)
+
+
 def read_fingerprint(path: str | os.PathLike) -> str | None:
-    """The fingerprint stored in an ONNX file written by [`export_onnx`] / [`quantize_onnx_int8`] (None if absent)."""
+    """The fingerprint stored in an ONNX file written by [`export_onnx`] / [`quantize_onnx_int8`] (None if absent).
+
+    Reads only the metadata entries: the top-level fields of the `ModelProto` are walked and the others (the graph
+    with its weights, 430 MB for ViT-B) skipped with a seek, instead of parsing the whole file."""
     onnx = _require("onnx", "Reading an ONNX file")
-    onnx_model = onnx.load(str(path), load_external_data=False)
-    return _metadata(onnx_model).get(FINGERPRINT_KEY)
+    fixed_sizes = {1: 8, 5: 4}  # protobuf wire types 1 (64-bit) and 5 (32-bit)
+    with open(path, "rb") as handle:  # a file that is not an ONNX model has no fingerprint (None)
+        while (key := _read_varint(handle)) is not None:
+            field, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                _read_varint(handle)
+            elif wire_type in fixed_sizes:
+                handle.seek(fixed_sizes[wire_type], os.SEEK_CUR)
+            elif wire_type == 2:
+                size = _read_varint(handle)
+                if size is None:
+                    return None
+                if field != _METADATA_PROPS_FIELD:
+                    handle.seek(size, os.SEEK_CUR)
+                    continue
+                entry = onnx.StringStringEntryProto.FromString(handle.read(size))
+                if entry.key == FINGERPRINT_KEY:
+                    return entry.value
+            else:  # not a protobuf file (a damaged cache file, say): no fingerprint, so it gets exported again
+                return None
+    return None
 
 
 def export_onnx(model: MatpacModel, path: str | os.PathLike, opset_version: int | None = None) -> Path:
@@ -196,6 +234,11 @@ def export_onnx(model: MatpacModel, path: str | os.PathLike, opset_version: int 
     (ViT-B: about 15 s on one CPU core). The weights are stored in the file (no external data); the file
     is written atomically and carries [`encoder_fingerprint`] in its metadata. Returns the path.
     """
+    return _export_onnx(model, path, encoder_fingerprint(model), opset_version)
+
+
+def _export_onnx(model: MatpacModel, path: str | os.PathLike, fingerprint: str, opset_version: int | None) -> Path:
+    """[`export_onnx`] with the weights' fingerprint already computed (hashing ViT-B's weights takes a while)."""
     _require("onnxscript", "torch.onnx.export")
     onnx = _require("onnx", "The ONNX export")
     _check_exportable(model)
@@ -207,7 +250,6 @@ def export_onnx(model: MatpacModel, path: str | os.PathLike, opset_version: int 
     dynamic_axes = {0: num_chunks}
     if max_time_patches > 1:
         dynamic_axes[1] = config.patch_size * torch.export.Dim("time_patches", min=1, max=max_time_patches)
-    fingerprint = encoder_fingerprint(model)
     core = _EncoderCore(model)
     core.training = False  # model is in eval mode (checked); the wrapper itself has no layers of its own
     temporary = _atomic_path(path)
@@ -292,7 +334,7 @@ def ensure_onnx_export(model: MatpacModel, onnx_dir: str | os.PathLike, int8: bo
             "about 20 s on one CPU core, int8 included)."
         )
         start = time.perf_counter()
-        export_onnx(model, fp32_path)
+        _export_onnx(model, fp32_path, fingerprint, opset_version=None)
         logger.info(f"ONNX export: {time.perf_counter() - start:.1f} s")
     if int8:
         start = time.perf_counter()
