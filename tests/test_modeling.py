@@ -5,6 +5,7 @@ The tiny config (tests/conftest.py) encodes chunks of `max_frames=64` frames (4 
 exercise the chunking."""
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from transformers import AutoModelForAudioFrameClassification
 from transformers.utils import logging as transformers_logging
 
 from matpac_hf import MatpacConfig, MatpacForAudioClassification, MatpacForAudioFrameClassification, MatpacModel
-from matpac_hf.modeling_matpac import build_2d_sincos_position_table, crop_position_table
+from matpac_hf.modeling_matpac import MatpacSelfAttention, build_2d_sincos_position_table, crop_position_table
 
 
 @pytest.fixture(scope="module")
@@ -498,3 +499,55 @@ def test_trainer_scales_the_batch_mean_losses_for_gradient_accumulation(tmp_path
     for head_class in HEADS:
         args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, gradient_accumulation_steps=4)
         assert Trainer(model=head_class(tiny_config()), args=args).model_accepts_loss_kwargs is False
+
+
+# ------------------------------------------------------------------------------------------- no-grad in-place path
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("num_frames", [48, 320])  # 16 tokens (sdpa kernel), 101 tokens (attention per chunk)
+def test_no_grad_in_place_path_computes_what_the_autograd_path_does(attn_implementation, num_frames):
+    """Under no-grad the blocks update the tokens in place, reuse activation buffers and (from
+    `per_chunk_attention_min_tokens` tokens, no mask) run attention chunk by chunk: the same math as the path with
+    autograd, which keeps the plain modules."""
+    torch.manual_seed(0)
+    config = tiny_config(max_frames=320, hidden_size=64, num_attention_heads=4, intermediate_size=128)
+    model = MatpacModel.from_pretrained(
+        None, config=config, state_dict=MatpacModel(config).state_dict(), attn_implementation=attn_implementation
+    ).eval()
+    tokens = model.embeddings(torch.randn(3, num_frames, 80)).detach()
+    mask = torch.ones(tokens.shape[:2], dtype=torch.long)
+    mask[1, tokens.shape[1] // 2 :] = 0
+    for attention_mask in (None, mask):
+        with torch.enable_grad():
+            expected = model.encoder(tokens.requires_grad_(), attention_mask=attention_mask).last_hidden_state
+        tokens = tokens.detach()
+        before = tokens.clone()
+        attention = MatpacSelfAttention
+        with (
+            torch.no_grad(),
+            mock.patch.object(
+                attention, "attend_per_chunk", autospec=True, side_effect=attention.attend_per_chunk
+            ) as per_chunk,
+        ):
+            assert all(layer.inference_path_applies() for layer in model.encoder.layers)
+            got = model.encoder(tokens, attention_mask=attention_mask).last_hidden_state
+        assert per_chunk.called == (
+            attention_mask is None and tokens.shape[1] >= attention.per_chunk_attention_min_tokens
+        )
+        torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+        assert torch.equal(tokens, before)  # the caller's tokens are left alone
+
+
+def test_no_grad_in_place_path_is_skipped_where_it_would_differ():
+    """Active dropout, autocast and quantised (non-`nn.Linear`) layers keep the plain forward."""
+    torch.manual_seed(0)
+    layer = MatpacModel(tiny_config(hidden_dropout_prob=0.1)).encoder.layers[0]
+    with torch.no_grad():
+        assert not layer.train().inference_path_applies()
+        assert layer.eval().inference_path_applies()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not layer.inference_path_applies()
+        layer.mlp.fc1 = torch.nn.Identity()
+        assert not layer.inference_path_applies()
+    assert not MatpacModel(tiny_config()).eval().encoder.layers[0].inference_path_applies()  # grad enabled
