@@ -711,6 +711,8 @@ def main(argv=None):
         "num_classes": len(class_names),
         "class_names": class_names,
         "runs": runs,
+        # what the mean and CI are over: one metric per fold (the mean over seeds), or per seed for fixed splits
+        "summarised": values,
         "embedding_cache": {split: d["cache"] for split, d in data.items()},
         "skipped_clips": {split: d["skipped"] for split, d in data.items() if d["skipped"]},
         "arguments": vars(args),
@@ -719,9 +721,8 @@ def main(argv=None):
     with open(path, "w") as handle:
         json.dump(results, handle, indent=2)
     ci = "n/a (one run)" if summary["ci95"] is None else f"{100 * summary['ci95']:.2f}"
-    logger.info(
-        "Test %s: %.2f +- %s (95 %% CI, %d runs); written to %s", metric, 100 * summary["mean"], ci, summary["n"], path
-    )
+    over = f"{summary['n']} folds x {len(args.seeds)} seed(s)" if args.fold_column else f"{summary['n']} runs"
+    logger.info("Test %s: %.2f +- %s (95 %% CI, %s); written to %s", metric, 100 * summary["mean"], ci, over, path)
     return results
 
 

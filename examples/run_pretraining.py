@@ -42,7 +42,6 @@ import signal
 import sys
 import time
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -931,18 +930,8 @@ def run_demo_probe(encoder_dir: str, demo: DemoCorpus, output_dir: str, seed: in
                 ["--model_name_or_path", encoder_dir, "--dataset_dir", folder, "--fold_column", "fold"]
                 + ["--seeds", *seeds, "--output_dir", probe_dir, *extra]
             )
-            by_fold: dict[str, list[float]] = {}
-            for run in probe["runs"]:
-                by_fold.setdefault(run["fold"], []).append(run["test_metric"])
-            folds = [float(np.mean(by_fold[fold])) for fold in sorted(by_fold)]
-            summary = run_linear_probe.summarise(folds)
-            results["tasks"][task][name] = {
-                "mean": summary["mean"],
-                "ci95": summary["ci95"],
-                "n": len(folds),
-                "num_classes": probe["num_classes"],
-                "folds": folds,
-            }
+            results["tasks"][task][name] = {key: probe[key] for key in ("mean", "ci95", "n", "num_classes")}
+            results["tasks"][task][name]["folds"] = probe["summarised"]  # per fold, the mean over the seeds
         # the gain over the same folds (both encoders are tested on the same clips): mean and 95 % CI over the folds
         pretrained, random_init = (results["tasks"][task][name]["folds"] for name in ("pretrained", "random_init"))
         gain = run_linear_probe.summarise([100 * (p - r) for p, r in zip(pretrained, random_init)])

@@ -68,6 +68,7 @@ def test_folds_on_audiofolder_and_cache_reuse(checkpoint, tone_folder, tmp_path,
     assert all(run["num_test"] == 6 and run["num_train"] + run["num_validation"] == 24 for run in results["runs"])
     assert results["mean"] >= 0.8, f"accuracy {results['mean']} not well above chance (1/3)"
     values = [run["test_metric"] for run in results["runs"]]
+    assert results["summarised"] == values  # one seed: the fold metrics are the runs'
     assert results["mean"] == pytest.approx(np.mean(values))
     assert results["ci95"] == pytest.approx(2.7764451 * np.std(values, ddof=1) / np.sqrt(5), abs=1e-6)
     cache = results["embedding_cache"]["train"]
