@@ -551,3 +551,23 @@ def test_no_grad_in_place_path_is_skipped_where_it_would_differ():
         layer.mlp.fc1 = torch.nn.Identity()
         assert not layer.inference_path_applies()
     assert not MatpacModel(tiny_config()).eval().encoder.layers[0].inference_path_applies()  # grad enabled
+
+
+def test_chunks_of_several_lengths_packed_into_one_call_give_the_per_micro_batch_outputs():
+    """On the no-grad path micro-batches of different chunk lengths share one encoder call (tokens packed, attention
+    per chunk): the outputs are those of one call per micro-batch."""
+    torch.manual_seed(0)
+    model = MatpacModel(tiny_config(max_frames=320)).eval()  # full chunks of 101 tokens: attention per chunk
+    x = torch.randn(3, 800, 80)  # per clip 320 + 320 + 160 frames (101, 101 and 51 tokens)
+    mask = torch.ones(3, 800, dtype=torch.long)
+    mask[1, 500:] = 0  # 320 + 180 frames (101, 61 tokens)
+    chunks = model._plan_chunks([800, 500, 800], None)
+    assert len(chunks) == 3 and len(model._pack_micro_batches(chunks, None)) == 1
+    with torch.no_grad():
+        packed = model(x, attention_mask=mask)
+        with mock.patch.object(type(model.encoder), "packed_sequences_apply", return_value=False):
+            per_micro_batch = model(x, attention_mask=mask)
+    torch.testing.assert_close(packed.last_hidden_state, per_micro_batch.last_hidden_state, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(packed.pooler_output, per_micro_batch.pooler_output, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="no-grad path"):
+        model.encoder(torch.randn(1, 42, 32), sequence_groups=[(2, 21)])
