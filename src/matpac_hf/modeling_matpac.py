@@ -278,9 +278,9 @@ class MatpacSelfAttention(nn.Module):
 
     def attend_per_chunk(self, qkv: torch.Tensor, workspace: dict, out: torch.Tensor | None = None) -> torch.Tensor:
         """Exact softmax attention without a mask, one chunk at a time: `(batch, seq, 3 * hidden)` -> `(batch, seq,
-        heads, head_dim)` (written into `out` when given). Per chunk one batched GEMM over the heads for the scores (into a reused `(heads, seq, seq)`
-        buffer, which stays in the core's L2 cache), softmax in place, one batched GEMM with the values written
-        straight into the output layout. The same math as eager attention (float32 softmax); on CPUs faster than
+        heads, head_dim)` (written into `out` when given). Per chunk one batched GEMM over the heads for the scores
+        (into a reused `(heads, seq, seq)` buffer, which stays in the core's L2 cache), softmax in place, one batched
+        GEMM with the values written straight into the output layout. The same math as eager attention (float32 softmax); on CPUs faster than
         sdpa's flash kernel for full chunks, whose 32-query blocks make the two products small GEMMs."""
         batch_size, seq_len, _ = qkv.shape
         qkv = qkv.view(batch_size, seq_len, 3, self.num_attention_heads, self.head_dim)
@@ -413,6 +413,7 @@ class MatpacLayer(GradientCheckpointingLayer):
                 attention_mask is None
                 and length >= attention.per_chunk_attention_min_tokens
                 and attention.config._attn_implementation in ("sdpa", "eager")
+                and group_qkv.device.type == "cpu"  # measured on CPU; on a GPU sdpa's fused kernels stay
             ):
                 out = None if group_out is None else group_out.view(count, length, attention.num_attention_heads, -1)
                 group_result = attention.attend_per_chunk(group_qkv, workspace, out=out)
