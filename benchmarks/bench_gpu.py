@@ -145,8 +145,9 @@ def run_inference(args, device, config):
 
 
 def run_pretraining(args, device, config, peaks):
-    from bench_dataloader import pretraining_step  # the training step bench_dataloader.py times on CPU
-    from torch.utils.flop_counter import FlopCounterMode
+    # the training step bench_dataloader.py times on CPU, and its FLOP counter (it also counts the teacher's in-place
+    # addmm_, which torch's table lacks)
+    from bench_dataloader import model_flop_counter, pretraining_step
 
     from matpac_hf import MatpacFeatureExtractor, MatpacForPreTraining
     from matpac_hf.configuration_matpac import num_samples_for_frames
@@ -168,7 +169,7 @@ def run_pretraining(args, device, config, peaks):
             model, optimizer, trainable, feature_extractor, waveforms, index, optimizer_args.max_grad_norm, dtype
         )
 
-    with FlopCounterMode(display=False) as counter:
+    with model_flop_counter() as counter:
         step(0, None)
     flops = counter.get_total_flops()
     print(
