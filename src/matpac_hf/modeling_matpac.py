@@ -280,8 +280,9 @@ class MatpacSelfAttention(nn.Module):
         """Exact softmax attention without a mask, one chunk at a time: `(batch, seq, 3 * hidden)` -> `(batch, seq,
         heads, head_dim)` (written into `out` when given). Per chunk one batched GEMM over the heads for the scores
         (into a reused `(heads, seq, seq)` buffer, which stays in the core's L2 cache), softmax in place, one batched
-        GEMM with the values written straight into the output layout. The same math as eager attention (float32 softmax); on CPUs faster than
-        sdpa's flash kernel for full chunks, whose 32-query blocks make the two products small GEMMs."""
+        GEMM with the values written straight into the output layout. The same math as eager attention (float32
+        softmax); on CPUs faster than sdpa's flash kernel for full chunks, whose 32-query blocks make the two products
+        small GEMMs."""
         batch_size, seq_len, _ = qkv.shape
         qkv = qkv.view(batch_size, seq_len, 3, self.num_attention_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim), strided
