@@ -605,7 +605,8 @@ def use_real_demo_corpus(args) -> bool:
 
 
 def apply_demo_settings(args):
-    """The demo's settings (`DEMO_SETTINGS`, `REAL_DEMO_SETTINGS`) where the user left the defaults, and its length."""
+    """The demo's settings (`DEMO_SETTINGS`, `REAL_DEMO_SETTINGS`) for the options not given on the command line, and
+    its length."""
     kind = "real audio" if use_real_demo_corpus(args) else "synthetic"
     for name, value in (REAL_DEMO_SETTINGS if kind == "real audio" else DEMO_SETTINGS).items():
         if name not in args.given_options:
