@@ -565,9 +565,15 @@ def test_chunks_of_several_lengths_packed_into_one_call_give_the_per_micro_batch
     assert len(chunks) == 3 and len(model._pack_micro_batches(chunks, None)) == 1
     with torch.no_grad():
         packed = model(x, attention_mask=mask)
-        with mock.patch.object(type(model.encoder), "packed_sequences_apply", return_value=False):
+
+        def one_call_each(self, micro_batches, chunk_batch_size):
+            return [[chunks] for chunks in micro_batches]
+
+        with mock.patch.object(MatpacModel, "_pack_micro_batches", one_call_each):
             per_micro_batch = model(x, attention_mask=mask)
     torch.testing.assert_close(packed.last_hidden_state, per_micro_batch.last_hidden_state, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(packed.pooler_output, per_micro_batch.pooler_output, atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="no-grad path"):
         model.encoder(torch.randn(1, 42, 32), sequence_groups=[(2, 21)])
+    with torch.no_grad(), pytest.raises(ValueError, match="output_hidden_states"):  # would attend across sequences
+        model.encoder(torch.randn(1, 42, 32), sequence_groups=[(2, 21)], output_hidden_states=True)

@@ -485,8 +485,14 @@ class MatpacEncoder(nn.Module):
 
         `sequence_groups` `[(count, seq_len), ...]` (no-grad path only, see `packed_sequences_apply`): `hidden_states`
         is `(1, tokens, hidden)`, that many sequences packed one after the other, each attending only to itself."""
-        if sequence_groups is not None and not self.packed_sequences_apply():
-            raise ValueError("sequence_groups needs the no-grad path (see MatpacEncoder.packed_sequences_apply).")
+        # No-grad path (inference, the teacher's forward): the blocks update one copy of the tokens in place and share
+        # their activation buffers (see `MatpacLayer._forward_in_place`); it alone can run packed sequences.
+        in_place = not (output_hidden_states or output_attentions) and self.packed_sequences_apply()
+        if sequence_groups is not None and not in_place:
+            raise ValueError(
+                "sequence_groups needs the no-grad path (see MatpacEncoder.packed_sequences_apply) and no "
+                "output_hidden_states / output_attentions."
+            )
         if attention_mask is not None and output_attentions and self.config._attn_implementation != "eager":
             # The eager fallback of MatpacSelfAttention (see there) takes eager's additive float mask.
             key_is_padding = 1.0 - attention_mask[:, None, None, :].to(hidden_states.dtype)  # (batch, 1, 1, seq)
@@ -498,11 +504,7 @@ class MatpacEncoder(nn.Module):
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         workspace = None
-        if not (output_hidden_states or output_attentions) and all(
-            layer.inference_path_applies() for layer in self.layers
-        ):
-            # No-grad path (inference, the teacher's forward): the blocks update one copy of the tokens in place and
-            # share their activation buffers (see `MatpacLayer._forward_in_place`).
+        if in_place:
             hidden_states, workspace = hidden_states.contiguous().clone(), {}
         for layer in self.layers:
             hidden_states, attn_weights = layer(
