@@ -316,11 +316,12 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         try:
             key = clip_key(audio)
             crop_kwargs = {"seed": self.seed, "epoch": epoch, "key": key, "min_clip_policy": self.min_clip_policy}
-            cache = self.cache
-            waveform = cache.get(key) if cache is not None else None
-            if waveform is None and cache is not None and not cache.full:
-                waveform = decode_audio(audio, self.sampling_rate)
-                cache.put(key, waveform)
+            waveform = None  # the whole decoded clip, when the cache has it or room for it
+            if self.cache is not None:
+                waveform = self.cache.get(key)
+                if waveform is None and not self.cache.full:
+                    waveform = decode_audio(audio, self.sampling_rate)
+                    self.cache.put(key, waveform)
             if waveform is not None:
                 crop, num_valid = crop_decoded(waveform, self.crop_samples, **crop_kwargs)
             else:
