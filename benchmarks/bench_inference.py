@@ -74,6 +74,12 @@ def parse_args(argv=None):
         help="Folder for the ONNX export of the onnx int8 variant, reused when it holds this model's export (default: "
         "a temporary folder, removed at exit, so the export is timed every run).",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="Per shape, profile one project fp32 run: the share of its time each part takes (GEMMs, attention, "
+        "softmax, GELU, LayerNorm, copies, front end, the rest), their rates, and the ceiling without copies/overhead.",
+    )
     parser.add_argument("--compile", action="store_true", help="Also time torch.compile (fp32; compile time shown).")
     parser.add_argument(
         "--probe",
@@ -103,16 +109,22 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def encoder_flops(config: MatpacConfig, chunk_time_patches: list[int]) -> float:
-    """Multiply-add FLOPs (2 per MAC) of the patch embedding and the encoder on chunks of these column counts."""
+FLOP_PARTS = ("patch embedding", "block matrix products", "attention products")
+
+
+def encoder_flop_split(config: MatpacConfig, chunk_time_patches: list[int]) -> dict[str, float]:
+    """Multiply-add FLOPs (2 per MAC) of the encoder on chunks of these column counts, by part (`FLOP_PARTS`): the
+    patch embedding, the four matrix products of every block (qkv, output projection, fc1, fc2) and the two inside
+    attention (scores, weighted values)."""
     hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    total = 0.0
+    split = dict.fromkeys(FLOP_PARTS, 0.0)
     for columns in chunk_time_patches:
         patches = config.num_frequency_patches * columns
         seq = 1 + patches
-        total += 2 * patches * config.patch_size**2 * hidden  # patch embedding
-        total += layers * (2 * seq * (4 * hidden * hidden + 2 * hidden * inter) + 4 * seq * seq * hidden)
-    return total
+        split["patch embedding"] += 2 * patches * config.patch_size**2 * hidden
+        split["block matrix products"] += layers * 2 * seq * (4 * hidden * hidden + 2 * hidden * inter)
+        split["attention products"] += layers * 4 * seq * seq * hidden
+    return split
 
 
 def chunk_columns(config: MatpacConfig, num_frames: int) -> list[int]:
@@ -134,6 +146,61 @@ def gemm_rate(size=(4096, 768, 3072), repeats: int = 5, clock=time.perf_counter)
         torch.mm(a, b, out=out)
         best = min(best, clock() - start)
     return 2 * m * k * n / best / 1e9
+
+
+# Where the time of `project fp32` goes (`--breakdown`): the profiler's self time of each aten op, by part. The FLOPs
+# of the first three parts are `encoder_flop_split`'s; sdpa's flash kernel (chunks under
+# MatpacSelfAttention.per_chunk_attention_min_tokens tokens) includes its softmax.
+BREAKDOWN_OPS = {
+    "patch embedding": ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::_convolution"),
+    "block matrix products": ("aten::addmm", "aten::addmm_", "aten::mm"),
+    "attention products": ("aten::baddbmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu"),
+    "softmax": ("aten::_softmax",),
+    "GELU": ("aten::gelu_", "aten::gelu"),
+    "LayerNorm": ("aten::native_layer_norm",),
+    "bias copies, residual adds": ("aten::copy_", "aten::add_", "aten::add"),
+}
+# The parts a transformer block cannot do without, each at the rate its kernel reaches inside the model.
+ESSENTIAL_PARTS = ("patch embedding", "block matrix products", "attention products", "softmax", "GELU", "LayerNorm")
+
+
+def time_breakdown(model, feature_extractor, waveforms, flop_split: dict, gemm: float, clock) -> None:
+    """Print where one `project fp32` run's time goes: the front end and the model timed with `clock`, then the
+    model again under torch.profiler, its ops' self time grouped by `BREAKDOWN_OPS`; the rest of the model's timed run
+    (small ops, Python) is `everything else`. For the parts with FLOPs, their rate as a share of `gemm`. Last, the
+    share of the GEMM rate the run reached, and the share it would reach if only `ESSENTIAL_PARTS` took time, at their
+    measured rates: the ceiling of removing copies and overhead alone."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        start = clock()
+        features = feature_extractor(waveforms, sampling_rate=16000, return_tensors="pt")["input_values"]
+        front_end = clock() - start
+        start = clock()
+        model(features)
+        model_time = clock() - start
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            model(features)
+    self_seconds = {event.key: event.self_cpu_time_total / 1e6 for event in profiler.key_averages()}
+    parts = {name: sum(self_seconds.get(op, 0.0) for op in ops) for name, ops in BREAKDOWN_OPS.items()}
+    parts["everything else (small ops, Python)"] = max(0.0, model_time - sum(parts.values()))
+    parts["front end (feature extractor)"] = front_end
+    total, flops = front_end + model_time, sum(flop_split.values())
+    print(f"  where project fp32's time goes ({total:.2f} s; the parts' times from a profiled run):")
+    for name, seconds in parts.items():
+        line = f"    {name:<46} {100 * seconds / total:5.1f} % of the time"
+        if flop_split.get(name):
+            rate = flop_split[name] / seconds / 1e9
+            line += (
+                f", {100 * flop_split[name] / flops:5.1f} % of the FLOPs, {100 * rate / gemm:5.1f} % of the GEMM rate"
+            )
+        print(line)
+    essential = sum(parts[name] for name in ESSENTIAL_PARTS)
+    print(
+        f"    share of the GEMM rate: {100 * flops / total / 1e9 / gemm:.1f} % in this run; "
+        f"{100 * flops / essential / 1e9 / gemm:.1f} % if only {', '.join(ESSENTIAL_PARTS)} took time",
+        flush=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -338,7 +405,9 @@ def main(argv=None):
         waveforms = torch.from_numpy((0.1 * rng.standard_normal((num_clips, int(seconds * 16000)))).astype(np.float32))
         audio_seconds = num_clips * seconds
         num_frames = num_frames_for_samples(waveforms.shape[1])
-        flops = num_clips * encoder_flops(config, chunk_columns(config, num_frames))
+        flop_split = encoder_flop_split(config, chunk_columns(config, num_frames))
+        flop_split = {part: num_clips * value for part, value in flop_split.items()}
+        flops = sum(flop_split.values())
         times = {name: [] for name in variants}
         gemm = []
         embeddings = {}
@@ -373,6 +442,8 @@ def main(argv=None):
                 flush=True,
             )
             table.append((shape, name, throughput, statistics.median(ratios), fraction, cosine))
+        if args.breakdown:
+            time_breakdown(model, feature_extractor, waveforms, flop_split, gemm_median, clock)
 
     print("\n| shape | variant | s audio / s | vs official fp32 | fraction of fp32 GEMM rate | min cosine |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -1,0 +1,36 @@
+"""The FLOP count behind the benchmarks' "share of the GEMM rate": `bench_inference.encoder_flop_split` must be what
+the model runs, as torch's FLOP counter sees it (with bench_dataloader's additions for the in-place and CPU flash
+kernels), on both attention paths of the no-grad forward."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_dataloader import model_flop_counter  # noqa: E402
+from bench_inference import chunk_columns, encoder_flop_split  # noqa: E402
+
+from matpac_hf import MatpacModel  # noqa: E402
+from matpac_hf.modeling_matpac import MatpacSelfAttention  # noqa: E402
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "per_chunk"])
+def test_encoder_flop_split_is_what_the_model_runs(attention, monkeypatch):
+    if attention == "per_chunk":  # the tiny chunks (21 tokens) take the per-chunk bmm path too
+        monkeypatch.setattr(MatpacSelfAttention, "per_chunk_attention_min_tokens", 1)
+    config = tiny_config()
+    model = MatpacModel(config).eval()
+    num_clips, num_frames = 2, 2 * config.max_frames + 37  # two full chunks and a short one (3 patch columns)
+    split = encoder_flop_split(config, chunk_columns(config, num_frames))
+    assert chunk_columns(config, num_frames) == [4, 4, 3]
+    with torch.no_grad(), model_flop_counter() as counter:
+        model(torch.randn(num_clips, num_frames, config.num_mel_bins))
+    counted = counter.get_flop_counts()["Global"]
+    attention_ops = {"bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu"}
+    attention_flops = sum(flops for op, flops in counted.items() if op.__name__.split(".")[0] in attention_ops)
+    assert attention_flops == num_clips * split["attention products"] > 0
+    assert counter.get_total_flops() == num_clips * sum(split.values())
