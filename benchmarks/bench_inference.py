@@ -165,28 +165,27 @@ ESSENTIAL_PARTS = ("patch embedding", "block matrix products", "attention produc
 
 
 def time_breakdown(model, feature_extractor, waveforms, flop_split: dict, gemm: float, clock) -> None:
-    """Print where one `project fp32` run's time goes: the front end and the model timed with `clock`, then the
-    model again under torch.profiler, its ops' self time grouped by `BREAKDOWN_OPS`; the rest of the model's timed run
-    (small ops, Python) is `everything else`. For the parts with FLOPs, their rate as a share of `gemm`. Last, the
-    share of the GEMM rate the run reached, and the share it would reach if only `ESSENTIAL_PARTS` took time, at their
-    measured rates: the ceiling of removing copies and overhead alone."""
+    """Print where one `project fp32` run's time goes: the front end timed with `clock`, then the model under
+    torch.profiler, also timed, its ops' self time grouped by `BREAKDOWN_OPS`; the rest of the model's time is
+    `everything else` (small ops, Python, and the profiler's own overhead). For the parts with FLOPs, their rate as a
+    share of `gemm`. Last, the share of the GEMM rate it would reach if only `ESSENTIAL_PARTS` took time, at the rates
+    they reach in the model: the ceiling of removing every copy and all overhead, with these kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad():
         start = clock()
         features = feature_extractor(waveforms, sampling_rate=16000, return_tensors="pt")["input_values"]
         front_end = clock() - start
-        start = clock()
-        model(features)
-        model_time = clock() - start
         with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            start = clock()
             model(features)
+            model_time = clock() - start
     self_seconds = {event.key: event.self_cpu_time_total / 1e6 for event in profiler.key_averages()}
     parts = {name: sum(self_seconds.get(op, 0.0) for op in ops) for name, ops in BREAKDOWN_OPS.items()}
-    parts["everything else (small ops, Python)"] = max(0.0, model_time - sum(parts.values()))
+    parts["everything else (small ops, Python, profiler)"] = max(0.0, model_time - sum(parts.values()))
     parts["front end (feature extractor)"] = front_end
     total, flops = front_end + model_time, sum(flop_split.values())
-    print(f"  where project fp32's time goes ({total:.2f} s; the parts' times from a profiled run):")
+    print(f"  where project fp32's time goes (one profiled run, {total:.2f} s):")
     for name, seconds in parts.items():
         line = f"    {name:<46} {100 * seconds / total:5.1f} % of the time"
         if flop_split.get(name):
@@ -197,8 +196,8 @@ def time_breakdown(model, feature_extractor, waveforms, flop_split: dict, gemm: 
         print(line)
     essential = sum(parts[name] for name in ESSENTIAL_PARTS)
     print(
-        f"    share of the GEMM rate: {100 * flops / total / 1e9 / gemm:.1f} % in this run; "
-        f"{100 * flops / essential / 1e9 / gemm:.1f} % if only {', '.join(ESSENTIAL_PARTS)} took time",
+        f"    ceiling: {100 * flops / essential / 1e9 / gemm:.1f} % of the GEMM rate if only "
+        f"{', '.join(ESSENTIAL_PARTS)} took time",
         flush=True,
     )
 
