@@ -28,6 +28,7 @@ back to a small synthetic task (logistic regression, 5-fold CV; one clip is 0.5 
     python benchmarks/bench_inference.py --shapes 32x2 --rounds 1   # quick check
     python benchmarks/bench_inference.py --threads 1 --clock cpu    # a crowded machine: CPU time of one thread
     python benchmarks/bench_inference.py --onnx_dir /tmp/matpac-onnx  # keep the ONNX export for the next run
+    python benchmarks/bench_inference.py --threads 1 --clock cpu --breakdown  # plus where project fp32's time goes
 """
 
 import argparse
