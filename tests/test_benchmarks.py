@@ -1,6 +1,10 @@
-"""The FLOP count behind the benchmarks' "share of the GEMM rate": `bench_inference.encoder_flop_split` must be what
-the model runs, as torch's FLOP counter sees it (with bench_dataloader's additions for the in-place and CPU flash
-kernels), on both attention paths of the no-grad forward."""
+"""The benchmarks' own logic (their figures are printed by the scripts, never asserted as timings here):
+
+* the FLOP count behind "share of the GEMM rate": `bench_inference.encoder_flop_split` must be what the model runs, as
+  torch's FLOP counter sees it (with bench_dataloader's additions for the in-place and CPU flash kernels), on both
+  attention paths of the no-grad forward;
+* `bench_gpu.py`, never run on a GPU here, runs every code path on the CPU with a tiny encoder (`--device cpu
+  --tiny`), so it is ready when an accelerator is lent."""
 
 import sys
 from pathlib import Path
@@ -11,6 +15,7 @@ from conftest import tiny_config
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_gpu  # noqa: E402
 from bench_dataloader import model_flop_counter  # noqa: E402
 from bench_inference import chunk_columns, encoder_flop_split  # noqa: E402
 
@@ -34,3 +39,13 @@ def test_encoder_flop_split_is_what_the_model_runs(attention, monkeypatch):
     attention_flops = sum(flops for op, flops in counted.items() if op.__name__.split(".")[0] in attention_ops)
     assert attention_flops == num_clips * split["attention products"] > 0
     assert counter.get_total_flops() == num_clips * sum(split.values())
+
+
+def test_bench_gpu_runs_every_path_on_cpu(capsys):
+    argv = ["--device", "cpu", "--tiny", "--batch_sizes", "1", "3", "--repeats", "1"]
+    assert bench_gpu.main([*argv, "--train_steps", "1", "--train_batch_size", "2", "--train_fp32"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("| fp32 |", "| bf16 |", "| fp16 |"))]
+    assert len(rows) == 3 and all(len(row.split("|")) == 6 for row in rows)  # precision, kernel, batch 1, batch 3
+    assert "pretraining (tiny), batch 2 crops" in out
+    assert len([line for line in out.splitlines() if line.strip().startswith(("bf16:", "fp32:"))]) == 2
