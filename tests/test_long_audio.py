@@ -88,10 +88,10 @@ def test_equal_length_chunks_run_without_padding(tiny_model):
 
 def test_default_chunk_batch_size_follows_the_memory_budget():
     model = MatpacModel(tiny_config())
-    vit_b = type("ViTB", (), {"config": MatpacConfig(), "chunk_memory_budget_bytes": 96 * 2**20})()
-    assert MatpacModel.chunk_memory_budget_bytes == 96 * 2**20
-    assert MatpacModel.default_chunk_batch_size(vit_b) == 13  # chunks of 191 tokens: 7.6 MB of activations each
-    assert MatpacModel.default_chunk_batch_size(vit_b, 13) == 45  # 2-s clips: 66 tokens, larger micro-batches
+    vit_b = type("ViTB", (), {"config": MatpacConfig(), "chunk_memory_budget_bytes": 64 * 2**20})()
+    assert MatpacModel.chunk_memory_budget_bytes == 64 * 2**20
+    assert MatpacModel.default_chunk_batch_size(vit_b) == 8  # 8 chunks of 191 tokens: 7.6 MB of activations each
+    assert MatpacModel.default_chunk_batch_size(vit_b, 13) == 30  # 2-s clips: 66 tokens, larger micro-batches
     assert model.default_chunk_batch_size() > 100  # the tiny encoder's chunks are small
     model.config.chunk_batch_size = 3
     assert model.default_chunk_batch_size() == 3

@@ -753,12 +753,10 @@ class MatpacModel(MatpacPreTrainedModel):
 
     # -- chunking -----------------------------------------------------------------------------------------------------
     # Activation memory one encoder call may use in inference (no grad): `forward` runs the chunks in micro-batches
-    # of `chunk_batch_size` chunks, by default as many as fit this budget (13 full chunks for ViT-B, 45 of 2 s), so
-    # peak memory does not grow with the length of the audio beyond the output itself. Bounded micro-batches are also
-    # faster on CPUs (their activations are reused from the allocator instead of page-faulting fresh memory every
-    # layer), but the matrix products want rows: 1 thread, 32 clips of 2 s in one call of 2112 rows instead of two
-    # of 1056 (a 64 MiB budget) reach 79.6 % of the GEMM rate instead of 75.0 % (median of 5 alternating rounds).
-    chunk_memory_budget_bytes = 96 * 2**20
+    # of `chunk_batch_size` chunks, by default as many as fit this budget (8 for ViT-B), so peak memory does not grow
+    # with the length of the audio beyond the output itself. Small micro-batches are also faster on CPUs: their
+    # activations are reused from the allocator instead of page-faulting fresh memory every layer.
+    chunk_memory_budget_bytes = 64 * 2**20
 
     def default_chunk_batch_size(self, time_patches: int | None = None) -> int:
         """Chunks of `time_patches` columns (default: full chunks) per encoder call: `config.chunk_batch_size` when
@@ -798,9 +796,8 @@ class MatpacModel(MatpacPreTrainedModel):
                     f"chunk_batch_size must be a positive number of chunks per encoder call, got {size}: pass e.g. "
                     "chunk_batch_size=8, or leave it None (and config.chunk_batch_size unset) for the memory budget."
                 )
-            # The fewest micro-batches of at most `size` chunks, of near-equal sizes: 48 two-second clips (size 45) run
-            # as 24 + 24, not 45 + 3, whose 3-chunk call has 198-row matrix products (1 thread, 32 clips with size
-            # 30: 16 + 16 was 3.6 % faster than 30 + 2).
+            # The fewest micro-batches of at most `size` chunks, of near-equal sizes: 32 two-second clips (size 30) run
+            # as 16 + 16, not 30 + 2, whose 2-chunk call has 132-row matrix products (1 thread: 3.6 % faster).
             size = math.ceil(len(same_length) / math.ceil(len(same_length) / size))
             micro_batches += [same_length[i : i + size] for i in range(0, len(same_length), size)]
         return micro_batches
@@ -936,7 +933,7 @@ class MatpacModel(MatpacPreTrainedModel):
             Return every layer's attention probabilities per clip and chunk (see [`MatpacModelOutput`]). Under sdpa /
             flash / flex attention the forward then falls back to eager attention (with a one-time warning).
         chunk_batch_size (`int`, *optional*):
-            Chunks per encoder call (default: [`~MatpacModel.default_chunk_batch_size`], 13 full chunks for ViT-B).
+            Chunks per encoder call (default: [`~MatpacModel.default_chunk_batch_size`], 8 full chunks for ViT-B).
             The outputs do not depend on it; peak activation memory grows with it, not with the audio's length.
         return_dict (`bool`, *optional*):
             `False` returns a tuple (transformers' `can_return_tuple`).
