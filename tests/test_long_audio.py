@@ -88,10 +88,17 @@ def test_equal_length_chunks_run_without_padding(tiny_model):
 
 def test_default_chunk_batch_size_follows_the_memory_budget():
     model = MatpacModel(tiny_config())
-    vit_b = type("ViTB", (), {"config": MatpacConfig(), "chunk_memory_budget_bytes": 64 * 2**20})()
     assert MatpacModel.chunk_memory_budget_bytes == 64 * 2**20
-    assert MatpacModel.default_chunk_batch_size(vit_b) == 8  # 8 chunks of 191 tokens: 7.6 MB of activations each
-    assert MatpacModel.default_chunk_batch_size(vit_b, 13) == 30  # 2-s clips: 66 tokens, larger micro-batches
+    vit_b = type("ViTB", (), {"config": MatpacConfig(), "chunk_memory_budget_bytes": 64 * 2**20})()
+    vit_b.attention_scores_of_every_chunk = False  # the no-grad path: one chunk's attention scores at a time
+    assert MatpacModel.default_chunk_batch_size(vit_b) == 11  # chunks of 191 tokens: 5.9 MB of activations each
+    assert MatpacModel.default_chunk_batch_size(vit_b, 13) == 32  # 2-s clips: 66 tokens, larger micro-batches
+    vit_b.attention_scores_of_every_chunk = True  # eager attention, the ONNX graph: plus 1.75 MB of scores a chunk
+    assert MatpacModel.default_chunk_batch_size(vit_b) == 8
+    assert MatpacModel.default_chunk_batch_size(vit_b, 13) == 30
+    vit_b.attention_scores_of_every_chunk = False
+    vit_b.config._attn_implementation = "eager"
+    assert MatpacModel.default_chunk_batch_size(vit_b) == 8
     assert model.default_chunk_batch_size() > 100  # the tiny encoder's chunks are small
     model.config.chunk_batch_size = 3
     assert model.default_chunk_batch_size() == 3

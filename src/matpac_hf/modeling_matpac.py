@@ -753,23 +753,31 @@ class MatpacModel(MatpacPreTrainedModel):
 
     # -- chunking -----------------------------------------------------------------------------------------------------
     # Activation memory one encoder call may use in inference (no grad): `forward` runs the chunks in micro-batches
-    # of `chunk_batch_size` chunks, by default as many as fit this budget (8 for ViT-B), so peak memory does not grow
-    # with the length of the audio beyond the output itself. Small micro-batches are also faster on CPUs: their
-    # activations are reused from the allocator instead of page-faulting fresh memory every layer.
+    # of `chunk_batch_size` chunks, by default as many as fit this budget (11 full chunks for ViT-B), so peak memory
+    # does not grow with the length of the audio beyond the output itself. Bounded micro-batches are also faster on
+    # CPUs: their activations are reused from the allocator instead of page-faulting fresh memory every layer.
     chunk_memory_budget_bytes = 64 * 2**20
+    # Whether an encoder call holds the attention scores of all its chunks at once (eager attention; the ONNX graph)
+    # rather than one chunk's (the no-grad path's per-chunk attention, sdpa's flash kernels).
+    attention_scores_of_every_chunk = False
 
     def default_chunk_batch_size(self, time_patches: int | None = None) -> int:
         """Chunks of `time_patches` columns (default: full chunks) per encoder call: `config.chunk_batch_size` when
-        set, else as many as fit `chunk_memory_budget_bytes` (per chunk: the MLP and qkv activations and one layer's
-        attention scores in float32), so short chunks run in larger micro-batches."""
+        set, else as many as fit `chunk_memory_budget_bytes` in float32: per chunk its qkv, MLP and residual
+        activations, plus the attention scores of one layer, per chunk under eager attention (or
+        `attention_scores_of_every_chunk`), else once. Short chunks run in larger micro-batches: 32 clips of 2 s
+        (66 tokens) in one call, whose 2112-row matrix products run faster than two calls of 1056 (1 thread: x1.018,
+        geometric mean of 6 alternating rounds)."""
         configured = getattr(self.config, "chunk_batch_size", None)
         if configured:
             return int(configured)
         config = self.config
         seq_len = 1 + config.num_frequency_patches * (time_patches or config.max_time_patches)
         floats = seq_len * (config.intermediate_size + 6 * config.hidden_size)
-        floats += config.num_attention_heads * seq_len * seq_len
-        return max(1, self.chunk_memory_budget_bytes // (4 * floats))
+        scores = config.num_attention_heads * seq_len * seq_len
+        if self.attention_scores_of_every_chunk or config._attn_implementation == "eager":
+            floats, scores = floats + scores, 0
+        return max(1, (self.chunk_memory_budget_bytes // 4 - scores) // floats)
 
     def _plan_chunks(self, frame_lengths: list[int], chunk_batch_size: int | None) -> list[list[tuple[int, int, int]]]:
         """Cut every clip into consecutive `max_frames` chunks and group the chunks into micro-batches.
@@ -796,8 +804,9 @@ class MatpacModel(MatpacPreTrainedModel):
                     f"chunk_batch_size must be a positive number of chunks per encoder call, got {size}: pass e.g. "
                     "chunk_batch_size=8, or leave it None (and config.chunk_batch_size unset) for the memory budget."
                 )
-            # The fewest micro-batches of at most `size` chunks, of near-equal sizes: 32 two-second clips (size 30) run
-            # as 16 + 16, not 30 + 2, whose 2-chunk call has 132-row matrix products (1 thread: 3.6 % faster).
+            # The fewest micro-batches of at most `size` chunks, of near-equal sizes: 34 two-second clips (size 32) run
+            # as 17 + 17, not 32 + 2, whose 2-chunk call has 132-row matrix products (1 thread, 32 clips with size 30:
+            # 16 + 16 was 3.6 % faster than 30 + 2).
             size = math.ceil(len(same_length) / math.ceil(len(same_length) / size))
             micro_batches += [same_length[i : i + size] for i in range(0, len(same_length), size)]
         return micro_batches
@@ -933,7 +942,7 @@ class MatpacModel(MatpacPreTrainedModel):
             Return every layer's attention probabilities per clip and chunk (see [`MatpacModelOutput`]). Under sdpa /
             flash / flex attention the forward then falls back to eager attention (with a one-time warning).
         chunk_batch_size (`int`, *optional*):
-            Chunks per encoder call (default: [`~MatpacModel.default_chunk_batch_size`], 8 full chunks for ViT-B).
+            Chunks per encoder call (default: [`~MatpacModel.default_chunk_batch_size`], 11 full chunks for ViT-B).
             The outputs do not depend on it; peak activation memory grows with it, not with the audio's length.
         return_dict (`bool`, *optional*):
             `False` returns a tuple (transformers' `can_return_tuple`).
