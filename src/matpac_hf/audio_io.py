@@ -59,6 +59,12 @@ def check_bad_audio_policy(bad_audio: str) -> str:
     return bad_audio
 
 
+def check_min_clip_policy(min_clip_policy: str) -> str:
+    if min_clip_policy not in MIN_CLIP_POLICIES:
+        raise ValueError(f"min_clip_policy must be one of {MIN_CLIP_POLICIES}, got {min_clip_policy!r}.")
+    return min_clip_policy
+
+
 class BadAudioPolicy:
     """Applies `bad_audio` to the decode errors of one stream of clips and counts the skipped ones.
 
@@ -365,8 +371,7 @@ def decode_random_crop(
     """
     import soundfile as sf
 
-    if min_clip_policy not in MIN_CLIP_POLICIES:
-        raise ValueError(f"min_clip_policy must be one of {MIN_CLIP_POLICIES}, got {min_clip_policy!r}.")
+    check_min_clip_policy(min_clip_policy)
     key = clip_key(audio) if key is None else key
     source, name = audio_source(audio)
     clock = time.perf_counter
@@ -446,8 +451,7 @@ def crop_decoded(
     the same position, the same short-clip rule and the same return value. For a clip stored at the target rate the
     crop is bitwise the one `decode_random_crop` reads from the file; for a resampled clip it differs by the
     resampling filter's rounding only (the whole clip resampled once instead of the samples around the crop)."""
-    if min_clip_policy not in MIN_CLIP_POLICIES:
-        raise ValueError(f"min_clip_policy must be one of {MIN_CLIP_POLICIES}, got {min_clip_policy!r}.")
+    check_min_clip_policy(min_clip_policy)
     num_samples = waveform.shape[0]
     if num_samples < crop_samples:
         if min_clip_policy == "drop":
@@ -472,6 +476,7 @@ __all__ = [
     "audio_name",
     "audio_source",
     "check_bad_audio_policy",
+    "check_min_clip_policy",
     "clip_key",
     "crop_decoded",
     "crop_offset",

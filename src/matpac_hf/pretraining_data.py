@@ -35,10 +35,10 @@ import torch
 
 from .audio_io import (
     AUDIO_FILE_EXTENSIONS,
-    MIN_CLIP_POLICIES,
     AudioDecodeError,
     BadAudioPolicy,
     check_bad_audio_policy,
+    check_min_clip_policy,
     clip_key,
     crop_decoded,
     decode_audio,
@@ -239,15 +239,13 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         cache_bytes: int = 0,
     ):
         super().__init__()
-        if min_clip_policy not in MIN_CLIP_POLICIES:
-            raise ValueError(f"min_clip_policy must be one of {MIN_CLIP_POLICIES}, got {min_clip_policy!r}.")
         if crop_frames < 1:
             raise ValueError(f"crop_frames must be >= 1, got {crop_frames}.")
         self.dataset = dataset
         self.audio_column = audio_column
         self.crop_frames = crop_frames
         self.crop_samples = num_samples_for_frames(crop_frames)
-        self.min_clip_policy = min_clip_policy
+        self.min_clip_policy = check_min_clip_policy(min_clip_policy)
         self.seed = seed
         self.bad_audio = check_bad_audio_policy(bad_audio)
         self.sampling_rate = sampling_rate
