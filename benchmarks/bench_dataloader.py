@@ -340,7 +340,6 @@ def model_flop_counter():
 
 
 def run_training_benchmark(args):
-
     from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForPreTraining
 
     script = _load_pretraining_script()
