@@ -151,7 +151,7 @@ def gemm_rate(size=(4096, 768, 3072), repeats: int = 5, clock=time.perf_counter)
 
 # Where the time of `project fp32` goes (`--breakdown`): the profiler's self time of each aten op, by part. The FLOPs
 # of the first three parts are `encoder_flop_split`'s; sdpa's flash kernel (chunks under
-# MatpacSelfAttention.per_chunk_attention_min_tokens tokens) includes its softmax.
+# matpac_hf.fast_inference.PER_CHUNK_ATTENTION_MIN_TOKENS tokens) includes its softmax.
 BREAKDOWN_OPS = {
     "patch embedding": ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::_convolution"),
     "block matrix products": ("aten::addmm", "aten::addmm_", "aten::mm"),

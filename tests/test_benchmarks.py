@@ -19,14 +19,13 @@ import bench_gpu  # noqa: E402
 from bench_dataloader import model_flop_counter  # noqa: E402
 from bench_inference import chunk_columns, encoder_flop_split  # noqa: E402
 
-from matpac_hf import MatpacModel  # noqa: E402
-from matpac_hf.modeling_matpac import MatpacSelfAttention  # noqa: E402
+from matpac_hf import MatpacModel, fast_inference  # noqa: E402
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "per_chunk"])
 def test_encoder_flop_split_is_what_the_model_runs(attention, monkeypatch):
     if attention == "per_chunk":  # the tiny chunks (21 tokens) take the per-chunk bmm path too
-        monkeypatch.setattr(MatpacSelfAttention, "per_chunk_attention_min_tokens", 1)
+        monkeypatch.setattr(fast_inference, "PER_CHUNK_ATTENTION_MIN_TOKENS", 1)
     config = tiny_config()
     model = MatpacModel(config).eval()
     num_clips, num_frames = 2, 2 * config.max_frames + 37  # two full chunks and a short one (3 patch columns)

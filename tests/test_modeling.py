@@ -13,8 +13,15 @@ from conftest import tiny_config
 from transformers import AutoModelForAudioFrameClassification
 from transformers.utils import logging as transformers_logging
 
-from matpac_hf import MatpacConfig, MatpacForAudioClassification, MatpacForAudioFrameClassification, MatpacModel
-from matpac_hf.modeling_matpac import MatpacSelfAttention, build_2d_sincos_position_table, crop_position_table
+from matpac_hf import (
+    MatpacConfig,
+    MatpacForAudioClassification,
+    MatpacForAudioFrameClassification,
+    MatpacModel,
+    fast_inference,
+    modeling_matpac,
+)
+from matpac_hf.modeling_matpac import build_2d_sincos_position_table, crop_position_table
 
 
 @pytest.fixture(scope="module")
@@ -508,7 +515,7 @@ def test_trainer_scales_the_batch_mean_losses_for_gradient_accumulation(tmp_path
 @pytest.mark.parametrize("num_frames", [48, 320])  # 16 tokens (sdpa kernel), 101 tokens (attention per chunk)
 def test_no_grad_in_place_path_computes_what_the_autograd_path_does(attn_implementation, num_frames):
     """Under no-grad the blocks update the tokens in place, reuse activation buffers and (from
-    `per_chunk_attention_min_tokens` tokens, no mask) run attention chunk by chunk: the same math as the path with
+    `fast_inference.PER_CHUNK_ATTENTION_MIN_TOKENS` tokens, no mask) run attention chunk by chunk: the same math as the path with
     autograd, which keeps the plain modules."""
     torch.manual_seed(0)
     config = tiny_config(max_frames=320, hidden_size=64, num_attention_heads=4, intermediate_size=128)
@@ -527,17 +534,16 @@ def test_no_grad_in_place_path_computes_what_the_autograd_path_does(attn_impleme
             expected = model.encoder(tokens.requires_grad_(), attention_mask=attention_mask).last_hidden_state
         tokens = tokens.detach()
         before = tokens.clone()
-        attention = MatpacSelfAttention
         with (
             torch.no_grad(),
             mock.patch.object(
-                attention, "attend_per_chunk", autospec=True, side_effect=attention.attend_per_chunk
+                fast_inference, "attend_per_chunk", autospec=True, side_effect=fast_inference.attend_per_chunk
             ) as per_chunk,
         ):
-            assert all(layer.inference_path_applies() for layer in model.encoder.layers)
+            assert fast_inference.fast_path_applies(model.encoder)
             got = model.encoder(tokens, attention_mask=attention_mask).last_hidden_state
         assert per_chunk.called == (
-            attention_mask is None and tokens.shape[1] >= attention.per_chunk_attention_min_tokens
+            attention_mask is None and tokens.shape[1] >= fast_inference.PER_CHUNK_ATTENTION_MIN_TOKENS
         )
         torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
         assert torch.equal(tokens, before)  # the caller's tokens are left alone
@@ -548,13 +554,13 @@ def test_no_grad_in_place_path_is_skipped_where_it_would_differ():
     torch.manual_seed(0)
     layer = MatpacModel(tiny_config(hidden_dropout_prob=0.1)).encoder.layers[0]
     with torch.no_grad():
-        assert not layer.train().inference_path_applies()
-        assert layer.eval().inference_path_applies()
+        assert not fast_inference.layer_applies(layer.train())
+        assert fast_inference.layer_applies(layer.eval())
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not layer.inference_path_applies()
+            assert not fast_inference.layer_applies(layer)
         layer.mlp.fc1 = torch.nn.Identity()
-        assert not layer.inference_path_applies()
-    assert not MatpacModel(tiny_config()).eval().encoder.layers[0].inference_path_applies()  # grad enabled
+        assert not fast_inference.layer_applies(layer)
+    assert not fast_inference.fast_path_applies(MatpacModel(tiny_config()).eval().encoder)  # grad enabled
 
 
 def test_chunks_of_several_lengths_packed_into_one_call_give_the_per_micro_batch_outputs():
@@ -566,18 +572,71 @@ def test_chunks_of_several_lengths_packed_into_one_call_give_the_per_micro_batch
     mask = torch.ones(3, 800, dtype=torch.long)
     mask[1, 500:] = 0  # 320 + 180 frames (101, 61 tokens)
     chunks = model._plan_chunks([800, 500, 800], None)
-    assert len(chunks) == 3 and len(model._pack_micro_batches(chunks, None)) == 1
+    full_chunk_tokens = 1 + model.config.num_frequency_patches * model.config.max_time_patches
+    token_budget = model.default_chunk_batch_size() * full_chunk_tokens
+    assert len(chunks) == 3
+    assert len(fast_inference.pack_micro_batches(chunks, model.config.num_frequency_patches, token_budget)) == 1
     with torch.no_grad():
         packed = model(x, attention_mask=mask)
 
-        def one_call_each(self, micro_batches, chunk_batch_size):
+        def one_call_each(micro_batches, num_frequency_patches, token_budget):
             return [[chunks] for chunks in micro_batches]
 
-        with mock.patch.object(MatpacModel, "_pack_micro_batches", one_call_each):
+        with mock.patch.object(fast_inference, "pack_micro_batches", one_call_each):
             per_micro_batch = model(x, attention_mask=mask)
+        # Hidden states need the plain blocks: no packing, and the same last_hidden_state.
+        with mock.patch.object(modeling_matpac, "fast_encode_micro_batches", side_effect=AssertionError("packed")):
+            plain = model(x, attention_mask=mask, output_hidden_states=True)
     torch.testing.assert_close(packed.last_hidden_state, per_micro_batch.last_hidden_state, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(packed.pooler_output, per_micro_batch.pooler_output, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(packed.last_hidden_state, plain.last_hidden_state, atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="no-grad path"):
-        model.encoder(torch.randn(1, 42, 32), sequence_groups=[(2, 21)])
-    with torch.no_grad(), pytest.raises(ValueError, match="output_hidden_states"):  # would attend across sequences
-        model.encoder(torch.randn(1, 42, 32), sequence_groups=[(2, 21)], output_hidden_states=True)
+        fast_inference.fast_encode(model.encoder, torch.randn(1, 42, 32), sequence_groups=[(2, 21)])
+
+
+def test_a_subclass_with_its_own_encoder_core_gets_one_chunk_length_per_call():
+    """`packs_chunk_lengths = False` (OnnxMatpacModel): `_encode_chunks` sees every micro-batch on its own, in the
+    plan's order, and the outputs are those of the packed forward."""
+    torch.manual_seed(0)
+    calls = []
+
+    class OneLengthPerCall(MatpacModel):
+        packs_chunk_lengths = False
+
+        def _encode_chunks(self, chunk_values, output_hidden_states=False, output_attentions=False):
+            calls.append(tuple(chunk_values.shape))
+            return super()._encode_chunks(chunk_values, output_hidden_states, output_attentions)
+
+    config = tiny_config(max_frames=320)
+    model = MatpacModel(config).eval()
+    one_length = OneLengthPerCall(config).eval()
+    one_length.load_state_dict(model.state_dict())
+    x = torch.randn(3, 800, 80)
+    with torch.no_grad():
+        expected, got = model(x), one_length(x)
+    assert calls == [(3 * 2, 320, 80), (3, 160, 80)]
+    torch.testing.assert_close(got.last_hidden_state, expected.last_hidden_state, atol=1e-6, rtol=1e-6)
+
+
+def test_no_grad_path_stands_aside_for_hooks_on_the_encoder_and_its_blocks():
+    """The fast path runs the blocks' math without calling the modules: a forward hook on a block (or on the encoder)
+    switches it off, so the hook runs and sees the block's own output."""
+    torch.manual_seed(0)
+    model = MatpacModel(tiny_config()).eval()
+    x = torch.randn(2, 100, 80)
+    with torch.no_grad():
+        expected = model(x).last_hidden_state
+    seen = []
+    for module in (model.encoder.layers[1], model.encoder):
+        handle = module.register_forward_hook(lambda module, args, output: seen.append(module))
+        try:
+            with torch.no_grad():
+                assert not fast_inference.fast_path_applies(model.encoder)
+                got = model(x).last_hidden_state
+        finally:
+            handle.remove()
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    # 2 micro-batches (full chunks, then the short last ones): the block, then the encoder, once per call
+    assert seen == [model.encoder.layers[1]] * 2 + [model.encoder] * 2
+    with torch.no_grad():
+        assert fast_inference.fast_path_applies(model.encoder)

@@ -32,6 +32,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple, logging
 
 from .configuration_matpac import MatpacConfig, num_samples_for_frames
+from .fast_inference import fast_encode, fast_encode_micro_batches, fast_path_applies
 
 
 logger = logging.get_logger(__name__)
@@ -72,6 +73,109 @@ class MatpacModelOutput(ModelOutput):
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
+    frame_mask: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MatpacEncoderOutput(ModelOutput):
+    """Output of [`MatpacEncoder`] on a token sequence (CLS first).
+
+    Args:
+        last_hidden_state (`(batch, seq, hidden)`): after the final LayerNorm.
+        hidden_states (tuple of `(batch, seq, hidden)`): the input, then each block's output (before the final norm).
+        attentions (tuple of `(batch, heads, seq, seq)`): attention probabilities (eager attention only).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MatpacForPreTrainingOutput(ModelOutput):
+    """
+    Output of [`MatpacForPreTraining`]. With `B` = batch, `L` = patches per clip of the input (190), `M` = masked patches
+    per clip (133; with padded clips, the most of any clip of the batch, see `valid_predictions`).
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            `prediction_loss_weight * prediction_loss + classification_loss_weight * classification_loss`.
+        prediction_loss (`torch.FloatTensor` of shape `()`):
+            Mean over the masked tokens of `2 - 2 cos(prediction, teacher target)` (MATPAC++: the soft
+            winner-takes-all combination of the candidates' losses).
+        classification_loss (`torch.FloatTensor` of shape `()`):
+            Mean over the masked tokens of the cross-entropy between the centred, sharpened teacher probabilities and
+            the student head's log-probabilities.
+        mask (`torch.BoolTensor` of shape `(B, L)`):
+            True for masked patches (seen by the teacher, predicted by the student), False for the visible ones (and
+            padded ones, see `valid_patches`), in frequency-major patch order.
+        predictions (`torch.FloatTensor` of shape `(B, M, hidden_size)`):
+            The predictor's outputs for the masked patches, in the order of the random permutation (MATPAC++: the best
+            candidate of each token, the one fed to the student head).
+        candidate_predictions (`torch.FloatTensor` of shape `(B, M, mcl_num_heads, hidden_size)`, MATPAC++ only):
+            Every head's candidate.
+        prediction_std, target_std (`torch.FloatTensor` of shape `()`):
+            Mean over channels of the per-channel std (over this process's masked tokens) of the L2-normalised
+            predictions and teacher targets; collapse shows as std -> 0.
+        teacher_perplexity (`torch.FloatTensor` of shape `()`):
+            `exp(entropy)` of the batch-mean teacher probabilities; collapse shows as perplexity -> 1.
+        num_teacher_classes (`torch.LongTensor` of shape `()`):
+            Number of distinct teacher argmax classes in the batch.
+        student_teacher_agreement (`torch.FloatTensor` of shape `()`):
+            Fraction of masked tokens whose student and teacher argmax classes agree.
+        teacher_temperature, ema_decay, head_ema_decay (`torch.FloatTensor` of shape `()`):
+            Schedule values at this `step` (the two decays are the ones [`~MatpacForPreTraining.update_teachers`]
+            applies at this step).
+        mcl_temperature (`torch.FloatTensor` of shape `()`, MATPAC++ only):
+            Soft winner-takes-all temperature at this step (`mcl_temperature_min` once the hard minimum is used).
+        valid_patches (`torch.BoolTensor` of shape `(B, L)`):
+            True for patches that hold audio (a time column with at least one valid frame of `attention_mask`; all
+            True without it). Padded patches are neither visible nor masked.
+        valid_predictions (`torch.BoolTensor` of shape `(B, M)`):
+            True for the rows of `predictions` (and `candidate_predictions`) that belong to a masked patch of the
+            clip; all True unless clips of the batch have different numbers of valid patches.
+    """
+
+    loss: torch.FloatTensor | None = None
+    prediction_loss: torch.FloatTensor | None = None
+    classification_loss: torch.FloatTensor | None = None
+    mask: torch.BoolTensor | None = None
+    predictions: torch.FloatTensor | None = None
+    candidate_predictions: torch.FloatTensor | None = None
+    prediction_std: torch.FloatTensor | None = None
+    target_std: torch.FloatTensor | None = None
+    teacher_perplexity: torch.FloatTensor | None = None
+    num_teacher_classes: torch.LongTensor | None = None
+    student_teacher_agreement: torch.FloatTensor | None = None
+    teacher_temperature: torch.FloatTensor | None = None
+    ema_decay: torch.FloatTensor | None = None
+    head_ema_decay: torch.FloatTensor | None = None
+    mcl_temperature: torch.FloatTensor | None = None
+    valid_patches: torch.BoolTensor | None = None
+    valid_predictions: torch.BoolTensor | None = None
+
+
+@dataclass
+class MatpacFrameClassifierOutput(ModelOutput):
+    """
+    Output of [`MatpacForAudioFrameClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `labels` are given):
+            Mean over the valid frames (see `frame_mask`) of the cross-entropy (single-label) or of the per-class
+            BCE-with-logits (multi-label).
+        logits (`torch.FloatTensor` of shape `(batch_size, num_time_patches, num_labels)`):
+            One row per 160 ms frame embedding (`patch_size * hop_length` samples), aligned with [`MatpacModel`]'s
+            `last_hidden_state`; frame `i` is centred at `matpac_hf.hear.frame_timestamps_ms`'s `i`-th time.
+        frame_mask (`torch.LongTensor` of shape `(batch_size, num_time_patches)`):
+            1 for frames inside the clip, 0 for padding of a shorter clip (their logits mean nothing).
+        hidden_states, attentions: as in [`MatpacModelOutput`], when asked for.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
     frame_mask: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -271,35 +375,6 @@ class MatpacSelfAttention(nn.Module):
         )
         return attn_output, attn_weights
 
-    # Sequences at least this long take `attend_per_chunk` on the no-grad path; shorter ones the sdpa kernel.
-    # 1 thread, AMX Xeon, 12 heads of 64: per-chunk time vs sdpa's flash kernel 0.79-0.89 for 126-191 tokens, 0.94 at
-    # 96 tokens, 1.18 at 66 tokens (32 clips of 2 s).
-    per_chunk_attention_min_tokens = 96
-
-    def attend_per_chunk(self, qkv: torch.Tensor, workspace: dict, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact softmax attention without a mask, one chunk at a time: `(batch, seq, 3 * hidden)` -> `(batch, seq,
-        heads, head_dim)` (written into `out` when given). Per chunk one batched GEMM over the heads for the scores
-        (into a reused `(heads, seq, seq)` buffer, which stays in the core's L2 cache), softmax in place, one batched
-        GEMM with the values written straight into the output layout. The same math as eager attention (float32
-        softmax); on CPUs faster than sdpa's flash kernel for full chunks, whose 32-query blocks make the two products
-        small GEMMs."""
-        batch_size, seq_len, _ = qkv.shape
-        qkv = qkv.view(batch_size, seq_len, 3, self.num_attention_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim), strided
-        num_scores = self.num_attention_heads * seq_len * seq_len
-        scores = workspace.get("scores")  # flat: chunks of several lengths share it
-        if scores is None or scores.numel() < num_scores or scores.dtype != qkv.dtype:
-            scores = workspace["scores"] = qkv.new_empty(num_scores)
-        scores = scores[:num_scores].view(self.num_attention_heads, seq_len, seq_len)
-        if out is None:
-            out = qkv.new_empty(batch_size, seq_len, self.num_attention_heads, self.head_dim)
-        attn_output = out
-        for chunk in range(batch_size):
-            torch.baddbmm(scores, query[chunk], key[chunk].transpose(1, 2), beta=0, alpha=self.scaling, out=scores)
-            torch.softmax(scores, dim=-1, out=scores)
-            torch.bmm(scores, value[chunk], out=attn_output[chunk].transpose(0, 1))
-        return attn_output
-
 
 class MatpacMLP(nn.Module):
     def __init__(self, config: MatpacConfig, hidden_size: int, intermediate_size: int):
@@ -313,9 +388,7 @@ class MatpacMLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.fc1(hidden_states)
         if self.exact_gelu and not (torch.is_grad_enabled() and hidden_states.requires_grad):
-            # Inference: the same exact GELU in place, one (tokens, intermediate_size) activation less to allocate.
-            # On CPUs a fresh 10-20 MB tensor per layer is often page-faulted in: this halves the GELU's share of a
-            # ViT-B forward (1 thread: 3.8 % -> 1.9 %), outputs bitwise unchanged.
+            # Without autograd the exact GELU runs in place: one activation fewer to allocate, the same outputs.
             hidden_states = torch.ops.aten.gelu_(hidden_states)
         else:
             hidden_states = self.activation_fn(hidden_states)
@@ -338,116 +411,14 @@ class MatpacLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
-        workspace: dict | None = None,
-        sequence_groups: list[tuple[int, int]] | None = None,
         **kwargs,
     ):
-        """`workspace`, `sequence_groups`: set only by [`MatpacEncoder`] on its no-grad path (see
-        `inference_path_applies`): then `hidden_states` is the encoder's own copy and is updated in place, see
-        [`~MatpacLayer._forward_in_place`]."""
-        if workspace is not None:
-            return self._forward_in_place(hidden_states, attention_mask, workspace, sequence_groups, **kwargs), None
         attn_output, attn_weights = self.attention(
             self.layernorm_before(hidden_states), attention_mask, output_attentions=output_attentions, **kwargs
         )
         hidden_states = hidden_states + self.dropout(attn_output)
         hidden_states = hidden_states + self.mlp(self.layernorm_after(hidden_states))
         return hidden_states, attn_weights
-
-    def inference_path_applies(self) -> bool:
-        """Whether [`~MatpacLayer._forward_in_place`] computes what `forward` does: no gradient, no active dropout,
-        plain float `nn.Linear`s (not quantised or wrapped), no autocast, and not traced / compiled / exported (the
-        graph then gets the plain ops)."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return False
-        if self.training and (self.dropout.p > 0 or self.mlp.dropout.p > 0 or self.attention.attention_dropout > 0):
-            return False
-        linears = (self.attention.qkv, self.attention.proj, self.mlp.fc1, self.mlp.fc2)
-        if any(type(linear) is not nn.Linear or not linear.weight.is_floating_point() for linear in linears):
-            return False
-        device_type = self.attention.qkv.weight.device.type
-        return not torch.is_autocast_enabled(device_type) if device_type in ("cpu", "cuda") else False
-
-    def _forward_in_place(
-        self, hidden_states: torch.Tensor, attention_mask, workspace: dict, sequence_groups=None, **kwargs
-    ):
-        """The same block on the no-grad path, with fewer memory passes and no fresh activation per layer.
-
-        `hidden_states` (contiguous, owned by the caller's loop) is the residual stream and is updated in place: each
-        residual branch is added by the output projection's GEMM itself, `x.add_(bias).addmm_(a, W.T)` (the GEMM
-        accumulates into x), instead of `addmm` copying the bias into a new tensor and a separate residual add. The
-        query/key/value and MLP activations are written into `workspace` buffers (`out=`), reused by every layer of
-        an encoder call: on CPUs a fresh 10-20 MB tensor per layer is page-faulted in again each time (1 thread,
-        ViT-B, 8 x 30 s: `copy_` 7.2 % of the time, mostly addmm's bias copy into fresh memory). Same operations, only
-        the order of the bias and residual additions differs (float rounding, ~1e-7).
-
-        `sequence_groups` `[(count, seq_len), ...]`: `hidden_states` `(1, tokens, width)` packs `count` sequences of
-        `seq_len` tokens per group, one after the other (no mask): every token-wise step runs on all of them at once
-        and attention on each sequence alone. None: the `(batch, seq, width)` sequences of `hidden_states`.
-        """
-        batch_size, seq_len, width = hidden_states.shape
-        attention, mlp = self.attention, self.mlp
-        residual = hidden_states.view(-1, width)  # (tokens, width)
-
-        def linear_into(linear: nn.Linear, inputs: torch.Tensor, name: str) -> torch.Tensor:
-            shape = (inputs.shape[0], linear.out_features)
-            buffer = workspace.get(name)
-            if buffer is None or buffer.shape != shape or buffer.dtype != inputs.dtype:
-                buffer = workspace[name] = inputs.new_empty(shape)
-            if linear.bias is None:
-                return torch.mm(inputs, linear.weight.t(), out=buffer)
-            return torch.addmm(linear.bias, inputs, linear.weight.t(), out=buffer)
-
-        def add_projection_(linear: nn.Linear, inputs: torch.Tensor):
-            if linear.bias is not None:
-                residual.add_(linear.bias)
-            residual.addmm_(inputs, linear.weight.t())
-
-        qkv = linear_into(attention.qkv, self.layernorm_before(residual), "qkv")
-        groups = sequence_groups or [(batch_size, seq_len)]
-        attn_output = qkv.new_empty(residual.shape) if len(groups) > 1 else None
-        start = 0
-        for count, length in groups:
-            group_qkv = qkv[start : start + count * length].view(count, length, -1)
-            group_out = None if attn_output is None else attn_output[start : start + count * length]
-            if (
-                attention_mask is None
-                and length >= attention.per_chunk_attention_min_tokens
-                and attention.config._attn_implementation in ("sdpa", "eager")
-                and group_qkv.device.type == "cpu"  # measured on CPU; on a GPU sdpa's fused kernels stay
-            ):
-                out = None if group_out is None else group_out.view(count, length, attention.num_attention_heads, -1)
-                group_result = attention.attend_per_chunk(group_qkv, workspace, out=out)
-            else:
-                group_result, _ = attention.attend(group_qkv, attention_mask, **kwargs)
-                if group_out is not None:
-                    group_out.copy_(group_result.reshape(-1, width))
-            if attn_output is None:
-                attn_output = group_result
-            start += count * length
-        add_projection_(attention.proj, attn_output.reshape(-1, width))
-        intermediate = linear_into(mlp.fc1, self.layernorm_after(residual), "intermediate")
-        if mlp.exact_gelu:
-            torch.ops.aten.gelu_(intermediate)
-        else:
-            intermediate = mlp.activation_fn(intermediate)
-        add_projection_(mlp.fc2, intermediate)
-        return hidden_states
-
-
-@dataclass
-class MatpacEncoderOutput(ModelOutput):
-    """Output of [`MatpacEncoder`] on a token sequence (CLS first).
-
-    Args:
-        last_hidden_state (`(batch, seq, hidden)`): after the final LayerNorm.
-        hidden_states (tuple of `(batch, seq, hidden)`): the input, then each block's output (before the final norm).
-        attentions (tuple of `(batch, heads, seq, seq)`): attention probabilities (eager attention only).
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class MatpacEncoder(nn.Module):
@@ -468,31 +439,14 @@ class MatpacEncoder(nn.Module):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
 
-    def packed_sequences_apply(self) -> bool:
-        """Whether `forward` takes `sequence_groups` (sequences of several lengths packed into one call): on the
-        no-grad path of every block (see `MatpacLayer.inference_path_applies`)."""
-        return all(layer.inference_path_applies() for layer in self.layers)
-
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-        sequence_groups: list[tuple[int, int]] | None = None,
     ) -> MatpacEncoderOutput:
-        """`hidden_states`: `(batch, seq, hidden)` tokens. `attention_mask`: `(batch, seq)`, 1 for tokens to attend.
-
-        `sequence_groups` `[(count, seq_len), ...]` (no-grad path only, see `packed_sequences_apply`): `hidden_states`
-        is `(1, tokens, hidden)`, that many sequences packed one after the other, each attending only to itself."""
-        # No-grad path (inference, the teacher's forward): the blocks update one copy of the tokens in place and share
-        # their activation buffers (see `MatpacLayer._forward_in_place`); it alone can run packed sequences.
-        in_place = not (output_hidden_states or output_attentions) and self.packed_sequences_apply()
-        if sequence_groups is not None and not in_place:
-            raise ValueError(
-                "sequence_groups needs the no-grad path (see MatpacEncoder.packed_sequences_apply) and no "
-                "output_hidden_states / output_attentions."
-            )
+        """`hidden_states`: `(batch, seq, hidden)` tokens. `attention_mask`: `(batch, seq)`, 1 for tokens to attend."""
         if attention_mask is not None and output_attentions and self.config._attn_implementation != "eager":
             # The eager fallback of MatpacSelfAttention (see there) takes eager's additive float mask.
             key_is_padding = 1.0 - attention_mask[:, None, None, :].to(hidden_states.dtype)  # (batch, 1, 1, seq)
@@ -501,19 +455,13 @@ class MatpacEncoder(nn.Module):
             attention_mask = create_bidirectional_mask(
                 config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
             )
+        if not (output_hidden_states or output_attentions) and fast_path_applies(self):
+            # No gradient (inference, the teacher's forward): the same blocks with fewer memory passes.
+            return MatpacEncoderOutput(last_hidden_state=fast_encode(self, hidden_states, attention_mask))
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        workspace = None
-        if in_place:
-            hidden_states, workspace = hidden_states.contiguous().clone(), {}
         for layer in self.layers:
-            hidden_states, attn_weights = layer(
-                hidden_states,
-                attention_mask,
-                output_attentions=output_attentions,
-                workspace=workspace,
-                sequence_groups=sequence_groups,
-            )
+            hidden_states, attn_weights = layer(hidden_states, attention_mask, output_attentions=output_attentions)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -760,6 +708,9 @@ class MatpacModel(MatpacPreTrainedModel):
     # Whether an encoder call holds the attention scores of all its chunks at once (eager attention; the ONNX graph)
     # rather than one chunk's (the no-grad path's per-chunk attention, sdpa's flash kernels).
     attention_scores_of_every_chunk = False
+    # Whether the no-grad forward may pack micro-batches of several chunk lengths into one call of the torch encoder
+    # (`fast_encode_micro_batches`). False for a subclass whose `_encode_chunks` runs something else.
+    packs_chunk_lengths = True
 
     def default_chunk_batch_size(self, time_patches: int | None = None) -> int:
         """Chunks of `time_patches` columns (default: full chunks) per encoder call: `config.chunk_batch_size` when
@@ -880,46 +831,6 @@ class MatpacModel(MatpacPreTrainedModel):
             output_attentions=output_attentions,
         )
 
-    def _pack_micro_batches(
-        self, micro_batches: list[list[tuple[int, int, int]]], chunk_batch_size: int | None
-    ) -> list[list[list[tuple[int, int, int]]]]:
-        """Consecutive micro-batches (each of one chunk length) grouped into encoder calls of at most the tokens of one
-        micro-batch of full chunks (`chunk_batch_size`, default `default_chunk_batch_size()`). The blocks are
-        token-wise except attention, which the packed call runs on each chunk alone (`sequence_groups`), so the
-        outputs are those of one call per micro-batch; the matrix products get more rows. 1 x 30 s through ViT-B: 4
-        full chunks and the 181-token last one in one call of 945 rows instead of 764 + 181 (1 thread, 12 layers of
-        GEMMs: 96 % and 84 % of the reference GEMM rate at 764 and 181 rows, 97 % at 945)."""
-        config = self.config
-        full_seq_len = 1 + config.num_frequency_patches * config.max_time_patches
-        budget = (chunk_batch_size or self.default_chunk_batch_size()) * full_seq_len
-        calls, tokens = [], budget + 1
-        for chunks in micro_batches:
-            chunk_tokens = len(chunks) * (1 + config.num_frequency_patches * chunks[0][2])
-            if tokens + chunk_tokens > budget:
-                calls.append([])
-                tokens = 0
-            calls[-1].append(chunks)
-            tokens += chunk_tokens
-        return calls
-
-    def _encode_packed(
-        self, input_values: torch.Tensor, frame_lengths: list[int], micro_batches: list[list[tuple[int, int, int]]]
-    ) -> list[MatpacEncoderOutput]:
-        """Several micro-batches (each of one chunk length) in one no-grad encoder call, their tokens packed one after
-        the other; returns each micro-batch's [`MatpacEncoderOutput`] (`last_hidden_state` only), as
-        `_encode_chunks` gives it."""
-        tokens, groups = [], []
-        for chunks in micro_batches:
-            embedded = self.embeddings(self._gather_chunks(input_values, frame_lengths, chunks))  # (n, seq, hidden)
-            tokens.append(embedded.reshape(-1, embedded.shape[-1]))
-            groups.append((embedded.shape[0], embedded.shape[1]))
-        packed = self.encoder(torch.cat(tokens)[None], sequence_groups=groups).last_hidden_state[0]
-        parts = packed.split([count * length for count, length in groups])
-        return [
-            MatpacEncoderOutput(last_hidden_state=part.view(count, length, -1))
-            for part, (count, length) in zip(parts, groups)
-        ]
-
     # -- forward ------------------------------------------------------------------------------------------------------
     @can_return_tuple
     def forward(
@@ -965,42 +876,41 @@ class MatpacModel(MatpacPreTrainedModel):
         max_chunks = math.ceil(max(host_lengths) / self.config.max_frames)
         max_seq_len = 1 + self.config.num_frequency_patches * max(chunks[0][2] for chunks in micro_batches)
 
-        # Micro-batches of different chunk lengths packed into one encoder call where the no-grad path allows it (see
-        # `_pack_micro_batches`); a subclass that replaces `_encode_chunks` (the ONNX runner) gets one length a call.
-        pack = (
+        if (
             not (output_hidden_states or output_attentions)
-            and type(self)._encode_chunks is MatpacModel._encode_chunks
-            and self.encoder.packed_sequences_apply()
-        )
-        calls = self._pack_micro_batches(micro_batches, chunk_batch_size) if pack else [[c] for c in micro_batches]
+            and self.packs_chunk_lengths
+            and fast_path_applies(self.encoder)
+        ):  # no gradient: micro-batches of several chunk lengths share encoder calls, same outputs
+            encoded = (
+                MatpacEncoderOutput(last_hidden_state=tokens)
+                for tokens in fast_encode_micro_batches(
+                    self, input_values, host_lengths, micro_batches, chunk_batch_size
+                )
+            )
+        else:
+            encoded = (
+                self._encode_chunks(  # chunks of one length: no padding, no attention mask
+                    self._gather_chunks(input_values, host_lengths, chunks), output_hidden_states, output_attentions
+                )
+                for chunks in micro_batches
+            )
         last_hidden_state, hidden_states, attentions = None, None, None
-        for call in calls:
-            if len(call) == 1:
-                encoded = [
-                    self._encode_chunks(  # chunks of one length: no padding, no attention mask
-                        self._gather_chunks(input_values, host_lengths, call[0]),
-                        output_hidden_states,
-                        output_attentions,
+        for chunks, encoder_outputs in zip(micro_batches, encoded):
+            layer_outputs = encoder_outputs.hidden_states if output_hidden_states else ()
+            if last_hidden_state is None:  # allocated at the first micro-batch, in the dtype the encoder gives
+                shape = (batch_size, num_output_frames, self.config.frame_embedding_size)
+                last_hidden_state = encoder_outputs.last_hidden_state.new_zeros(shape)
+                hidden_states = tuple(h.new_zeros(shape) for h in layer_outputs) if output_hidden_states else None
+                if output_attentions:
+                    attentions = tuple(
+                        a.new_zeros(batch_size, max_chunks, a.shape[1], max_seq_len, max_seq_len)
+                        for a in encoder_outputs.attentions
                     )
-                ]
-            else:
-                encoded = self._encode_packed(input_values, host_lengths, call)
-            for chunks, encoder_outputs in zip(call, encoded):
-                layer_outputs = encoder_outputs.hidden_states if output_hidden_states else ()
-                if last_hidden_state is None:  # allocated at the first micro-batch, in the dtype the encoder gives
-                    shape = (batch_size, num_output_frames, self.config.frame_embedding_size)
-                    last_hidden_state = encoder_outputs.last_hidden_state.new_zeros(shape)
-                    hidden_states = tuple(h.new_zeros(shape) for h in layer_outputs) if output_hidden_states else None
-                    if output_attentions:
-                        attentions = tuple(
-                            a.new_zeros(batch_size, max_chunks, a.shape[1], max_seq_len, max_seq_len)
-                            for a in encoder_outputs.attentions
-                        )
-                self._place_frames(last_hidden_state, encoder_outputs.last_hidden_state, chunks)
-                for output, tokens in zip(hidden_states or (), layer_outputs):
-                    self._place_frames(output, tokens, chunks)
-                for output, chunk_attentions in zip(attentions or (), encoder_outputs.attentions or ()):
-                    self._place_attentions(output, chunk_attentions, chunks)
+            self._place_frames(last_hidden_state, encoder_outputs.last_hidden_state, chunks)
+            for output, tokens in zip(hidden_states or (), layer_outputs):
+                self._place_frames(output, tokens, chunks)
+            for output, chunk_attentions in zip(attentions or (), encoder_outputs.attentions or ()):
+                self._place_attentions(output, chunk_attentions, chunks)
 
         clip_time_patches = torch.tensor(clip_time_patches, device=input_values.device)  # (batch,)
         frame_mask = (
@@ -1017,7 +927,6 @@ class MatpacModel(MatpacPreTrainedModel):
         )
 
 
-# ==== pretraining ====
 # ----------------------------------------------------------------------------------------------------------------------
 # MatpacForPreTraining: student, predictor, EMA teachers, classification heads and center (method sections 3-5)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1189,70 +1098,6 @@ def _with_cls(token_mask: torch.Tensor | None) -> torch.Tensor | None:
     if token_mask is None:
         return None
     return torch.cat([token_mask.new_ones(token_mask.shape[0], 1), token_mask], dim=1)
-
-
-@dataclass
-class MatpacForPreTrainingOutput(ModelOutput):
-    """
-    Output of [`MatpacForPreTraining`]. With `B` = batch, `L` = patches per clip of the input (190), `M` = masked patches
-    per clip (133; with padded clips, the most of any clip of the batch, see `valid_predictions`).
-
-    Args:
-        loss (`torch.FloatTensor` of shape `()`):
-            `prediction_loss_weight * prediction_loss + classification_loss_weight * classification_loss`.
-        prediction_loss (`torch.FloatTensor` of shape `()`):
-            Mean over the masked tokens of `2 - 2 cos(prediction, teacher target)` (MATPAC++: the soft
-            winner-takes-all combination of the candidates' losses).
-        classification_loss (`torch.FloatTensor` of shape `()`):
-            Mean over the masked tokens of the cross-entropy between the centred, sharpened teacher probabilities and
-            the student head's log-probabilities.
-        mask (`torch.BoolTensor` of shape `(B, L)`):
-            True for masked patches (seen by the teacher, predicted by the student), False for the visible ones (and
-            padded ones, see `valid_patches`), in frequency-major patch order.
-        predictions (`torch.FloatTensor` of shape `(B, M, hidden_size)`):
-            The predictor's outputs for the masked patches, in the order of the random permutation (MATPAC++: the best
-            candidate of each token, the one fed to the student head).
-        candidate_predictions (`torch.FloatTensor` of shape `(B, M, mcl_num_heads, hidden_size)`, MATPAC++ only):
-            Every head's candidate.
-        prediction_std, target_std (`torch.FloatTensor` of shape `()`):
-            Mean over channels of the per-channel std (over this process's masked tokens) of the L2-normalised
-            predictions and teacher targets; collapse shows as std -> 0.
-        teacher_perplexity (`torch.FloatTensor` of shape `()`):
-            `exp(entropy)` of the batch-mean teacher probabilities; collapse shows as perplexity -> 1.
-        num_teacher_classes (`torch.LongTensor` of shape `()`):
-            Number of distinct teacher argmax classes in the batch.
-        student_teacher_agreement (`torch.FloatTensor` of shape `()`):
-            Fraction of masked tokens whose student and teacher argmax classes agree.
-        teacher_temperature, ema_decay, head_ema_decay (`torch.FloatTensor` of shape `()`):
-            Schedule values at this `step` (the two decays are the ones [`~MatpacForPreTraining.update_teachers`]
-            applies at this step).
-        mcl_temperature (`torch.FloatTensor` of shape `()`, MATPAC++ only):
-            Soft winner-takes-all temperature at this step (`mcl_temperature_min` once the hard minimum is used).
-        valid_patches (`torch.BoolTensor` of shape `(B, L)`):
-            True for patches that hold audio (a time column with at least one valid frame of `attention_mask`; all
-            True without it). Padded patches are neither visible nor masked.
-        valid_predictions (`torch.BoolTensor` of shape `(B, M)`):
-            True for the rows of `predictions` (and `candidate_predictions`) that belong to a masked patch of the
-            clip; all True unless clips of the batch have different numbers of valid patches.
-    """
-
-    loss: torch.FloatTensor | None = None
-    prediction_loss: torch.FloatTensor | None = None
-    classification_loss: torch.FloatTensor | None = None
-    mask: torch.BoolTensor | None = None
-    predictions: torch.FloatTensor | None = None
-    candidate_predictions: torch.FloatTensor | None = None
-    prediction_std: torch.FloatTensor | None = None
-    target_std: torch.FloatTensor | None = None
-    teacher_perplexity: torch.FloatTensor | None = None
-    num_teacher_classes: torch.LongTensor | None = None
-    student_teacher_agreement: torch.FloatTensor | None = None
-    teacher_temperature: torch.FloatTensor | None = None
-    ema_decay: torch.FloatTensor | None = None
-    head_ema_decay: torch.FloatTensor | None = None
-    mcl_temperature: torch.FloatTensor | None = None
-    valid_patches: torch.BoolTensor | None = None
-    valid_predictions: torch.BoolTensor | None = None
 
 
 class MatpacPredictor(nn.Module):
@@ -1926,9 +1771,6 @@ def _mean_channel_std(vectors: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(vectors.var(dim=0) + 1e-6).mean()
 
 
-# ==== end pretraining ====
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Heads: MatpacForAudioClassification (one vector per clip), MatpacForAudioFrameClassification (one per 160 ms)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -2126,30 +1968,6 @@ class MatpacForAudioClassification(MatpacPreTrainedModelWithHead):
             hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
             attentions=encoder_outputs.attentions,
         )
-
-
-@dataclass
-class MatpacFrameClassifierOutput(ModelOutput):
-    """
-    Output of [`MatpacForAudioFrameClassification`].
-
-    Args:
-        loss (`torch.FloatTensor` of shape `()`, returned when `labels` are given):
-            Mean over the valid frames (see `frame_mask`) of the cross-entropy (single-label) or of the per-class
-            BCE-with-logits (multi-label).
-        logits (`torch.FloatTensor` of shape `(batch_size, num_time_patches, num_labels)`):
-            One row per 160 ms frame embedding (`patch_size * hop_length` samples), aligned with [`MatpacModel`]'s
-            `last_hidden_state`; frame `i` is centred at `matpac_hf.hear.frame_timestamps_ms`'s `i`-th time.
-        frame_mask (`torch.LongTensor` of shape `(batch_size, num_time_patches)`):
-            1 for frames inside the clip, 0 for padding of a shorter clip (their logits mean nothing).
-        hidden_states, attentions: as in [`MatpacModelOutput`], when asked for.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    frame_mask: torch.LongTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class MatpacForAudioFrameClassification(MatpacPreTrainedModelWithHead):

@@ -380,6 +380,7 @@ class OnnxMatpacModel(MatpacModel):
     # The exported graph's attention holds every chunk's scores (so micro-batches stay as before the no-grad path's
     # per-chunk attention: ViT-B, 8 full chunks; larger ones measured 4 % slower under onnxruntime int8).
     attention_scores_of_every_chunk = True
+    packs_chunk_lengths = False  # `_encode_chunks` runs the ONNX graph: one chunk length per call
     session = None
 
     @classmethod
