@@ -34,7 +34,7 @@ test: lint
 	$(PY) -m pytest tests --durations=10
 
 demo: $(STAMP)
-	$(PY) examples/run_pretraining.py --preset tiny --output_dir demo_output
+	$(PY) examples/run_pretraining_demo.py --output_dir demo_output
 
 # The real-audio corpus of examples/real_audio_corpus.py (Debian voices, soundfonts): `make real-audio-debs` as root.
 REAL_AUDIO_DEBS := $(shell cat examples/real_audio_debs.txt)

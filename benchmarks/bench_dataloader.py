@@ -257,11 +257,12 @@ def main():
 
 
 def run_thread_benchmark(args):
-    """Steps/s of `run_pretraining.py --preset tiny` runs with the default thread choice vs torch's default."""
+    """Steps/s of the demo's `run_pretraining.py --preset tiny` runs with the default thread choice vs torch's
+    default."""
     import json
     import subprocess
 
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "run_pretraining.py")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "run_pretraining_demo.py")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     settings = {"script default": [], f"torch default ({torch.get_num_threads()} threads)": []}
@@ -353,7 +354,9 @@ def run_training_benchmark(args):
         f"{peak['fp32']:.3f} TFLOP/s, bf16 {peak['bf16']:.3f} TFLOP/s"
     )
     feature_extractor = MatpacFeatureExtractor()
-    optimizer_args = script.parse_args(["--output_dir", "unused"])  # the script's (official) optimiser defaults
+    optimizer_args = script.build_parser().parse_args(
+        ["--output_dir", "unused"]
+    )  # the script's (official) optimiser defaults
     waveforms = torch.randn(args.batch_size, CROP_SAMPLES) * 0.1
     for preset in args.presets:
         torch.manual_seed(0)

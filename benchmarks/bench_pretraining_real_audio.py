@@ -295,7 +295,9 @@ def main(argv=None):
     random_encoder = MatpacForPreTraining(config).matpac  # placeholder of the right shape, loaded from step 0 below
     random_encoder.load_state_dict(model.matpac.state_dict())
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer_args = run_pretraining.parse_args(["--output_dir", "unused"])  # the script's optimiser defaults
+    optimizer_args = run_pretraining.build_parser().parse_args(
+        ["--output_dir", "unused"]
+    )  # the script's optimiser defaults
     optimizer_args.learning_rate, optimizer_args.weight_decay = args.learning_rate, args.weight_decay
     optimizer = run_pretraining.build_optimizer(model, optimizer_args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, warmup, args.steps))

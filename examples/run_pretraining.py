@@ -2,9 +2,6 @@
 # Licensed under the MIT License.
 """Pretrain a MATPAC / MATPAC++ audio encoder on a streamed `datasets` corpus with 🤗 Accelerate.
 
-    # the embedded demo: builds a small synthetic corpus, pretrains the tiny preset on CPU, then linear-probes
-    python examples/run_pretraining.py --preset tiny --output_dir demo_output
-
     # your corpus (Hub dataset, audiofolder directory, parquet shards or webdataset tars), any number of GPUs
     accelerate launch examples/run_pretraining.py --dataset_name user/my_audio --audio_column audio \
         --preset base --per_device_batch_size 256 --num_epochs 300 --warmup_epochs 20 \
@@ -13,7 +10,10 @@
     # a corpus of short clips: 3 s crops, shorter clips zero-padded (the padded patches are left out of the losses)
     python examples/run_pretraining.py --dataset_dir clips/ --crop_frames 304 --min_clip_policy pad ...
 
-One optimiser step (method spec, sections 4 and 5): random waveform crops of `--crop_frames` log-mel frames (608 =
+    # the demo (a small corpus built on the spot, the tiny preset on CPU, then a linear probe): `make demo`
+    python examples/run_pretraining_demo.py --output_dir demo_output
+
+One optimiser step (the MATPAC paper's pretraining step with the official optimisation settings, docs/pretraining.md): random waveform crops of `--crop_frames` log-mel frames (608 =
 6.08 s; decoded, down-mixed and resampled by `matpac_hf.pretraining_data` in DataLoader workers) -> normalised log-mel
 on the training device (`extract_log_mel`) -> `MatpacForPreTraining(input_values, attention_mask, step=step)` ->
 backward -> `update_teachers(step)` (EMA) -> clip the gradient norm at 3.0 -> AdamW step -> cosine schedule step.
@@ -33,11 +33,9 @@ Outputs in `--output_dir`:
 
 import argparse
 import functools
-import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -45,14 +43,13 @@ import time
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.tracking import GeneralTracker
-from accelerate.utils import ProjectConfiguration, gather_object, is_tensorboard_available, set_seed
+from accelerate.utils import ProjectConfiguration, is_tensorboard_available, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForPreTraining
 from matpac_hf.audio_io import BAD_AUDIO_POLICIES, MIN_CLIP_POLICIES
-from matpac_hf.model_card import pretraining_objective, render_model_card
+from matpac_hf.model_card import pretrained_encoder_fields, render_model_card
 from matpac_hf.pretraining_data import (
     CROP_FRAMES,
     PretrainingDataLoop,
@@ -60,23 +57,26 @@ from matpac_hf.pretraining_data import (
     frame_attention_mask,
     load_audio_stream,
 )
-
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling examples below, also when imported
-import real_audio_corpus  # noqa: E402
-import run_linear_probe  # noqa: E402
-from demo_corpus import DemoCorpus, build_demo_corpus  # noqa: E402
+from matpac_hf.training_utils import (
+    JsonlTracker,
+    StopRequest,
+    check_replicas_in_sync,
+    choose_num_threads,
+    init_decoding_worker,
+    load_checkpoint,
+    plot_jsonl_metrics,
+    resolve_checkpoint,
+    save_checkpoint,
+    truncate_jsonl,
+)
 
 
 logger = get_logger(__name__)
 
-# `--preset tiny`: small enough to pretrain on a laptop CPU in minutes; keeps 80 mels and 16 x 16 patches. Width 64
-# (4 blocks of 2 heads, predictor 2 blocks of width 64): the width that learned best in the tiny-regime sweep of
-# benchmarks/bench_pretraining_real_audio.py (real audio, 8000 steps: +3.2 points over a random encoder of the same
-# config at width 64, +2.6 at 32, -0.7 at 192, where a random projection of the patches is already as good as the
-# trained one); 3x faster per step than width 192. Its EMA decays suit runs of hundreds to a few thousand steps: the
-# official 0.99995 moves the teacher by 0.005 % a step, so a short run would learn to predict the randomly initialised
-# teacher.
+# `--preset tiny`: pretrains on a laptop CPU in minutes; keeps 80 mels and 16 x 16 patches. Width 64 learned best in
+# the tiny-regime width sweep of benchmarks/bench_pretraining_real_audio.py (benchmarks/RESULTS.md). Its EMA decays
+# suit runs of hundreds to a few thousand steps: the official 0.99995 moves the teacher by 0.005 % a step, so a short
+# run would learn to predict the randomly initialised teacher.
 PRESETS = {
     "base": {},  # the official ViT-Base configuration: MatpacConfig() defaults
     "tiny": dict(
@@ -100,145 +100,84 @@ PRESETS = {
 # only the total length is given.
 OFFICIAL_WARMUP_FRACTION = 20 / 300
 OFFICIAL_TEACHER_TEMPERATURE_WARMUP_FRACTION = 10 / 300
-# The embedded demo (no corpus given): its length, probe size and the settings it gets when they are left at their
-# defaults. 96-frame crops run ~10x faster per step than 608-frame ones, so the tiny preset gets thousands of steps in a
-# few minutes; learning rate 1e-3 for a run that short (the official 3e-4 is for batch 2048 over 300 epochs); no
-# decoding worker: an epoch of the demo corpus is a few steps and the DataLoader starts its workers again every epoch
-# (measured: 9.5 steps/s in the training process vs 6.0 with one worker); the corpus decoded once and kept in memory
-# (92 MB for its 240 clips; decoding FLAC crops every epoch was 40 % of a step).
-DEMO_MAX_STEPS = 3000
-DEMO_PROBE_CLIPS = 80  # labelled 3 s clips per class of the demo's linear probe (5 folds of 80 clips)
-DEMO_PROBE_SEEDS = 3  # probe seeds averaged per fold (the early-stopping split of 32 clips makes one seed noisy)
-DEMO_SETTINGS = {"crop_frames": 96, "learning_rate": 1e-3, "num_workers": 0, "audio_cache_mb": 512}
-# `--demo_corpus real` (examples/real_audio_corpus.py: speech, notes and drums of 1-6 s): its pretraining clips, and
-# the settings it gets (its clips are shorter than a crop: padded crops, padding masked)
-REAL_DEMO_NUM_CLIPS = 600
-REAL_DEMO_SETTINGS = {**DEMO_SETTINGS, "min_clip_policy": "pad"}
-MONITORS = (
-    "prediction_std",
-    "target_std",
-    "teacher_perplexity",
-    "num_teacher_classes",
-    "student_teacher_agreement",
-    "teacher_temperature",
-    "ema_decay",
-    "head_ema_decay",
-    "mcl_temperature",
-)
-FINAL_MONITORS = (
-    "loss",
-    "prediction_loss",
-    "classification_loss",
-    "prediction_std",
-    "target_std",
-    "teacher_perplexity",
-)
+CURVES = [  # the panels of training_curves.png
+    ("losses", ("loss", "prediction_loss", "classification_loss")),
+    ("std of normalised vectors", ("prediction_std", "target_std")),
+    ("teacher perplexity", ("teacher_perplexity",)),
+    ("distinct teacher classes", ("num_teacher_classes",)),
+    ("student/teacher agreement", ("student_teacher_agreement",)),
+    ("learning rate", ("learning_rate",)),
+]
+# the final values the model card reports
+MONITORS = ("loss", "prediction_loss", "classification_loss", "prediction_std", "target_std", "teacher_perplexity")
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("corpus (give at most one of --dataset_name, --dataset_dir, --data_files)")
+def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("corpus (give one of --dataset_name, --dataset_dir, --data_files)")
     data.add_argument("--dataset_name", help="Hub dataset id (or anything `datasets.load_dataset` takes), streamed")
     data.add_argument("--dataset_config", help="configuration name of --dataset_name")
     data.add_argument("--dataset_dir", help="local audiofolder directory of audio files (labels/metadata ignored)")
-    data.add_argument(
-        "--data_files", nargs="+", help="parquet shards, webdataset .tar shards or audio files (globs ok)"
-    )
+    data.add_argument("--data_files", nargs="+", help="parquet or webdataset .tar shards, or audio files (globs ok)")
     data.add_argument("--split", default="train", help="split to stream")
     data.add_argument("--audio_column", help="audio column; default: 'audio', or the only Audio column")
+    data.add_argument("--corpus_size", type=int, help="clips in the corpus (per epoch), to turn epochs into steps")
+    data.add_argument("--corpus_name", help="the corpus in the model card (default: dataset id or folder/file names)")
     data.add_argument(
-        "--corpus_size",
-        type=int,
-        help="number of clips in the corpus (per epoch), to convert epochs into steps; the demo corpus sets it itself",
-    )
-    data.add_argument(
-        "--shuffle_buffer_size",
-        type=int,
-        default=10_000,
-        help="clips in the streaming shuffle buffer (0 disables it; needed for an exact resume)",
+        "--shuffle_buffer_size", type=int, default=10_000, help="streaming shuffle buffer in clips (0: no shuffle)"
     )
     data.add_argument(
         "--crop_frames",
         type=int,
         default=CROP_FRAMES,
-        help="crop length in log-mel frames (10 ms each; a multiple of the 16-frame patch, at most the model's "
-        "max_frames): 608 (6.1 s) officially; shorter crops keep the clips of a corpus of short clips",
+        help="crop length in log-mel frames of 10 ms, a multiple of the 16-frame patch, at most the model's "
+        "max_frames: 608 (6.1 s) officially; shorter crops keep the clips of a corpus of short clips",
     )
     data.add_argument(
         "--min_clip_policy",
         choices=MIN_CLIP_POLICIES,
         default="drop",
-        help="clips shorter than the crop: drop them (official) or zero-pad them at the end (the padded patches are "
-        "never visible nor targets and are left out of the losses)",
+        help="clips shorter than the crop: drop them (official) or zero-pad them (padding left out of the losses)",
     )
     data.add_argument(
         "--bad_audio",
         choices=BAD_AUDIO_POLICIES,
         default="skip",
-        help="unreadable clips: skip and count them (reported in the logs), or stop with the file name",
+        help="unreadable clips: skip and count them, or stop with the file name",
     )
     data.add_argument(
-        "--num_workers",
-        type=int,
-        default=1,
-        help="DataLoader worker processes decoding audio per training process (0: decode in-process)",
+        "--num_workers", type=int, default=1, help="DataLoader workers decoding audio per process (0: in-process)"
     )
     data.add_argument(
         "--audio_cache_mb",
         type=float,
         default=0,
-        help="keep up to this many MB of decoded clips in memory and crop them from there in later epochs, for a "
-        "small corpus read for many epochs (needs --num_workers 0: workers start again every epoch; 0: off)",
+        help="keep up to this many MB of decoded clips in memory for later epochs (small corpora; needs "
+        "--num_workers 0; 0: off)",
     )
     data.add_argument(
         "--num_threads",
         type=int,
-        help="torch intra-op threads of each training process (default: OMP_NUM_THREADS if set, else this "
-        "process's share of the CPU cores minus one per decoding worker; the workers use 1 thread each)",
-    )
-    data.add_argument(
-        "--demo_num_clips",
-        type=int,
-        default=240,
-        help="clips of the synthetic demo corpus built when no corpus is given",
-    )
-    data.add_argument(
-        "--demo_corpus",
-        choices=("synthetic", "real", "auto"),
-        default="synthetic",
-        help="the demo corpus built when no corpus is given: synthesized sounds, real audio rendered from Debian "
-        "packages (examples/real_audio_corpus.py: espeak-ng voices, fluidsynth soundfonts), or real when those "
-        "packages are installed",
+        help="torch threads per training process (default: OMP_NUM_THREADS, else this process's share of the "
+        "cores minus one per decoding worker)",
     )
 
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="base",
-        help="'base': official ViT-Base (MatpacConfig defaults); 'tiny': runs on a laptop CPU",
-    )
+    model.add_argument("--preset", choices=sorted(PRESETS), default="base", help="'base' (official ViT-B) or 'tiny'")
     model.add_argument("--use_mcl", action="store_true", help="MATPAC++: multiple-choice-learning prediction heads")
     model.add_argument(
-        "--config_overrides",
-        help="comma-separated MatpacConfig fields applied over the preset, e.g. 'hidden_size=64,num_hidden_layers=2'",
+        "--config_overrides", help="MatpacConfig fields over the preset, e.g. 'hidden_size=64,num_hidden_layers=2'"
     )
     model.add_argument(
         "--model_name_or_path",
-        help="start from a saved MatpacForPreTraining folder (e.g. a previous run's "
-        "pretraining_model/) instead of a random initialisation; --preset and --config_overrides "
-        "are then ignored",
+        help="start from a saved MatpacForPreTraining folder (a run's pretraining_model/); --preset and "
+        "--config_overrides are then ignored",
     )
 
-    optim = parser.add_argument_group("optimisation (official values by default, spec section 5)")
+    optim = parser.add_argument_group("optimisation (official values by default)")
     optim.add_argument("--per_device_batch_size", type=int, default=32, help="crops per process per micro-batch")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimiser step")
-    optim.add_argument(
-        "--learning_rate",
-        type=float,
-        default=3e-4,
-        help="peak learning rate, used as given (official: 3e-4 at a total batch of 2048)",
-    )
+    optim.add_argument("--learning_rate", type=float, default=3e-4, help="peak learning rate (official at batch 2048)")
     optim.add_argument("--weight_decay", type=float, default=0.05, help="AdamW weight decay")
     optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1")
     optim.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2")
@@ -246,92 +185,66 @@ def parse_args(argv=None):
     optim.add_argument(
         "--no_decay_bias_norm",
         action="store_true",
-        help="exclude biases, norms, tokens and the prototype gain from weight decay "
-        "(default: decay every parameter, as the official run)",
+        help="no weight decay on biases, norms, tokens and the prototype gain (official: decay on every parameter)",
     )
     optim.add_argument("--max_grad_norm", type=float, default=3.0, help="gradient clipping norm")
     optim.add_argument(
-        "--mixed_precision",
-        choices=("no", "fp16", "bf16"),
-        help="mixed precision (default: accelerate's configuration, else 'no')",
+        "--mixed_precision", choices=("no", "fp16", "bf16"), help="default: accelerate's configuration, else 'no'"
     )
     optim.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling, crops and masks")
 
     schedule = parser.add_argument_group("schedule: in optimiser steps, or in epochs with --corpus_size")
     schedule.add_argument("--max_steps", type=int, help="optimiser steps in all")
     schedule.add_argument("--warmup_steps", type=int, help="linear learning-rate warm-up steps")
-    schedule.add_argument(
-        "--teacher_temperature_warmup_steps",
-        type=int,
-        help="steps over which the teacher temperature rises 0.04 -> 0.07",
-    )
+    schedule.add_argument("--teacher_temperature_warmup_steps", type=int, help="teacher temperature 0.04 -> 0.07")
     schedule.add_argument("--num_epochs", type=float, help="epochs in all (official: 300)")
     schedule.add_argument("--warmup_epochs", type=float, help="warm-up epochs (official: 20)")
-    schedule.add_argument(
-        "--teacher_temperature_warmup_epochs", type=float, help="teacher-temperature warm-up epochs (official: 10)"
-    )
+    schedule.add_argument("--teacher_temperature_warmup_epochs", type=float, help="official: 10")
 
     output = parser.add_argument_group("outputs, checkpoints and logging")
     output.add_argument("--output_dir", required=True, help="where checkpoints, logs and the final models go")
     output.add_argument("--checkpointing_steps", type=int, default=1000, help="save a checkpoint every N steps")
+    output.add_argument("--checkpoints_total_limit", type=int, default=3, help="checkpoints kept (0: all)")
+    output.add_argument("--resume_from_checkpoint", help="'latest' (newest complete one, if any) or a checkpoint")
     output.add_argument(
-        "--checkpoints_total_limit",
-        type=int,
-        default=3,
-        help="keep at most this many checkpoints (oldest deleted first; 0 keeps all)",
-    )
-    output.add_argument(
-        "--resume_from_checkpoint",
-        help="'latest' (the newest complete checkpoint in --output_dir, if any) or a checkpoint path",
-    )
-    output.add_argument(
-        "--save_models_at_checkpoints",
-        action="store_true",
-        help="also write pretraining_model/ and encoder/ at every checkpoint",
+        "--save_models_at_checkpoints", action="store_true", help="write pretraining_model/, encoder/ in checkpoints"
     )
     output.add_argument("--logging_steps", type=int, default=10, help="log losses and monitors every N steps")
     output.add_argument(
         "--report_to",
         default="auto",
-        help="'auto' (JSONL, plus tensorboard when installed), 'jsonl', or a comma-separated list of "
-        "accelerate trackers (tensorboard, wandb, ...) to use besides JSONL",
+        help="'auto' (JSONL, plus tensorboard when installed), 'jsonl', or accelerate trackers to add to JSONL "
+        "(comma-separated: tensorboard, wandb, ...)",
     )
     output.add_argument(
-        "--log_example_ids",
-        action="store_true",
-        help="write the ids of the clips each process consumed to logs/example_ids_rank<i>.jsonl",
+        "--log_example_ids", action="store_true", help="ids of the clips read, in logs/example_ids_rank<i>.jsonl"
     )
     output.add_argument("--push_to_hub", action="store_true", help="upload the encoder folder to the Hub at the end")
     output.add_argument("--hub_model_id", help="Hub repo id for --push_to_hub, e.g. 'me/matpac-vitb'")
     output.add_argument("--hub_private_repo", action="store_true", help="create the Hub repo as private")
     output.add_argument("--license", default="mit", help="license written in the model card")
-    output.add_argument(
-        "--skip_demo_probe",
-        action="store_true",
-        help="on the demo corpus, skip the final linear probe of pretrained vs random encoder",
-    )
+    return parser
 
+
+def parse_args(argv=None, parser: argparse.ArgumentParser | None = None, require_corpus: bool = True):
+    """The options of `build_parser()` (or of `parser`, which extends it), parsed and checked."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
-    # The options given on the command line (argparse fills a namespace's missing attributes with the defaults, so
-    # a namespace pre-filled with a marker keeps the marker exactly where nothing was given); the demo settings
-    # replace only the others, even where a given value equals the default.
-    unset = object()
-    given = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
-    args.given_options = {name for name, value in vars(given).items() if value is not unset}
     sources = [name for name in ("dataset_name", "dataset_dir", "data_files") if getattr(args, name)]
     if len(sources) > 1:
         parser.error(f"give at most one corpus source, got {', '.join('--' + s for s in sources)}")
+    if require_corpus and not sources:
+        parser.error(
+            "give a corpus: --dataset_name, --dataset_dir or --data_files (examples/run_pretraining_demo.py "
+            "builds a small one and runs the demo)"
+        )
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. 'me/matpac-vitb')")
-    for name in (
-        "per_device_batch_size",
-        "gradient_accumulation_steps",
-        "checkpointing_steps",
-        "logging_steps",
-        "crop_frames",
-    ):
+    for name in ("per_device_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "logging_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.crop_frames < 1:
+        parser.error(f"--crop_frames must be >= 1, got {args.crop_frames}")
     if args.num_threads is not None and args.num_threads < 1:
         parser.error(f"--num_threads must be >= 1, got {args.num_threads}")
     if args.audio_cache_mb < 0:
@@ -339,57 +252,10 @@ def parse_args(argv=None):
     return args
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Logging, threads, schedule, model, optimiser
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class JsonlTracker(GeneralTracker):
-    """An accelerate tracker writing one JSON line per `log` call to `<logging_dir>/metrics.jsonl` (appending, so a
-    resumed run continues the same file) and the run configuration to `<logging_dir>/run_config.json`."""
-
-    name = "jsonl"
-    requires_logging_directory = True
-
-    def __init__(self, run_name: str, logging_dir: str):
-        super().__init__()
-        self.run_name = run_name
-        os.makedirs(logging_dir, exist_ok=True)
-        self.logging_dir = logging_dir
-        self.path = os.path.join(logging_dir, "metrics.jsonl")
-        self.file = open(self.path, "a")
-
-    @property
-    def tracker(self):
-        return self.file
-
-    def store_init_configuration(self, values: dict):
-        with open(os.path.join(self.logging_dir, "run_config.json"), "w") as handle:
-            json.dump(values, handle, indent=2, sort_keys=True)
-
-    def log(self, values: dict, step: int | None = None, **kwargs):
-        self.file.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
-        self.file.flush()
-
-    def truncate_after(self, step: int):
-        """Drops the rows of steps after `step` (logged before a crash, recomputed after the resume from `step`)."""
-        self.file.close()
-        truncate_jsonl(self.path, lambda row: row.get("step") is None or row["step"] <= step)
-        self.file = open(self.path, "a")
-
-    def finish(self):
-        self.file.close()
-
-
-def truncate_jsonl(path: str, keep) -> None:
-    """Rewrites a JSON-lines file with only the rows for which `keep(row)` is true (atomically)."""
-    if not os.path.isfile(path):
-        return
-    with open(path) as handle:
-        rows = [line for line in handle if line.strip() and keep(json.loads(line))]
-    with open(path + ".tmp", "w") as handle:
-        handle.writelines(rows)
-    os.replace(path + ".tmp", path)
+def setup_logging():
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for noisy in ("datasets", "httpx", "urllib3", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def build_accelerator(args, output_dir: str) -> tuple[Accelerator, JsonlTracker]:
@@ -407,39 +273,9 @@ def build_accelerator(args, output_dir: str) -> tuple[Accelerator, JsonlTracker]
         log_with=trackers,
         project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=logging_dir),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    for noisy in ("datasets", "httpx", "urllib3", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     logger.info(accelerator.state, main_process_only=False)
     return accelerator, jsonl
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def choose_num_threads(requested: int | None, num_workers: int, processes_on_this_machine: int) -> tuple[int, str]:
-    """Intra-op threads of a training process, and why. Oversubscription is what hurts on small machines (a 2-core
-    run with torch's default threads plus a decoding worker was 3x slower per step when other work ran): by default a
-    process takes its share of the cores minus one core per decoding worker (each worker runs 1 thread)."""
-    if requested is not None:
-        return requested, "--num_threads"
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
-    share = max(1, available_cores() // max(1, processes_on_this_machine))
-    return max(1, share - num_workers), f"{share} core(s) for this process - {num_workers} decoding worker(s)"
-
-
-def init_decoding_worker(worker_id: int):
-    """DataLoader worker setup: 1 torch thread (decoding is single-threaded; more threads only compete with the
-    training process), and SIGINT / SIGTERM left to the training process, which stops the workers itself after
-    writing its checkpoint (a worker killed by the signal would abort the run first)."""
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def parse_config_overrides(text: str | None) -> dict:
@@ -550,8 +386,8 @@ def build_optimizer(model: MatpacForPreTraining, args) -> torch.optim.AdamW:
         ]
     else:
         groups = [{"params": [p for _, p in named], "weight_decay": args.weight_decay}]
-    # torch's fused AdamW (CPU and CUDA): the same update as the default per-parameter loop in one kernel per step;
-    # measured on CPU for base (118 M parameters, one thread): 0.33 s per step instead of 1.04 s
+    # torch's fused AdamW (CPU and CUDA): the same update as the default per-parameter loop in one kernel per step,
+    # about 3x faster on CPU (benchmarks/RESULTS.md)
     fused = all(p.device.type in ("cpu", "cuda") for _, p in named)
     return torch.optim.AdamW(
         groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, fused=fused
@@ -588,74 +424,6 @@ def run_hyperparameters(args, config: MatpacConfig, schedule: dict, accelerator:
         "min_clip_policy": args.min_clip_policy,
         "crop": f"{args.crop_frames} frames ({args.crop_frames * config.hop_length / config.sampling_rate:.2f} s)",
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def is_demo(args) -> bool:
-    """No corpus given: the run pretrains on the embedded demo corpus."""
-    return not (args.dataset_name or args.dataset_dir or args.data_files)
-
-
-def use_real_demo_corpus(args) -> bool:
-    return args.demo_corpus == "real" or (args.demo_corpus == "auto" and real_audio_corpus.is_available())
-
-
-def apply_demo_settings(args):
-    """The demo's settings (`DEMO_SETTINGS`, `REAL_DEMO_SETTINGS`) for the options not given on the command line, and
-    its length."""
-    kind = "real audio" if use_real_demo_corpus(args) else "synthetic"
-    for name, value in (REAL_DEMO_SETTINGS if kind == "real audio" else DEMO_SETTINGS).items():
-        if name not in args.given_options:
-            setattr(args, name, value)
-            logger.info(f"Demo on {kind}: --{name} {value}")
-    if args.max_steps is None and args.num_epochs is None:
-        args.max_steps = DEMO_MAX_STEPS
-        logger.info(f"Demo: no run length given, using --max_steps {DEMO_MAX_STEPS}")
-
-
-def prepare_demo_corpus(args, accelerator: Accelerator, output_dir: str) -> DemoCorpus:
-    """Builds (once) the demo corpus in `<output_dir>/demo_corpus` (synthetic, or real audio with --demo_corpus) and
-    points the run at it."""
-    demo_dir = os.path.join(output_dir, "demo_corpus")
-    if use_real_demo_corpus(args):
-        if accelerator.is_main_process:
-            real_audio_corpus.build_real_audio_corpus(demo_dir, REAL_DEMO_NUM_CLIPS, seed=args.seed)
-        accelerator.wait_for_everyone()
-        built = read_json(os.path.join(demo_dir, "corpus.json"))
-        tasks = {name: os.path.join(demo_dir, "tasks", name) for name in sorted(built["task_clips"])}
-        demo = DemoCorpus(
-            os.path.join(demo_dir, "pretrain"), "", built["pretraining_clips"], probe_tasks=tasks, kind="real audio"
-        )
-    else:
-        marker = os.path.join(demo_dir, "corpus.json")
-        wanted = {"num_clips": args.demo_num_clips, "seed": args.seed, "num_probe_clips_per_class": DEMO_PROBE_CLIPS}
-        if accelerator.is_main_process and not (os.path.isfile(marker) and read_json(marker) == wanted):
-            # no clips of another corpus built here (more clips, or the real-audio one) may stay in pretrain/
-            shutil.rmtree(demo_dir, ignore_errors=True)
-            build_demo_corpus(
-                demo_dir, num_clips=args.demo_num_clips, seed=args.seed, num_probe_clips_per_class=DEMO_PROBE_CLIPS
-            )
-            with open(marker, "w") as handle:
-                json.dump(wanted, handle)
-        accelerator.wait_for_everyone()
-        probe_dir = os.path.join(demo_dir, "probe")
-        demo = DemoCorpus(
-            os.path.join(demo_dir, "pretrain"),
-            probe_dir,
-            args.demo_num_clips,
-            probe_tasks={"synthetic sounds": probe_dir},
-        )
-    args.dataset_dir = demo.pretrain_dir
-    args.corpus_size = args.corpus_size or demo.num_clips
-    logger.info(
-        f"No corpus given: the {demo.kind} demo corpus in {demo_dir} ({demo.num_clips} pretraining clips; probe "
-        f"tasks: {', '.join(demo.probe_tasks)})"
-    )
-    return demo
 
 
 def build_data_loop(args, accelerator: Accelerator) -> tuple[PretrainingDataLoop, int | None]:
@@ -697,7 +465,7 @@ def build_data_loop(args, accelerator: Accelerator) -> tuple[PretrainingDataLoop
         batch_size=args.per_device_batch_size,
         num_workers=args.num_workers,
         pin_memory=accelerator.device.type == "cuda",
-        worker_init_fn=init_decoding_worker,
+        worker_init_fn=init_decoding_worker,  # 1 thread each; SIGINT / SIGTERM left to the training process
     )
     if not data_loop.exact_resume:
         logger.warning(
@@ -707,101 +475,11 @@ def build_data_loop(args, accelerator: Accelerator) -> tuple[PretrainingDataLoop
     return data_loop, corpus_size
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints and outputs
-# ----------------------------------------------------------------------------------------------------------------
-
-# Rotation is done here, not by `ProjectConfiguration(total_limit=...)`: accelerate deletes the oldest checkpoint
-# *before* writing the new one into its final folder (no temporary folder, no completion marker), and `load_state()`
-# then picks the newest folder even when it is incomplete. A kill during a save could leave no usable checkpoint.
-CHECKPOINT_PREFIX = "checkpoint-"
-CHECKPOINT_MARKER = "checkpoint_complete.json"
-
-
-def checkpoint_steps(output_dir: str, complete_only: bool = True) -> list[int]:
-    """Steps of the `checkpoint-<step>` folders in `output_dir` (with their completion marker), sorted."""
-    if not os.path.isdir(output_dir):
-        return []
-    steps = []
-    for name in os.listdir(output_dir):
-        if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit():
-            if not complete_only or os.path.isfile(os.path.join(output_dir, name, CHECKPOINT_MARKER)):
-                steps.append(int(name[len(CHECKPOINT_PREFIX) :]))
-    return sorted(steps)
-
-
-def find_latest_checkpoint(output_dir: str) -> str | None:
-    """The newest *complete* checkpoint (`checkpoint-<step>` with its completion marker), or None."""
-    steps = checkpoint_steps(output_dir)
-    return os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{steps[-1]}") if steps else None
-
-
-def mark_checkpoint_complete(folder: str, step: int, num_processes: int):
-    with open(os.path.join(folder, CHECKPOINT_MARKER), "w") as handle:
-        json.dump({"global_step": step, "num_processes": num_processes}, handle)
-
-
-def save_checkpoint(accelerator, output_dir: str, step: int, data_loop, total_limit: int, models=None) -> str:
-    """Writes `checkpoint-<step>` atomically: everything goes to a temporary folder first (accelerate state, this
-    process's stream position and counters, and `save_models(*models)` when given), the main process adds the
-    completion marker and renames the folder, then deletes the oldest checkpoints beyond `total_limit` (0 keeps
-    all). A crash before the rename leaves only a `.tmp-...` folder that `find_latest_checkpoint` ignores."""
-    final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
-    temporary = os.path.join(output_dir, f".tmp-{CHECKPOINT_PREFIX}{step}")
-    if accelerator.is_main_process and os.path.exists(temporary):
-        shutil.rmtree(temporary)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(temporary)  # model, optimizer, registered scheduler, every process's RNG states
-    torch.save(
-        {"global_step": step, "data": data_loop.state_dict()},
-        os.path.join(temporary, f"training_state_rank{accelerator.process_index}.pt"),
-    )
-    if models is not None and accelerator.is_main_process:
-        save_models(*models, folder=temporary)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        mark_checkpoint_complete(temporary, step, accelerator.num_processes)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        if total_limit > 0:
-            for old in checkpoint_steps(output_dir, complete_only=False)[:-total_limit]:
-                shutil.rmtree(os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{old}"), ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def resume(args, accelerator: Accelerator, output_dir: str, data_loop: PretrainingDataLoop) -> int:
-    """Loads `--resume_from_checkpoint` ('latest' or a folder) into the prepared objects and the data loop; returns
-    the optimiser steps already done (0 without a checkpoint)."""
-    checkpoint = args.resume_from_checkpoint
-    if checkpoint == "latest":
-        checkpoint = find_latest_checkpoint(output_dir)
-        if checkpoint is None:
-            logger.info("--resume_from_checkpoint latest: no complete checkpoint yet, starting from scratch")
-            return 0
-    if not checkpoint:
-        return 0
-    if not os.path.isfile(os.path.join(checkpoint, CHECKPOINT_MARKER)):
-        raise ValueError(f"{checkpoint!r} is not a complete checkpoint folder (no {CHECKPOINT_MARKER}).")
-    accelerator.load_state(checkpoint)
-    state_path = os.path.join(checkpoint, f"training_state_rank{accelerator.process_index}.pt")
-    if not os.path.isfile(state_path):
-        raise ValueError(
-            f"{checkpoint} has no stream state for process {accelerator.process_index}: it was written by a run "
-            "with fewer processes; resume with the same number of processes."
-        )
-    training_state = torch.load(state_path, weights_only=False)
-    data_loop.load_state_dict(training_state["data"])
-    logger.info(f"Resumed from {checkpoint} at step {training_state['global_step']} (epoch {data_loop.epoch})")
-    return training_state["global_step"]
-
-
-def describe_corpus(args, demo: DemoCorpus | None) -> str:
-    """The corpus as the model card names it: the Hub dataset, the demo corpus, or folder / file names (never local
+def describe_corpus(args) -> str:
+    """The corpus as the model card names it: --corpus_name, the Hub dataset, or folder / file names (never local
     paths)."""
-    if demo is not None:
-        return f"the {demo.kind} demo corpus of examples/run_pretraining.py"
+    if args.corpus_name:
+        return args.corpus_name
     if args.dataset_name:
         return args.dataset_name
     if args.dataset_dir:
@@ -809,34 +487,11 @@ def describe_corpus(args, demo: DemoCorpus | None) -> str:
     return ", ".join(f"`{os.path.basename(path)}`" for path in args.data_files)
 
 
-def card_fields(
-    args, config, hyperparameters: dict, corpus: str, global_step: int, monitors: dict | None = None
-) -> dict:
+def card_fields(args, config, hyperparameters: dict, corpus: str, global_step: int, monitors=None) -> dict:
     """The fields of the encoder's model card."""
-    crop_seconds = args.crop_frames * config.hop_length / config.sampling_rate
-    summary = (
-        f"Pretrained with `examples/run_pretraining.py` of matpac-hf for {global_step} optimiser steps of "
-        f"{hyperparameters['total_batch_size']} random {crop_seconds:.2f} s crops on {corpus}."
-    )
-    if monitors:
-        summary += " Final monitors: " + ", ".join(f"{k} {v:.4g}" for k, v in monitors.items()) + "."
-    model_name = "MATPAC++" if config.use_mcl else "MATPAC"
-    fields = {
-        "license": args.license,
-        "training_summary": summary,
-        "training_hyperparameters": hyperparameters,
-        "objective": pretraining_objective(config, crop_frames=args.crop_frames),
-        "tags": ["matpac++"] if config.use_mcl else None,
-        "architecture": f"{config.num_hidden_layers} blocks, width {config.hidden_size}, "
-        f"{config.num_attention_heads} heads",
-        "embedding_size": config.frame_embedding_size,
-        "model_summary": f"A self-supervised audio encoder pretrained with {model_name} (Masked latent Prediction "
-        f"And Classification, ICASSP 2025): a ViT that turns 16 kHz audio into one {config.frame_embedding_size}-d "
-        f"frame embedding per 160 ms and a {config.frame_embedding_size}-d clip embedding.",
-        "datasets": [args.dataset_name] if args.dataset_name else None,
-        "base_model": args.model_name_or_path,
-        "repo_id": args.hub_model_id,
-    }
+    fields = pretrained_encoder_fields(config, hyperparameters, corpus, global_step, args.crop_frames, monitors)
+    fields.update(license=args.license, datasets=[args.dataset_name] if args.dataset_name else None)
+    fields.update(base_model=args.model_name_or_path, repo_id=args.hub_model_id)
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -850,151 +505,6 @@ def save_models(model: MatpacForPreTraining, feature_extractor, card: dict, fold
     with open(os.path.join(encoder_dir, "README.md"), "w") as handle:
         handle.write(render_model_card("pretrained_encoder", **card))
     return encoder_dir
-
-
-def check_replicas_in_sync(accelerator: Accelerator, model: MatpacForPreTraining, logging_dir: str):
-    """Every replica must end with the same weights (students, teachers, center): a checksum per process."""
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    checksums = gather_object([digest.hexdigest()])
-    if accelerator.is_main_process:
-        with open(os.path.join(logging_dir, "replica_checksums.json"), "w") as handle:
-            json.dump(checksums, handle)
-        in_sync = len(set(checksums)) == 1
-        (logger.info if in_sync else logger.warning)(
-            f"Model replicas identical across the {accelerator.num_processes} processes: {in_sync}"
-        )
-
-
-def plot_curves(metrics_path: str, png_path: str) -> bool:
-    """Losses and collapse monitors against the step, from the JSONL log (the last line wins for a step)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no training_curves.png (pip install matplotlib)")
-        return False
-    rows = {}
-    with open(metrics_path) as handle:
-        for line in handle:
-            row = json.loads(line)
-            if row.get("step") is not None and "loss" in row:
-                rows[row["step"]] = row
-    steps = sorted(rows)
-    panels = [
-        ("losses", ("loss", "prediction_loss", "classification_loss")),
-        ("std of normalised vectors", ("prediction_std", "target_std")),
-        ("teacher perplexity", ("teacher_perplexity",)),
-        ("distinct teacher classes", ("num_teacher_classes",)),
-        ("student/teacher agreement", ("student_teacher_agreement",)),
-        ("learning rate", ("learning_rate",)),
-    ]
-    figure, axes = plt.subplots(2, 3, figsize=(14, 7))
-    for axis, (title, keys) in zip(axes.flat, panels):
-        for key in keys:
-            values = [rows[s].get(key) for s in steps]
-            if any(v is not None for v in values):
-                axis.plot(steps, values, label=key)
-        axis.set_title(title)
-        axis.set_xlabel("step")
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(png_path, dpi=90)
-    plt.close(figure)
-    return True
-
-
-def read_json(path: str):
-    with open(path) as handle:
-        return json.load(handle)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The demo's linear probe: run_linear_probe's protocol on the pretrained vs a same-config random encoder
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def run_demo_probe(encoder_dir: str, demo: DemoCorpus, output_dir: str, seed: int) -> dict:
-    """`run_linear_probe.py`'s cross-validation over each task's folds, for the pretrained encoder and for a randomly
-    initialised encoder of the same config (`--random_init`): test accuracy, mean and 95 % CI over the folds. Each
-    fold's accuracy is the mean over `DEMO_PROBE_SEEDS` probe seeds (classifier init and early-stopping split)."""
-    results = {"corpus": demo.kind, "tasks": {}}
-    seeds = [str(seed + offset) for offset in range(DEMO_PROBE_SEEDS)]
-    for task, folder in demo.probe_tasks.items():
-        results["tasks"][task] = {}
-        for name, extra in (("pretrained", []), ("random_init", ["--random_init", "--init_seed", str(seed)])):
-            probe_dir = os.path.join(output_dir, "demo_probe", f"{task.replace(' ', '_')}_{name}")
-            probe = run_linear_probe.main(
-                ["--model_name_or_path", encoder_dir, "--dataset_dir", folder, "--fold_column", "fold"]
-                + ["--seeds", *seeds, "--output_dir", probe_dir, *extra]
-            )
-            results["tasks"][task][name] = {key: probe[key] for key in ("mean", "ci95", "n", "num_classes")}
-            results["tasks"][task][name]["folds"] = probe["summarised"]  # per fold, the mean over the seeds
-        # the gain over the same folds (both encoders are tested on the same clips): mean and 95 % CI over the folds
-        pretrained, random_init = (results["tasks"][task][name]["folds"] for name in ("pretrained", "random_init"))
-        gain = run_linear_probe.summarise([100 * (p - r) for p, r in zip(pretrained, random_init)])
-        results["tasks"][task]["gain_points"] = {key: gain[key] for key in ("mean", "ci95")}
-    gains = [result["gain_points"]["mean"] for result in results["tasks"].values()]
-    results["mean_gain_points"] = sum(gains) / len(gains)
-    return results
-
-
-def print_demo_probe(results: dict):
-    lines = [f"\nDemo linear probe on {results['corpus']} (accuracy, mean +- 95 % CI over the folds):"]
-    for task, result in results["tasks"].items():
-        pretrained, random_init = result["pretrained"], result["random_init"]
-        lines.append(
-            f"  {task} ({pretrained['num_classes']} classes, {pretrained['n']} folds): pretrained "
-            f"{pretrained['mean']:.3f} +- {pretrained['ci95'] or 0:.3f}, random-init encoder {random_init['mean']:.3f} "
-            f"+- {random_init['ci95'] or 0:.3f}; gain {result['gain_points']['mean']:+.1f} +- "
-            f"{result['gain_points']['ci95'] or 0:.1f} points (paired over the folds)"
-        )
-    lines.append(f"  gain of pretraining: {results['mean_gain_points']:+.1f} points (mean over the tasks)")
-    print("\n".join(lines))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class StopRequest:
-    """SIGINT (Ctrl-C) and SIGTERM set a flag; the training loop checks it after every optimiser step, writes a
-    checkpoint and stops. A second Ctrl-C raises KeyboardInterrupt at once. `requested()` agrees over all processes
-    (a signal seen by one of them stops them all at the same step)."""
-
-    def __init__(self):
-        self.signal_number = None
-        self._previous = {}
-
-    def __enter__(self):
-        for number in (signal.SIGINT, signal.SIGTERM):
-            self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def __exit__(self, *exc_info):
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-
-    def _handle(self, number, frame):
-        if self.signal_number is not None and number == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_number = number
-
-    def requested(self, accelerator: Accelerator) -> bool:
-        if accelerator.num_processes == 1:
-            return self.signal_number is not None
-        flag = torch.tensor(float(self.signal_number is not None), device=accelerator.device)
-        return accelerator.reduce(flag, reduction="sum").item() > 0
-
-
-def log_example_ids(handle, step: int, micro_step: int, epoch: int, batch: dict):
-    handle.write(json.dumps({"step": step, "micro_step": micro_step, "epoch": epoch, "ids": batch["example_ids"]}))
-    handle.write("\n")
-    handle.flush()
 
 
 def log_metrics(accelerator, sums: dict, num_micro_steps: int, extra: dict, step: int, max_steps: int) -> dict:
@@ -1051,12 +561,18 @@ def train(args, accelerator, model, optimizer, lr_scheduler, feature_extractor, 
                 if accelerator.sync_gradients:
                     lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            for key in ("loss", "prediction_loss", "classification_loss", *MONITORS):
-                value = getattr(outputs, key, None)
-                if value is not None:
+            for key, value in outputs.items():  # every scalar: the losses and the collapse monitors
+                if value.ndim == 0:
                     sums[key] = sums.get(key, 0.0) + value.detach().float()
             if ids_file is not None:
-                log_example_ids(ids_file, global_step, micro_step, data_loop.epoch, batch)
+                ids = {
+                    "step": global_step,
+                    "micro_step": micro_step,
+                    "epoch": data_loop.epoch,
+                    "ids": batch["example_ids"],
+                }
+                ids_file.write(json.dumps(ids) + "\n")
+                ids_file.flush()
             micro_step += 1
             if not accelerator.sync_gradients:
                 continue
@@ -1077,9 +593,12 @@ def train(args, accelerator, model, optimizer, lr_scheduler, feature_extractor, 
             sums, micro_step = {}, 0
             stopping = stop.requested(accelerator)
             if (global_step % args.checkpointing_steps == 0 and global_step < max_steps) or stopping:
-                models = (unwrapped, feature_extractor, card(global_step)) if args.save_models_at_checkpoints else None
+                write_models = None
+                if args.save_models_at_checkpoints:
+                    write_models = functools.partial(save_models, unwrapped, feature_extractor, card(global_step))
+                training_state = {"global_step": global_step, "data": data_loop.state_dict()}
                 path = save_checkpoint(
-                    accelerator, output_dir, global_step, data_loop, args.checkpoints_total_limit, models
+                    accelerator, output_dir, global_step, training_state, args.checkpoints_total_limit, write_models
                 )
                 logger.info(f"Saved checkpoint {path}")
             if stopping:
@@ -1095,22 +614,16 @@ def train(args, accelerator, model, optimizer, lr_scheduler, feature_extractor, 
     return global_step, last_logged, stopped_by
 
 
-def save_final_outputs(args, model, feature_extractor, card: dict, demo: DemoCorpus | None, jsonl):
-    """Main process: `pretraining_model/`, `encoder/` with its card, the training curves, the demo probe and the Hub
-    upload."""
+def save_final_outputs(args, model, feature_extractor, card: dict, jsonl):
+    """Main process: `pretraining_model/`, `encoder/` with its card, the training curves and the Hub upload."""
     output_dir = os.path.abspath(args.output_dir)
     encoder_dir = save_models(model, feature_extractor, card, folder=output_dir)
     logger.info(
         f"Saved {output_dir}/pretraining_model (continue training) and {encoder_dir} (AutoModel.from_pretrained)"
     )
     png = os.path.join(output_dir, "training_curves.png")
-    if os.path.isfile(jsonl.path) and plot_curves(jsonl.path, png):
+    if os.path.isfile(jsonl.path) and plot_jsonl_metrics(jsonl.path, png, CURVES):
         logger.info(f"Saved {png}")
-    if demo is not None and not args.skip_demo_probe:
-        results = run_demo_probe(encoder_dir, demo, output_dir, args.seed)
-        with open(os.path.join(output_dir, "demo_probe.json"), "w") as handle:
-            json.dump(results, handle, indent=2)
-        print_demo_probe(results)
     if args.push_to_hub:
         from huggingface_hub import HfApi
 
@@ -1125,14 +638,16 @@ def save_final_outputs(args, model, feature_extractor, card: dict, demo: DemoCor
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return pretrain(parse_args(argv))
+
+
+def pretrain(args) -> int:
+    """Steps 1-7 below for the parsed options; the exit status: 0, or 128 + the signal number after a stop."""
     output_dir = os.path.abspath(args.output_dir)
     logging_dir = os.path.join(output_dir, "logs")
 
     # 1. Accelerator and trackers; threads; the same initial weights on every process.
     accelerator, jsonl = build_accelerator(args, output_dir)
-    if is_demo(args):
-        apply_demo_settings(args)
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     num_threads, reason = choose_num_threads(args.num_threads, args.num_workers, processes_here)
     torch.set_num_threads(num_threads)
@@ -1142,8 +657,7 @@ def main(argv=None) -> int:
     )
     set_seed(args.seed)
 
-    # 2. The corpus (given, or the embedded synthetic demo corpus) as endless resumable crop batches.
-    demo = prepare_demo_corpus(args, accelerator, output_dir) if is_demo(args) else None
+    # 2. The corpus as endless resumable crop batches.
     data_loop, corpus_size = build_data_loop(args, accelerator)
 
     # 3. Schedule lengths (written into the model config, whose own schedules follow them).
@@ -1173,7 +687,12 @@ def main(argv=None) -> int:
     accelerator.register_for_checkpointing(lr_scheduler)
 
     # 5. Resume; the logs forget the steps after the checkpoint (they are computed again).
-    start_step = resume(args, accelerator, output_dir, data_loop)
+    start_step, checkpoint = 0, resolve_checkpoint(args.resume_from_checkpoint, output_dir)  # 'latest' or a folder
+    if checkpoint is not None:
+        training_state = load_checkpoint(accelerator, checkpoint)
+        data_loop.load_state_dict(training_state["data"])
+        start_step = training_state["global_step"]
+        logger.info(f"Resumed from {checkpoint} at step {start_step} (epoch {data_loop.epoch})")
     if start_step and accelerator.is_main_process:
         jsonl.truncate_after(start_step)
     if start_step and args.log_example_ids:
@@ -1181,23 +700,23 @@ def main(argv=None) -> int:
         truncate_jsonl(ids_path, lambda row: row["step"] < start_step)
     hyperparameters = run_hyperparameters(args, config, schedule, accelerator)
     accelerator.init_trackers("matpac_pretraining", config=hyperparameters)
-    card = functools.partial(card_fields, args, config, hyperparameters, describe_corpus(args, demo))
+    card = functools.partial(card_fields, args, config, hyperparameters, describe_corpus(args))
 
     # 6. The training loop (stops early, with a checkpoint, on SIGINT / SIGTERM).
     global_step, last_logged, stopped_by = train(
         args, accelerator, model, optimizer, lr_scheduler, feature_extractor, data_loop, schedule, start_step, card
     )
 
-    # 7. Final outputs: pretraining model, encoder with its model card, curves, demo probe, Hub upload.
+    # 7. Final outputs: pretraining model, encoder with its model card, curves, Hub upload.
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if stopped_by is None:
         if accelerator.num_processes > 1:
-            check_replicas_in_sync(accelerator, unwrapped, logging_dir)
+            check_replicas_in_sync(accelerator, unwrapped, os.path.join(logging_dir, "replica_checksums.json"))
         logger.info(f"Data: {data_loop.stats.totals()} (this process)")
         if accelerator.is_main_process:
-            monitors = {k: last_logged[k] for k in FINAL_MONITORS if k in last_logged}
-            save_final_outputs(args, unwrapped, feature_extractor, card(global_step, monitors), demo, jsonl)
+            monitors = {k: last_logged[k] for k in MONITORS if k in last_logged}
+            save_final_outputs(args, unwrapped, feature_extractor, card(global_step, monitors), jsonl)
     accelerator.wait_for_everyone()
     # Free the DDP wrapper while every process is still here: its gradient reducer holds the process group, and
     # destroying that group after a peer has exited can block forever in gloo's destructor (seen at exit).

@@ -1,8 +1,8 @@
 # Copyright 2026 The matpac-hf developers.
 # Licensed under the MIT License.
-"""examples/run_pretraining.py end to end, in this process (`main(argv)`): outputs and the demo probe, exact resume
-after a crash while a checkpoint is written, SIGINT / SIGTERM checkpoints, short clips, threads; and one real
-2-process accelerate launch."""
+"""examples/run_pretraining.py and examples/run_pretraining_demo.py end to end, in this process (`main(argv)`):
+outputs and the demo probe, exact resume after a crash while a checkpoint is written, SIGINT / SIGTERM checkpoints,
+short clips; and one real 2-process accelerate launch."""
 
 import json
 import os
@@ -20,6 +20,9 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 import run_pretraining as script  # noqa: E402
+import run_pretraining_demo as demo_script  # noqa: E402
+
+from matpac_hf import training_utils  # noqa: E402
 
 
 MICRO_CONFIG = (
@@ -37,12 +40,13 @@ COMPARED = ("loss", "prediction_loss", "classification_loss", "teacher_perplexit
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")
 
 
-def run(*args) -> int:
-    """`main(argv)` in this process; accelerate's process-wide state is reset afterwards (as between two runs)."""
+def run(*args, program=script) -> int:
+    """`program.main(argv)` in this process; accelerate's process-wide state is reset afterwards (as between two
+    runs)."""
     from accelerate.state import AcceleratorState
 
     try:
-        return script.main(COMMON + [str(a) for a in args])
+        return program.main(COMMON + [str(a) for a in args])
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
 
@@ -117,7 +121,7 @@ def test_demo_run_writes_both_folders_probes_and_pushes(tmp_path, hub_stub, monk
     args = ["--output_dir", out, "--demo_num_clips", 10, "--per_device_batch_size", 4, "--max_steps", 4]
     args += ["--checkpointing_steps", 2, "--num_workers", 0, "--shuffle_buffer_size", 0]
     args += ["--teacher_temperature_warmup_steps", 0, "--push_to_hub", "--hub_model_id", "stub-user/matpac-tiny"]
-    assert run(*args) == 0
+    assert run(*args, program=demo_script) == 0
     # both folders, the encoder loads with AutoModel and embeds audio
     assert (out / "pretraining_model" / "model.safetensors").is_file()
     encoder = AutoModel.from_pretrained(out / "encoder")
@@ -165,7 +169,7 @@ def test_demo_run_writes_both_folders_probes_and_pushes(tmp_path, hub_stub, monk
     assert probe["mean_gain_points"] == pytest.approx(gain) == pytest.approx(task["gain_points"]["mean"])
     paired = [100 * (p - r) for p, r in zip(task["pretrained"]["folds"], task["random_init"]["folds"])]
     assert len(paired) == 5 and task["gain_points"]["ci95"] == pytest.approx(
-        script.run_linear_probe.summarise(paired)["ci95"]
+        demo_script.run_linear_probe.summarise(paired)["ci95"]
     )
     assert "Demo linear probe on synthetic" in capsys.readouterr().out
     # pushed to the (stub) Hub: the encoder folder with its card
@@ -185,14 +189,14 @@ def test_crash_while_writing_a_checkpoint_then_resume_reproduces_the_losses(
     resumed run (one DataLoader worker, whose stream position torchdata saves) recomputes steps 4-8 exactly, and the
     log holds every step once."""
     out = tmp_path / "crashed"
-    mark_complete = script.mark_checkpoint_complete
+    mark_complete = training_utils.mark_checkpoint_complete
 
     def crash_at_6(folder, step, num_processes):
         if step == 6:
             raise SimulatedCrash
         mark_complete(folder, step, num_processes)
 
-    monkeypatch.setattr(script, "mark_checkpoint_complete", crash_at_6)
+    monkeypatch.setattr(training_utils, "mark_checkpoint_complete", crash_at_6)
     args = ["--dataset_dir", small_corpus, *RESUME_ARGS, "--num_workers", 1, "--output_dir", out]
     with pytest.raises(SimulatedCrash):
         run(*args)
@@ -200,7 +204,7 @@ def test_crash_while_writing_a_checkpoint_then_resume_reproduces_the_losses(
     assert not (out / "checkpoint-6").exists() and (out / ".tmp-checkpoint-6").exists()
     assert sorted(metrics(out)) == [1, 2, 3, 4, 5, 6]
 
-    monkeypatch.setattr(script, "mark_checkpoint_complete", mark_complete)
+    monkeypatch.setattr(training_utils, "mark_checkpoint_complete", mark_complete)
     assert run(*args, "--resume_from_checkpoint", "latest") == 0
     resumed = metrics(out)
     assert sorted(resumed) == list(range(1, 9))
@@ -270,10 +274,10 @@ def test_real_audio_demo_corpus_gets_short_padded_crops(tmp_path, monkeypatch):
         Path(folder, "corpus.json").write_text(json.dumps(built))
         return built
 
-    monkeypatch.setattr(script.real_audio_corpus, "build_real_audio_corpus", build)
+    monkeypatch.setattr(demo_script.real_audio_corpus, "build_real_audio_corpus", build)
     out = tmp_path / "real"
     args = ["--demo_corpus", "real", "--per_device_batch_size", 2, "--max_steps", 2, "--num_workers", 0]
-    assert run(*args, "--shuffle_buffer_size", 0, "--skip_demo_probe", "--output_dir", out) == 0
+    assert run(*args, "--shuffle_buffer_size", 0, "--skip_demo_probe", "--output_dir", out, program=demo_script) == 0
     run_config = json.loads((out / "logs" / "run_config.json").read_text())
     assert run_config["crop"] == "96 frames (0.96 s)" and run_config["min_clip_policy"] == "pad"
     assert metrics(out)[2]["data/num_padded"] == 1 and metrics(out)[2]["data/num_too_short"] == 0  # the 0.5 s clip
@@ -284,32 +288,24 @@ def test_demo_settings_replace_only_options_not_given(monkeypatch):
     in-memory clip cache refuses DataLoader workers with the fix in the message."""
     from accelerate.state import AcceleratorState, PartialState
 
-    monkeypatch.setattr(script, "use_real_demo_corpus", lambda args: False)
-    args = script.parse_args(["--output_dir", "out", "--learning_rate", "3e-4", "--num_workers", "1"])
-    assert args.learning_rate == script.parse_args(["--output_dir", "out"]).learning_rate  # the default, given
+    monkeypatch.setattr(demo_script, "use_real_demo_corpus", lambda args: False)
+    args = demo_script.parse_args(["--output_dir", "out", "--learning_rate", "3e-4", "--num_workers", "1"])
+    assert args.learning_rate == demo_script.parse_args(["--output_dir", "out"]).learning_rate  # the default, given
     PartialState()  # accelerate's logger needs it
     try:
-        script.apply_demo_settings(args)
+        demo_script.apply_demo_settings(args)
         assert args.learning_rate == 3e-4 and args.num_workers == 1
-        assert args.crop_frames == 96 and args.audio_cache_mb == 512 and args.max_steps == script.DEMO_MAX_STEPS
+        assert args.crop_frames == 96 and args.audio_cache_mb == 512 and args.max_steps == demo_script.DEMO_MAX_STEPS
         with pytest.raises(ValueError, match="--audio_cache_mb 512 with --num_workers 1.*--num_workers 0"):
             script.build_data_loop(args, accelerator=None)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(SystemExit):
-        script.parse_args(["--output_dir", "out", "--audio_cache_mb", "-1"])
-
-
-def test_thread_counts(monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(script, "available_cores", lambda: 2)
-    assert script.choose_num_threads(None, 1, 1)[0] == 1  # 2 cores: the decoding worker gets one
-    assert script.choose_num_threads(None, 0, 1)[0] == 2
-    assert script.choose_num_threads(3, 1, 1) == (3, "--num_threads")
-    monkeypatch.setattr(script, "available_cores", lambda: 16)
-    assert script.choose_num_threads(None, 2, 2)[0] == 6  # 8 cores per process, 2 of them for the workers
-    monkeypatch.setenv("OMP_NUM_THREADS", "4")
-    assert script.choose_num_threads(None, 2, 2) == (4, "OMP_NUM_THREADS")
+        demo_script.parse_args(["--output_dir", "out", "--audio_cache_mb", "-1"])
+    with pytest.raises(SystemExit):  # a corpus is required, and the demo refuses one
+        script.parse_args(["--output_dir", "out"])
+    with pytest.raises(SystemExit):
+        demo_script.parse_args(["--output_dir", "out", "--dataset_dir", "clips"])
 
 
 @pytest.mark.slow

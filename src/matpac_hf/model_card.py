@@ -249,8 +249,39 @@ def pretraining_objective(config, crop_frames: int | None = None) -> str:
     return text
 
 
+def pretrained_encoder_fields(
+    config, hyperparameters: dict, corpus: str, global_step: int, crop_frames: int, monitors: dict | None = None
+) -> dict:
+    """The fields of a `pretrained_encoder` card that a pretraining run of `examples/run_pretraining.py` determines:
+    its summary (steps, batch, crop, `corpus` as the card names it, final `monitors`), hyperparameters, objective,
+    architecture and tags. The caller adds `license`, `datasets`, `base_model`, `repo_id`."""
+    crop_seconds = crop_frames * config.hop_length / config.sampling_rate
+    summary = (
+        f"Pretrained with `examples/run_pretraining.py` of matpac-hf for {global_step} optimiser steps of "
+        f"{hyperparameters['total_batch_size']} random {crop_seconds:.2f} s crops on {corpus}."
+    )
+    if monitors:
+        summary += " Final monitors: " + ", ".join(f"{k} {v:.4g}" for k, v in monitors.items()) + "."
+    size = config.frame_embedding_size
+    fields = {
+        "training_summary": summary,
+        "training_hyperparameters": hyperparameters,
+        "objective": pretraining_objective(config, crop_frames=crop_frames),
+        "architecture": f"{config.num_hidden_layers} blocks, width {config.hidden_size}, "
+        f"{config.num_attention_heads} heads",
+        "embedding_size": size,
+        "model_summary": f"A self-supervised audio encoder pretrained with {'MATPAC++' if config.use_mcl else 'MATPAC'} "
+        f"(Masked latent Prediction And Classification, ICASSP 2025): a ViT that turns 16 kHz audio into one {size}-d "
+        f"frame embedding per 160 ms and a {size}-d clip embedding.",
+    }
+    if config.use_mcl:
+        fields["tags"] = ["matpac++"]
+    return fields
+
+
 __all__ = [
     "render_model_card",
+    "pretrained_encoder_fields",
     "pretraining_objective",
     "template_fields",
     "weights_notice",
