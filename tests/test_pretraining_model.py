@@ -125,6 +125,24 @@ def test_update_teachers_refuses_low_precision_teachers():
         model.update_teachers(5)
 
 
+def test_update_teachers_sees_a_cast_after_earlier_updates():
+    """The EMA parameter lists follow `.to()` made between updates: a cast to bf16 after a float32 update is refused,
+    and a model moved back to float32 updates its current parameters."""
+    model = tiny_model()
+    model.update_teachers(5)
+    model.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="torch.bfloat16"):
+        model.update_teachers(6)
+    model.float()
+    teacher = model.teacher_encoder.layers[0].mlp.fc1.weight
+    before = teacher.detach().clone()
+    with torch.no_grad():
+        model.matpac.encoder.layers[0].mlp.fc1.weight.add_(1.0)
+    encoder_decay, _ = model.update_teachers(7)
+    expected = before + (1 - encoder_decay) * (model.matpac.encoder.layers[0].mlp.fc1.weight - before)
+    torch.testing.assert_close(model.teacher_encoder.layers[0].mlp.fc1.weight, expected)
+
+
 def test_teacher_init_independent_and_copy_student():
     model = tiny_model(teacher_init="independent")
     student_fc1 = model.matpac.encoder.layers[0].mlp.fc1.weight

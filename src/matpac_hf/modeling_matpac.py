@@ -595,10 +595,11 @@ class MatpacPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):  # the patch embedding's projection
-            # Branch on the Conv2d itself: transformers skips modules that own no tensor (as MatpacPatchEmbeddings)
-            # for custom-code models. The view does not carry the "already loaded" flag, so check it on the weight.
-            if not getattr(module.weight, "_is_hf_initialized", False):
-                init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+            # Xavier-uniform of the flattened `(hidden, channels * patch_size**2)` view, drawn on the weight itself so
+            # that `transformers.initialization` keeps a weight `from_pretrained` loaded. (Branch on the Conv2d:
+            # transformers skips modules that own no tensor, as MatpacPatchEmbeddings, for custom-code models.)
+            bound = math.sqrt(6.0 / (module.weight.shape[0] + module.weight[0].numel()))  # fan_out + fan_in
+            init.uniform_(module.weight, -bound, bound)
             init.zeros_(module.bias)
         elif isinstance(module, MatpacEmbeddings):
             init.normal_(module.cls_token, std=std)
@@ -1336,7 +1337,6 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         self.teacher_head = MatpacClassificationHead(config)
         # Registered last: its `_init_weights` branch (center, then the teachers) must run after the students'.
         self.classification_loss = MatpacClassificationLoss(config)
-        self._ema_parameter_lists = None  # flat (teacher, student) parameter lists of `update_teachers`, built once
         self.post_init()
 
     @property
@@ -1466,39 +1466,31 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         return encoder_decay, head_decay
 
     def _ema_parameters(self) -> tuple[tuple[list[nn.Parameter], list[nn.Parameter]], ...]:
-        """`((teacher encoder, student encoder), (teacher head, student head))` flat parameter lists, matched by name;
-        built once, and again after `.to()` / `.cuda()` / `.float()` (see `_apply`). Refuses low-precision teachers."""
-        if self._ema_parameter_lists is None:
-            low_precision = sorted(
-                {str(p.dtype) for p in (*self.teacher_encoder.parameters(), *self.teacher_head.parameters())}
-                - {"torch.float32", "torch.float64"}
+        """`((teacher encoder, student encoder), (teacher head, student head))` flat parameter lists, matched by name,
+        built at every call (so `.to()` / `.half()` and replaced parameters are always seen). Refuses low-precision
+        teachers."""
+        low_precision = sorted(
+            {str(p.dtype) for p in (*self.teacher_encoder.parameters(), *self.teacher_head.parameters())}
+            - {"torch.float32", "torch.float64"}
+        )
+        if low_precision:
+            raise ValueError(
+                f"The teachers are in {', '.join(low_precision)}: an EMA step with decay ~0.99995 moves a weight "
+                "by less than half a unit in the last place, so the teachers would silently stop learning. Keep "
+                "the model in float32 and train under autocast (accelerate's --mixed_precision bf16/fp16) "
+                "instead of casting it."
             )
-            if low_precision:
+        lists = []
+        for teacher, student in ((self.teacher_encoder, self.matpac.encoder), (self.teacher_head, self.student_head)):
+            students = dict(student.named_parameters())
+            pairs = [(parameter, students[name]) for name, parameter in teacher.named_parameters()]
+            if any(t.dtype != s.dtype or t.device != s.device for t, s in pairs):
                 raise ValueError(
-                    f"The teachers are in {', '.join(low_precision)}: an EMA step with decay ~0.99995 moves a weight "
-                    "by less than half a unit in the last place, so the teachers would silently stop learning. Keep "
-                    "the model in float32 and train under autocast (accelerate's --mixed_precision bf16/fp16) "
-                    "instead of casting it."
+                    "The students and the EMA teachers must share dtype and device (float32; train under "
+                    "autocast rather than casting a part of the model)."
                 )
-            lists = []
-            for teacher, student in (
-                (self.teacher_encoder, self.matpac.encoder),
-                (self.teacher_head, self.student_head),
-            ):
-                students = dict(student.named_parameters())
-                pairs = [(parameter, students[name]) for name, parameter in teacher.named_parameters()]
-                if any(t.dtype != s.dtype or t.device != s.device for t, s in pairs):
-                    raise ValueError(
-                        "The students and the EMA teachers must share dtype and device (float32; train under "
-                        "autocast rather than casting a part of the model)."
-                    )
-                lists.append(([t for t, _ in pairs], [s for _, s in pairs]))
-            self._ema_parameter_lists = tuple(lists)
-        return self._ema_parameter_lists
-
-    def _apply(self, *args, **kwargs):
-        self._ema_parameter_lists = None  # `.to()`, `.cuda()`, `.half()`, ... may replace the parameters
-        return super()._apply(*args, **kwargs)
+            lists.append(([t for t, _ in pairs], [s for _, s in pairs]))
+        return tuple(lists)
 
     # -- masking ------------------------------------------------------------------------------------------------------
     def _check_pretraining_inputs(self, input_values) -> int:
