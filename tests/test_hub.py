@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import tiny_config
 from huggingface_hub import HfApi, ModelCard
+from transformers import pipeline
 
 from matpac_hf import MatpacFeatureExtractor, MatpacModel
 from matpac_hf.model_card import render_model_card
@@ -118,15 +119,15 @@ def test_remote_code_loads_without_the_package(hub_stub, pushed):
     assert not hub_stub.unhandled, f"endpoints the stub lacks: {hub_stub.unhandled}"
 
 
-def test_save_pretrained_with_push_to_hub_uploads_the_pipeline_code(in_process_hub, tmp_path):
-    # transformers uploads inside `save_pretrained(..., push_to_hub=True)`, before the method returns: the pipeline
-    # code that `config.custom_pipelines` points at must already be in the folder then.
-    repo_id = "stub-user/tiny-matpac-save-and-push"
+def test_pipeline_push_to_hub_uploads_the_pipeline_code(in_process_hub):
+    # transformers' custom-pipeline mechanism: the pipeline's push_to_hub writes `custom_pipelines` into the config and
+    # uploads the pipeline's code files with the model's.
+    repo_id = "stub-user/tiny-matpac-pipeline"
     model = MatpacModel(tiny_config()).eval()
-    model.save_pretrained(tmp_path / "folder", push_to_hub=True, repo_id=repo_id)
+    pipeline("audio-feature-extraction", model=model, feature_extractor=MatpacFeatureExtractor()).push_to_hub(repo_id)
     files = in_process_hub.files(repo_id)
     pushed_config = in_process_hub.read_blob(files["config.json"].sha256).decode()
     assert "custom_pipelines" in pushed_config and "pipelines.AudioFeatureExtractionPipeline" in pushed_config
     for name in ("modeling_matpac.py", "configuration_matpac.py", "pipelines.py", "audio_io.py", "hear.py"):
         assert name in files, f"{name} missing from the pushed repo: {sorted(files)}"
-    assert (tmp_path / "folder" / "pipelines.py").is_file()
+    assert "preprocessor_config.json" in files and "model.safetensors" in files

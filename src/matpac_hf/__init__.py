@@ -9,7 +9,7 @@ import transformers
 from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor
 
 from . import modeling_matpac as _modeling
-from .configuration_matpac import MatpacConfig
+from .configuration_matpac import AUTO_MAP, MatpacConfig
 from .feature_extraction_matpac import MatpacFeatureExtractor
 from .modeling_matpac import (
     MatpacForAudioClassification,
@@ -18,7 +18,7 @@ from .modeling_matpac import (
     MatpacModel,
     MatpacPreTrainedModel,
 )
-from .pipelines import AudioFeatureExtractionPipeline, register_pipelines
+from .pipelines import AudioFeatureExtractionPipeline  # registers pipeline("audio-feature-extraction", ...)
 
 
 __version__ = "0.1.0"
@@ -32,20 +32,18 @@ AutoFeatureExtractor.register(MatpacConfig, MatpacFeatureExtractor, exist_ok=Tru
 # MATPAC's processor is its feature extractor (as for AST): without this, AutoProcessor tries AutoImageProcessor on
 # the folder first, which asks whether to trust the folder's remote code.
 AutoProcessor.register(MatpacConfig, MatpacFeatureExtractor, exist_ok=True)
-register_pipelines()  # pipeline("audio-feature-extraction", model=...)
 
-# Every model class with its Auto class (AutoModel, AutoModelForAudioClassification, AutoModelForAudioFrameClassification,
-# AutoModelForPreTraining: `modeling_matpac.AUTO_CLASS_OF_MODEL_CLASS`). Remote code: with `register_for_auto_class`
-# `save_pretrained` copies the code files (configuration_matpac.py, modeling_matpac.py, feature_extraction_matpac.py,
-# and pipelines.py with the files it imports) into the folder and writes `auto_map` (config.json: AutoConfig and every
-# model Auto class, see `modeling_matpac.matpac_auto_map`; preprocessor_config.json: AutoFeatureExtractor) and
-# `custom_pipelines`, so the folder also loads with `trust_remote_code=True` where matpac_hf is not installed.
+# `register_for_auto_class` (transformers' custom-model mechanism) makes every `save_pretrained` copy the code files
+# next to the weights, which `config.auto_map` (`AUTO_MAP`) points into: saved folders load with
+# `trust_remote_code=True` where matpac_hf is not installed.
 MatpacConfig.register_for_auto_class("AutoConfig")
 MatpacFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
-for _class_name, _auto_class_name in _modeling.AUTO_CLASS_OF_MODEL_CLASS.items():
-    getattr(transformers, _auto_class_name).register(MatpacConfig, getattr(_modeling, _class_name), exist_ok=True)
-    getattr(_modeling, _class_name).register_for_auto_class(_auto_class_name)
-del _class_name, _auto_class_name
+for _auto_class_name, _reference in AUTO_MAP.items():
+    if _auto_class_name != "AutoConfig":
+        _model_class = getattr(_modeling, _reference.split(".")[1])
+        getattr(transformers, _auto_class_name).register(MatpacConfig, _model_class, exist_ok=True)
+        _model_class.register_for_auto_class(_auto_class_name)
+del _auto_class_name, _reference, _model_class
 
 __all__ = [
     "METRICS_DIR",

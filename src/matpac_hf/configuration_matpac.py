@@ -36,6 +36,19 @@ def num_samples_for_frames(num_frames: int, n_fft: int = N_FFT, hop_length: int 
     return n_fft + (num_frames - 1) * hop_length
 
 
+# The Auto class of every MATPAC class, as `config.auto_map` references (`"<file>.<class>"`) into the code files that
+# `save_pretrained` copies next to the weights (`import matpac_hf` registers every class with
+# `register_for_auto_class`). Every config carries all of them, so a folder saved from any one class (the encoder
+# alone, say) also loads with the other Auto classes through remote code. The feature extractor's entry lives in
+# `preprocessor_config.json`.
+AUTO_MAP = {
+    "AutoConfig": "configuration_matpac.MatpacConfig",
+    "AutoModel": "modeling_matpac.MatpacModel",
+    "AutoModelForPreTraining": "modeling_matpac.MatpacForPreTraining",
+    "AutoModelForAudioClassification": "modeling_matpac.MatpacForAudioClassification",
+    "AutoModelForAudioFrameClassification": "modeling_matpac.MatpacForAudioFrameClassification",
+}
+
 _TEACHER_INITS = ("independent", "copy_student")
 _CENTER_UPDATES = ("probabilities", "logits")
 _CLASSIFIER_POOLINGS = ("concat", "mean")
@@ -197,29 +210,10 @@ class MatpacConfig(PreTrainedConfig):
     freeze_encoder: bool = False
     use_weighted_layer_sum: bool = False
 
-    # ------------------------------------------------------------------ pipelines shipped with the model folder
-    @property
-    def custom_pipelines(self) -> dict:
-        """`pipeline()` tasks whose code `save_pretrained` copies into the model folder (`"audio-feature-extraction"`),
-        so that remote-code users get them with `trust_remote_code=True`. A task already registered in this process
-        (`import matpac_hf` registers it) is left out here: transformers' `pipeline()` looks at
-        `config.custom_pipelines` before its registry and would otherwise demand `trust_remote_code` for the
-        installed class. The full dict is what gets saved (`to_dict`)."""
-        from transformers.pipelines import PIPELINE_REGISTRY
-
-        stored = self.__dict__.get("_custom_pipelines") or {}
-        return {task: info for task, info in stored.items() if task not in PIPELINE_REGISTRY.supported_tasks}
-
-    @custom_pipelines.setter
-    def custom_pipelines(self, value: dict):
-        self.__dict__["_custom_pipelines"] = dict(value or {})
-
-    def to_dict(self) -> dict:
-        output = super().to_dict()
-        custom_pipelines = output.pop("_custom_pipelines", None)
-        if custom_pipelines:
-            output["custom_pipelines"] = custom_pipelines
-        return output
+    def __post_init__(self, **kwargs):
+        # Every MATPAC Auto class (see `AUTO_MAP`); entries of a loaded config (e.g. with a Hub repository prefix) win.
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__post_init__(**kwargs)
 
     # ------------------------------------------------------------------ derived sizes
     @property

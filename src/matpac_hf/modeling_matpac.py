@@ -14,16 +14,13 @@ Layout follows transformers' ViTMAE / AST modeling files. Tensor-shape vocabular
 """
 
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
@@ -478,39 +475,6 @@ class MatpacEncoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-# Auto class of each MATPAC model class. `MatpacPreTrainedModel.save_pretrained` writes every one defined in this file
-# into `config.auto_map`, whichever class is saved: a folder saved from the encoder alone also loads with
-# `AutoModelForAudioClassification` (new head) through remote code.
-AUTO_CLASS_OF_MODEL_CLASS = {
-    "MatpacModel": "AutoModel",
-    "MatpacForPreTraining": "AutoModelForPreTraining",
-    "MatpacForAudioClassification": "AutoModelForAudioClassification",
-    "MatpacForAudioFrameClassification": "AutoModelForAudioFrameClassification",
-}
-
-# `pipeline()` tasks whose code `save_pretrained` copies into the folder (`<file>.<class>` as in `config.auto_map`), so
-# remote-code users get them from `config.custom_pipelines`. Named here, not imported: an import of `.pipelines` would
-# make its file (and its soundfile / soxr imports) a requirement of every remote-code model load.
-CUSTOM_PIPELINES = {
-    "audio-feature-extraction": {
-        "impl": "pipelines.AudioFeatureExtractionPipeline",
-        "pt": ["AutoModel"],
-        "type": "audio",
-    },
-}
-
-
-def matpac_auto_map() -> dict[str, str]:
-    """`auto_map` for `config.json`: AutoConfig and the Auto class of every model class defined in this file, as
-    `"<file>.<class>"` references into the code files that `save_pretrained` copies next to the weights. (The feature
-    extractor's entry lives in `preprocessor_config.json`, written by `MatpacFeatureExtractor.save_pretrained`.)"""
-    module_file = __name__.rsplit(".", 1)[-1]  # "modeling_matpac", also when this file runs as remote code
-    auto_map = {"AutoConfig": f"{MatpacConfig.__module__.rsplit('.', 1)[-1]}.{MatpacConfig.__name__}"}
-    for class_name, auto_class in AUTO_CLASS_OF_MODEL_CLASS.items():
-        auto_map[auto_class] = f"{module_file}.{class_name}"
-    return auto_map
-
-
 class MatpacPreTrainedModel(PreTrainedModel):
     config: MatpacConfig
     config_class = MatpacConfig
@@ -526,49 +490,6 @@ class MatpacPreTrainedModel(PreTrainedModel):
     # The losses are means over each batch (they do not use `num_items_in_batch`): the Trainer must scale them for
     # gradient accumulation itself, although `forward` takes `**kwargs`.
     accepts_loss_kwargs = False
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """[`~PreTrainedModel.save_pretrained`] with the full remote-code wiring: when the class is registered for an
-        Auto class (importing `matpac_hf` does it; so does loading with `trust_remote_code=True`), transformers copies
-        `modeling_matpac.py` and `configuration_matpac.py` into the folder, `config.auto_map` lists AutoConfig plus
-        every MATPAC model Auto class, and `config.custom_pipelines` the `audio-feature-extraction` pipeline, whose
-        code (`pipelines.py` and the files it imports) is copied too. The folder then loads, and serves
-        `pipeline(model=folder, trust_remote_code=True)`, where `matpac_hf` is not installed."""
-        pipeline_files = []
-        if self.is_remote_code():
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **matpac_auto_map()}
-            # The package's file, or (remote code: the module cache holds only the model's files) the loaded folder's.
-            candidates = [Path(__file__).with_name("pipelines.py")]
-            if self.name_or_path:
-                candidates.append(Path(self.name_or_path) / "pipelines.py")
-            pipeline_file = next((path for path in candidates if path.is_file()), None)
-            saved_pipelines = self.config.to_dict().get("custom_pipelines", {})
-            if pipeline_file is not None:
-                pipeline_files = [pipeline_file, *map(Path, get_relative_import_files(str(pipeline_file)))]
-                self.config.custom_pipelines = {**saved_pipelines, **CUSTOM_PIPELINES}
-            else:  # e.g. loaded from a Hub repository through remote code: do not advertise code the folder lacks
-                self.config.custom_pipelines = {k: v for k, v in saved_pipelines.items() if k not in CUSTOM_PIPELINES}
-        # Copied after transformers writes the folder, and also just before it uploads it (`push_to_hub=True`
-        # uploads inside `super().save_pretrained`): see `_upload_modified_files`.
-        self._pipeline_code_files = pipeline_files
-        try:
-            saved = super().save_pretrained(save_directory, *args, **kwargs)
-            self._copy_pipeline_code(save_directory)
-        finally:
-            self._pipeline_code_files = []
-        return saved
-
-    def _copy_pipeline_code(self, save_directory):
-        for path in getattr(self, "_pipeline_code_files", []):  # overwrites older copies, as for the model's code
-            target = Path(save_directory) / path.name
-            if not (target.exists() and target.samefile(path)):  # re-saving into the folder the model came from
-                shutil.copy(path, target)
-
-    def _upload_modified_files(self, working_dir, *args, **kwargs):
-        """Puts the pipeline code in the folder before transformers uploads it (`save_pretrained(...,
-        push_to_hub=True)` uploads before `save_pretrained` returns)."""
-        self._copy_pipeline_code(working_dir)
-        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
     # -- frozen parameters: the one place -----------------------------------------------------------------------------
     def _frozen_parameters(self) -> list[nn.Module | nn.Parameter]:

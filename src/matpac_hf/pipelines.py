@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
-from transformers.pipelines.base import pad_collate_fn
-from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .audio_io import decode_audio, resample
 from .hear import column_timestamps_ms
@@ -109,6 +107,10 @@ class AudioFeatureExtractionPipeline(Pipeline):
             model_inputs = model_inputs.to(dtype=self.dtype)
         model_inputs = dict(model_inputs)
         model_inputs["num_samples"] = torch.tensor([waveform.shape[-1]])
+        if not self._masks_padding:
+            # Kept out of the batch's padding: transformers' collate function pads tensors and passes anything else
+            # on as a list, so `_forward` gets these clips as they are and runs equal lengths together.
+            return {"unpadded_clip": model_inputs}
         return model_inputs
 
     @property
@@ -117,35 +119,11 @@ class AudioFeatureExtractionPipeline(Pipeline):
         their outputs (e.g. wav2vec2's group norm and unmasked frames), so their clips are never padded."""
         return getattr(self.model.config, "model_type", None) == "matpac"
 
-    def _collate(self, items: list[dict]) -> dict:
-        """Batches preprocessed clips. MATPAC: transformers' own `pad_collate_fn` right-pads `input_values`
-        `(1, frames, mel)` with `padding_value` and `attention_mask` with 0 along time (axis 1). A model that does not
-        mask padding gets its items kept apart (`_forward` runs clips of equal length together)."""
-        if not self._masks_padding:
-            return {"unpadded_items": items}
-        return pad_collate_fn(None, self.feature_extractor)(items)
-
-    def get_iterator(
-        self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
-    ):
-        # As Pipeline.get_iterator, with a collate function that keeps the clips of a model that does not mask padding
-        # apart.
-        if isinstance(inputs, (list, tuple)):
-            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
-        else:
-            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
-            num_workers = min(num_workers, 1)
-        collate_fn = (lambda items: items[0]) if batch_size == 1 else self._collate
-        dataloader = torch.utils.data.DataLoader(
-            dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate_fn
-        )
-        model_iterator = PipelineIterator(dataloader, self.forward, forward_params, loader_batch_size=batch_size)
-        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
-
     # -- forward ------------------------------------------------------------------------------------------------------
     def _forward(self, model_inputs):
-        if "unpadded_items" in model_inputs:
-            return self._forward_by_length(model_inputs["unpadded_items"])
+        if "unpadded_clip" in model_inputs:  # one clip (batch_size 1) or the list of a batch's clips
+            clips = model_inputs["unpadded_clip"]
+            return self._forward_by_length(clips if isinstance(clips, list) else [clips])
         num_samples = model_inputs.pop("num_samples")  # (batch,)
         outputs = self.model(**model_inputs)
         frame_embeddings = outputs.last_hidden_state  # (batch, frames, hidden)
@@ -201,10 +179,16 @@ class AudioFeatureExtractionPipeline(Pipeline):
 
 
 def register_pipelines() -> None:
-    """Registers `"audio-feature-extraction"` with transformers' `pipeline()` (done by `import matpac_hf`)."""
+    """Registers `"audio-feature-extraction"` with transformers' `pipeline()`. Done when this module is imported (by
+    `import matpac_hf`, and where it runs as a folder's remote code)."""
     PIPELINE_REGISTRY.register_pipeline(
         TASK_NAME, pipeline_class=AudioFeatureExtractionPipeline, pt_model=AutoModel, type="audio"
     )
+
+
+# Registered on import, also as remote code: the pipeline's `save_pretrained` / `push_to_hub` then write
+# `custom_pipelines` and copy this file and the files it imports (transformers' custom-pipeline mechanism).
+register_pipelines()
 
 
 __all__ = ["AudioFeatureExtractionPipeline", "register_pipelines", "TASK_NAME"]
