@@ -205,8 +205,10 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here (torch.cuda.is_available() is False); nothing to measure. Skipped.")
         return 0
+    from bench_machine import describe_cpu
+
     from matpac_hf import MatpacConfig
-    from matpac_hf.inference import describe_cpu, native_bf16_support
+    from matpac_hf.inference import native_bf16_support
 
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)

@@ -51,12 +51,13 @@ sys.path.insert(0, str(REPO / "tests"))  # official_reference: the independent r
 sys.path.insert(0, str(REPO / "examples"))  # the probe: real_audio_corpus, run_linear_probe, demo_corpus
 sys.path.insert(0, str(REPO / "benchmarks"))  # bench_pretraining_real_audio: its real-audio tasks and probe
 
+from bench_machine import describe_cpu  # noqa: E402
 from official_reference import OfficialMatpac, official_mel_filters, randomize_  # noqa: E402
 
 from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacModel  # noqa: E402
 from matpac_hf.configuration_matpac import num_frames_for_samples  # noqa: E402
 from matpac_hf.convert_original_checkpoint import map_encoder  # noqa: E402
-from matpac_hf.inference import describe_cpu, native_bf16_support, quantize_linear_layers_int8  # noqa: E402
+from matpac_hf.inference import native_bf16_support, quantize_linear_layers_int8  # noqa: E402
 
 
 SHAPES = {"8x30": (8, 30.0), "1x30": (1, 30.0), "32x2": (32, 2.0)}

@@ -90,7 +90,7 @@ def main(argv=None):
         print(json.dumps(run_child(case, minutes, args.tiny, args.threads)))
         return
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from matpac_hf.inference import describe_cpu
+    from bench_machine import describe_cpu
 
     print(f"CPU: {describe_cpu()}", flush=True)
     print(f"encoder: {'tiny (smoke test)' if args.tiny else 'ViT-B, fp32, random weights'}", flush=True)

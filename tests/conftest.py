@@ -1,15 +1,16 @@
-"""Shared pytest fixtures and the one tiny-config factory (`from conftest import tiny_config`)."""
+"""Shared pytest fixtures. The tiny-config factory lives in tests/matpac_testing.py (`from matpac_testing import
+tiny_config`)."""
 
 import os
 
 import pytest
+from matpac_testing import tiny_config
 
 
 # One torch intra-op thread per test process, and per subprocess the tests start (they inherit the environment), unless
 # OMP_NUM_THREADS is set: the suite's models are tiny, so a second thread only adds synchronisation, and on a busy
-# 2-core machine its spin-waits cost far more than that (tests/test_linear_probe.py at load 5: 127 s of CPU with torch's
-# default of 2 threads, 12.5 s with 1). For parallelism, run test processes instead: with pytest-xdist installed,
-# `pytest -n 2 --dist loadfile` (measured 142 s vs 149 s serial at load 3; not used by `make test`).
+# machine its spin-waits cost far more CPU than they save. For parallelism, run test processes instead (with
+# pytest-xdist: `pytest -n 2 --dist loadfile`).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
@@ -27,30 +28,6 @@ def pytest_configure(config):
         "torch_compile_test",
     ):
         config.addinivalue_line("markers", f"{mark}: a mark of transformers' common tests")
-
-
-# The one tiny MATPAC configuration of the test suite; tests pass overrides for what they exercise.
-TINY_MATPAC_CONFIG = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    decoder_hidden_size=32,
-    decoder_num_hidden_layers=1,
-    decoder_num_attention_heads=2,
-    decoder_intermediate_size=64,
-    head_hidden_size=48,
-    head_bottleneck_size=16,
-    head_num_prototypes=40,
-    max_frames=64,  # 4 patch columns per chunk: clips over 0.64 s exercise the chunking; 5 x 4 = 20 patches
-)
-
-
-def tiny_config(**overrides):
-    """A tiny `MatpacConfig` (`TINY_MATPAC_CONFIG` updated with `overrides`)."""
-    from matpac_hf import MatpacConfig
-
-    return MatpacConfig(**{**TINY_MATPAC_CONFIG, **overrides})
 
 
 @pytest.fixture(scope="session")

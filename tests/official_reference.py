@@ -1,6 +1,6 @@
 """Test-only re-implementation of the official MATPAC inference model (aurianworld/matpac, inference_matpac).
 
-Written independently from the facts of the method spec (sections 1, 2, 3, 6, 7) and the official inference code's
+Written independently from the facts of docs/method.md (sections 1, 2, 3, 6, 7) and the official inference code's
 behaviour, with the official module names so that `state_dict()` has the official key layout:
 `patch_embed.proj.*`, `cls_token`, `pos_embed` (1, 1 + N, D), `student_encoder.blocks.{i}.{norm1, attn.qkv, attn.proj,
 norm2, mlp.fc1, mlp.fc2}.*`, `student_encoder.norm.*`, plus `head_norm` / `head` (AudioSet head) and `probe`.
@@ -154,7 +154,7 @@ class EncoderLayers(nn.Module):
 
     def forward(self, x, return_layers: bool = False):
         """With `return_layers`: (B, depth, seq, D), the output of every block, the last one after the final norm
-        (spec section 6). Also keeps `self.last_raw` (the last block before the norm) for the tests."""
+        (docs/method.md, section 6). Also keeps `self.last_raw` (the last block before the norm) for the tests."""
         layers = []
         for block in self.blocks:
             x = block(x)

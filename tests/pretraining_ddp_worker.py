@@ -13,10 +13,7 @@ import sys
 
 import torch
 from accelerate import Accelerator
-
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from test_pretraining_model import ddp_reference_setup  # noqa: E402
+from test_pretraining_model import ddp_reference_setup
 
 
 def run_variant(accelerator: Accelerator, out_dir: str, variant: str):

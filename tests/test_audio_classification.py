@@ -6,17 +6,17 @@ examples/run_audio_classification.py (run end to end on generated audio)."""
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import datasets
 import evaluate
 import numpy as np
 import pytest
+import run_audio_classification as script
 import soundfile as sf
 import torch
-from conftest import tiny_config
 from huggingface_hub import ModelCard
+from matpac_testing import tiny_config
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 from transformers import AutoConfig, AutoModelForAudioClassification, HfArgumentParser, pipeline
 
@@ -31,16 +31,12 @@ from matpac_hf.classification_data import (
 )
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import run_audio_classification as script  # noqa: E402
-
-
 SAMPLING_RATE = 16000
 TONE_HZ = {"low": 300.0, "mid": 1200.0, "high": 4000.0}
 
 
 def head_config(**overrides):
-    """conftest's tiny config with a 3-class head and one block (overrides win)."""
+    """The tiny config (tests/matpac_testing.py) with a 3-class head and one block (overrides win)."""
     return tiny_config(**{"num_labels": 3, "num_hidden_layers": 1, **overrides})
 
 

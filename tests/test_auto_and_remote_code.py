@@ -17,7 +17,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from matpac_testing import tiny_config
 from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, pipeline
 
 import matpac_hf

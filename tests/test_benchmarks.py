@@ -6,20 +6,15 @@
 * `bench_gpu.py`, never run on a GPU here, runs every code path on the CPU with a tiny encoder (`--device cpu
   --tiny`), so it is ready when an accelerator is lent."""
 
-import sys
-from pathlib import Path
-
+import bench_gpu
+import bench_machine
 import pytest
 import torch
-from conftest import tiny_config
+from bench_dataloader import model_flop_counter
+from bench_inference import chunk_columns, encoder_flop_split
+from matpac_testing import tiny_config
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_gpu  # noqa: E402
-from bench_dataloader import model_flop_counter  # noqa: E402
-from bench_inference import chunk_columns, encoder_flop_split  # noqa: E402
-
-from matpac_hf import MatpacModel, fast_inference  # noqa: E402
+from matpac_hf import MatpacModel, fast_inference
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "per_chunk"])
@@ -48,3 +43,12 @@ def test_bench_gpu_runs_every_path_on_cpu(capsys):
     assert len(rows) == 3 and all(len(row.split("|")) == 6 for row in rows)  # precision, kernel, batch 1, batch 3
     assert "pretraining (tiny), batch 2 crops" in out
     assert len([line for line in out.splitlines() if line.strip().startswith(("bf16:", "fp32:"))]) == 2
+
+
+def test_describe_cpu_names_the_machine_and_its_bf16_support():
+    from matpac_hf.inference import cpu_flags, native_bf16_support
+
+    line = bench_machine.describe_cpu()
+    assert f"{torch.get_num_threads()} threads" in line and "logical CPUs" in line
+    if cpu_flags():
+        assert ("native bf16: yes" in line) == native_bf16_support("cpu")[0]

@@ -8,26 +8,22 @@ release-layout checkpoint) and the official "precise" forward. Random weights, o
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification, AutoModelForPreTraining
-
-from matpac_hf.convert_original_checkpoint import CheckpointError, convert_checkpoint, main, read_labels
-
-
-sys.path.insert(0, str(Path(__file__).parent))
-from official_reference import (  # noqa: E402
+from official_reference import (
     OfficialMatpac,
     OfficialTrainingModel,
     randomize_,
     randomize_training_,
     reference_log_mel,
 )
+from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification, AutoModelForPreTraining
+
+from matpac_hf.convert_original_checkpoint import CheckpointError, convert_checkpoint, main, read_labels
 
 
 SR = 16000

@@ -1,6 +1,6 @@
 # Copyright 2026 The matpac-hf developers.
 # Licensed under the MIT License.
-"""MatpacFeatureExtractor against an independent numpy + librosa reference of the front end (spec section 1)."""
+"""MatpacFeatureExtractor against an independent numpy + librosa reference of the front end (docs/method.md, section 1)."""
 
 import json
 import logging as std_logging
@@ -34,7 +34,7 @@ def make_audio(num_samples: int, seed: int = 0) -> np.ndarray:
 
 
 def reference_log_mel(audio: np.ndarray) -> np.ndarray:
-    """Spec section 1 written independently: manual framing, numpy rfft, librosa filters, float64. (frames, 80)."""
+    """docs/method.md, section 1, written independently: manual framing, numpy rfft, librosa filters, float64. (frames, 80)."""
     n_fft, hop = 400, 160
     num_frames = 1 + (len(audio) - n_fft) // hop
     window = scipy.signal.get_window("hann", n_fft, fftbins=True)  # periodic Hann

@@ -13,8 +13,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from huggingface_hub import HfApi, ModelCard
+from matpac_testing import tiny_config
 from transformers import pipeline
 
 from matpac_hf import MatpacFeatureExtractor, MatpacModel

@@ -3,21 +3,17 @@ encoders; the probe functions other scripts reuse (`load_encoder`, `embed_wavefo
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import run_linear_probe
 import soundfile as sf
 import torch
-from conftest import tiny_config
+from matpac_testing import tiny_config
 from sklearn.metrics import average_precision_score
 
 from matpac_hf import MatpacFeatureExtractor, MatpacModel
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import run_linear_probe  # noqa: E402
 
 
 PITCHES_HZ = {"low": 220.0, "mid": 880.0, "high": 3520.0}  # two octaves apart: far apart on the mel axis

@@ -7,7 +7,7 @@ streaming clip embedding of [`embed_long_audio`], and the block-by-block STFT of
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from matpac_testing import tiny_config
 
 from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacModel, inference
 from matpac_hf.inference import (
@@ -161,7 +161,6 @@ def test_native_bf16_matches_this_machine():
         pytest.skip("no /proc/cpuinfo flags on this machine")
     native, reason = native_bf16_support("cpu")
     assert native == bool({"amx_bf16", "avx512_bf16"} & flags), reason
-    assert ("native bf16: yes" in inference.describe_cpu()) == native
 
 
 def test_int8_linear_layers_stay_close_to_fp32(tiny_model):

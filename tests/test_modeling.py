@@ -1,7 +1,7 @@
 """MatpacConfig and MatpacModel (student encoder): positions, chunking, padding, hidden states, attentions, errors;
 the heads' shared conventions (freezing, weighted layer sum) and MatpacForAudioFrameClassification.
 
-The tiny config (tests/conftest.py) encodes chunks of `max_frames=64` frames (4 patch columns), so clips over 0.64 s
+The tiny config (tests/matpac_testing.py) encodes chunks of `max_frames=64` frames (4 patch columns), so clips over 0.64 s
 exercise the chunking."""
 
 import math
@@ -9,7 +9,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import tiny_config
+from matpac_testing import tiny_config
 from transformers import AutoModelForAudioFrameClassification
 from transformers.utils import logging as transformers_logging
 
@@ -103,6 +103,21 @@ def test_position_table_survives_save_and_load(tmp_path, model):
     expected = build_2d_sincos_position_table(5, 4, 32)
     assert torch.equal(reloaded.embeddings.position_embeddings, expected)
     assert "embeddings.position_embeddings" not in reloaded.state_dict()  # fixed, never saved
+
+
+def test_encoder_loading_skips_the_other_parts_of_a_folder_and_reports_unknown_keys(tmp_path):
+    """`MatpacModel.from_pretrained` on a pretraining folder skips the predictor, heads, teachers and loss quietly; a
+    key it does not know, such as the top-level `center` of pre-release pretraining folders, is reported."""
+    from matpac_hf import MatpacForPreTraining
+
+    torch.manual_seed(0)
+    pretraining = MatpacForPreTraining(tiny_config())
+    state = pretraining.state_dict()
+    state["center"] = state.pop("classification_loss.center")
+    pretraining.save_pretrained(tmp_path, state_dict=state)
+    encoder, info = MatpacModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert set(info["unexpected_keys"]) == {"center"} and not info["missing_keys"]
+    torch.testing.assert_close(encoder.state_dict(), pretraining.matpac.state_dict())
 
 
 def test_patch_embedding_init_is_xavier_of_the_flattened_kernel_and_spares_loaded_weights(tmp_path):

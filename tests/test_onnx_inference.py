@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_config
+from matpac_testing import tiny_config
 
 
 pytest.importorskip("onnxruntime", reason='the ONNX path needs pip install "matpac-hf[onnx]"')

@@ -7,14 +7,14 @@ import io
 import json
 import logging
 import os
-import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from demo_corpus import build_demo_corpus
+from test_audio_io import CORRUPTED, tone
 
 from matpac_hf import MatpacFeatureExtractor, pretraining_data
 from matpac_hf.audio_io import AudioDecodeError, decode_audio
@@ -27,11 +27,6 @@ from matpac_hf.pretraining_data import (
     load_audio_stream,
     stateful_dataloader_class,
 )
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from demo_corpus import build_demo_corpus  # noqa: E402
-from test_audio_io import CORRUPTED, tone  # noqa: E402
 
 
 CROP_SAMPLES = num_samples_for_frames(CROP_FRAMES)

@@ -4,15 +4,9 @@ The prediction loss must fall well below its starting value while the target std
 from collapse (std -> 0, perplexity -> 1).
 """
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_pretraining_learns import train  # noqa: E402
+from bench_pretraining_learns import train
 
 
 STEPS, BATCH_SIZE = 150, 16  # the schedules (warm-ups, EMA and MATPAC++ anneals) scale with STEPS
@@ -27,10 +21,9 @@ def test_prediction_loss_falls_without_collapse(use_mcl):
         rows = train(steps=STEPS, batch_size=BATCH_SIZE, log_every=STEPS // 6, use_mcl=use_mcl)
     finally:
         torch.set_num_threads(threads)
-    # measured (150 steps, batch 16; last row = mean of steps 126-150): prediction loss 1.98 -> 0.59 (MATPAC++
-    # 1.82 -> 0.54), classification loss 5.66 -> 3.01 (5.74 -> 3.23), target std 0.105 -> 0.110, perplexity 31 (39)
-    # of 64 prototypes, 27 (38) distinct teacher classes per batch, student/teacher agreement 0.01 -> 0.44 (0.03 ->
-    # 0.37). 300 steps reach 0.45 (0.43) and agreement 0.49 (0.45): the same story at twice the cost.
+    # The bounds leave a margin below what these 150 steps reach (the last row is the mean of steps 126-150;
+    # `python benchmarks/bench_pretraining_learns.py` prints the whole curve): the losses fall, and the target std,
+    # the teacher's perplexity and its number of distinct classes stay away from collapse.
     first, last = rows[0], rows[-1]
     assert last["prediction_loss"] < 0.35 * first["prediction_loss"], rows
     assert last["classification_loss"] < 0.7 * first["classification_loss"], rows

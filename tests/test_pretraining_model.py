@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config  # max_frames=64: 5 x 4 = 20 patches, 6 visible, 14 masked
+from matpac_testing import tiny_config  # max_frames=64: 5 x 4 = 20 patches, 6 visible, 14 masked
 from transformers import AutoModelForPreTraining
 
 from matpac_hf import MatpacConfig, MatpacForPreTraining, MatpacModel

@@ -3,15 +3,10 @@ synthesis. Skipped where the Debian packages are not installed."""
 
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
-
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-
-import real_audio_corpus  # noqa: E402
+import real_audio_corpus
 
 
 SOUNDFONTS = real_audio_corpus.available_sources()["soundfonts"]

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import run_pretraining as script
+import run_pretraining_demo as demo_script
 import soundfile as sf
+
+from matpac_hf import training_utils
 
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-import run_pretraining as script  # noqa: E402
-import run_pretraining_demo as demo_script  # noqa: E402
-
-from matpac_hf import training_utils  # noqa: E402
 
 
 MICRO_CONFIG = (
@@ -318,6 +317,7 @@ def test_two_cpu_processes_split_the_data_and_stay_in_sync(tmp_path, small_corpu
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
     env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "examples"), env.get("PYTHONPATH")]))  # the launcher
     out = tmp_path / "ddp"
     args = ["--dataset_dir", small_corpus, "--per_device_batch_size", 2, "--max_steps", 4, "--checkpointing_steps", 2]
     args += ["--num_workers", 0, "--shuffle_buffer_size", 4, "--log_example_ids", "--output_dir", out]

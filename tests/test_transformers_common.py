@@ -14,7 +14,7 @@ import unittest
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from matpac_testing import tiny_config
 from parameterized import parameterized
 from transformers.models.auto import modeling_auto
 from transformers_common_tests import import_transformers_tests

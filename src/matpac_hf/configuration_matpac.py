@@ -6,7 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
 
-# The audio front end (method spec, section 1). This is the one home of these numbers: `MatpacConfig` and
+# The audio front end (docs/method.md, section 1). This is the one home of these numbers: `MatpacConfig` and
 # `MatpacFeatureExtractor` take their defaults from here, and `num_frames_for_samples` is the one frame-count formula.
 SAMPLING_RATE = 16000
 N_FFT = 400  # 25 ms periodic Hann window

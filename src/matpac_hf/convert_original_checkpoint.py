@@ -16,7 +16,7 @@ The output folder holds `config.json` (sizes inferred from the tensor shapes), `
 `preprocessor_config.json` ([`MatpacFeatureExtractor`]), a model card `README.md` and the code files, so it loads with
 `AutoModel.from_pretrained(folder)` (and with `trust_remote_code=True` where `matpac_hf` is not installed).
 
-Understood inputs (method spec, section 7), recognised by the names and shapes found in the file:
+Understood inputs (docs/method.md, section 7), recognised by the names and shapes found in the file:
 
 * a released encoder: a flat state dict `patch_embed.proj.*`, `cls_token`, `pos_embed`, `student_encoder.blocks.{i}.*`,
   `student_encoder.norm.*` -> [`MatpacModel`];

@@ -1,6 +1,6 @@
 # Copyright 2026 The matpac-hf developers.
 # Licensed under the MIT License.
-"""MATPAC audio front end: raw 16 kHz mono waveform -> normalised log-mel spectrogram (method spec, section 1).
+"""MATPAC audio front end: raw 16 kHz mono waveform -> normalised log-mel spectrogram (docs/method.md, section 1).
 
 This file is shipped as remote code next to the model (with `configuration_matpac.py`, whose front-end constants and
 frame-count formula it uses), so it only imports the standard library, numpy, torch, transformers and that file.

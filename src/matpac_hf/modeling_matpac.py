@@ -548,10 +548,9 @@ class MatpacModel(MatpacPreTrainedModel):
     """
 
     # Loading the student from a MatpacForPreTraining or head (MatpacForAudio[Frame]Classification) folder: the other
-    # parts of those models are expected there and are not part of the encoder. (`center`: where folders saved before
-    # it moved into `classification_loss` hold it.)
+    # parts of those models are expected there and are not part of the encoder.
     _keys_to_ignore_on_load_unexpected = [
-        r"^(predictor|student_head|teacher_encoder|teacher_head|classification_loss|center|classifier|head_norm"
+        r"^(predictor|student_head|teacher_encoder|teacher_head|classification_loss|classifier|head_norm"
         r"|layer_weights)\b"
     ]
 
@@ -576,7 +575,7 @@ class MatpacModel(MatpacPreTrainedModel):
                 "Use MatpacFeatureExtractor(..., return_tensors='pt') to turn raw audio into `input_values`."
             )
         if input_values.dim() == 2 and num_mel_bins in input_values.shape:
-            # (num_mel_bins, num_frames) is a single spectrogram in the former, frequency-first layout
+            # (num_mel_bins, num_frames) is a single spectrogram in the official code's frequency-first layout
             fix = "input_values[None]" if input_values.shape[-1] == num_mel_bins else "input_values.T[None]"
             raise ValueError(
                 f"`input_values` has shape {tuple(input_values.shape)}: a single spectrogram needs a batch dimension, "
@@ -586,8 +585,8 @@ class MatpacModel(MatpacPreTrainedModel):
             hint = ""
             if input_values.dim() == 3 and input_values.shape[1] == num_mel_bins:
                 hint = (
-                    f" It looks like (batch, {num_mel_bins}, num_frames), frequency first (the former "
-                    "matpac-hf layout): transpose it with `.transpose(1, 2)`."
+                    f" It looks like (batch, {num_mel_bins}, num_frames), frequency first (the official MATPAC "
+                    "code's layout): transpose it with `.transpose(1, 2)`."
                 )
             raise ValueError(
                 f"`input_values` must have shape (batch, num_frames, {num_mel_bins}) (log-mel, time first, as "
@@ -624,8 +623,8 @@ class MatpacModel(MatpacPreTrainedModel):
     # -- chunking -----------------------------------------------------------------------------------------------------
     # Activation memory one encoder call may use in inference (no grad): `forward` runs the chunks in micro-batches
     # of `chunk_batch_size` chunks, by default as many as fit this budget (11 full chunks for ViT-B), so peak memory
-    # does not grow with the length of the audio beyond the output itself. Bounded micro-batches are also faster on
-    # CPUs: their activations are reused from the allocator instead of page-faulting fresh memory every layer.
+    # does not grow with the length of the audio beyond the output itself, and each call's activations are reused
+    # from the allocator. The budget is measured by `benchmarks/bench_inference.py` (see `benchmarks/RESULTS.md`).
     chunk_memory_budget_bytes = 64 * 2**20
     # Whether an encoder call holds the attention scores of all its chunks at once (eager attention; the ONNX graph)
     # rather than one chunk's (the no-grad path's per-chunk attention, sdpa's flash kernels).
@@ -638,9 +637,8 @@ class MatpacModel(MatpacPreTrainedModel):
         """Chunks of `time_patches` columns (default: full chunks) per encoder call: `config.chunk_batch_size` when
         set, else as many as fit `chunk_memory_budget_bytes` in float32: per chunk its qkv, MLP and residual
         activations, plus the attention scores of one layer, per chunk under eager attention (or
-        `attention_scores_of_every_chunk`), else once. Short chunks run in larger micro-batches: 32 clips of 2 s
-        (66 tokens) in one call, whose 2112-row matrix products run faster than two calls of 1056 (1 thread: x1.018,
-        geometric mean of 6 alternating rounds)."""
+        `attention_scores_of_every_chunk`), else once. Short chunks run in larger micro-batches (32 clips of 2 s in
+        one call for ViT-B): larger matrix products run closer to the GEMM rate."""
         configured = getattr(self.config, "chunk_batch_size", None)
         if configured:
             return int(configured)
@@ -677,9 +675,8 @@ class MatpacModel(MatpacPreTrainedModel):
                     f"chunk_batch_size must be a positive number of chunks per encoder call, got {size}: pass e.g. "
                     "chunk_batch_size=8, or leave it None (and config.chunk_batch_size unset) for the memory budget."
                 )
-            # The fewest micro-batches of at most `size` chunks, of near-equal sizes: 34 two-second clips (size 32) run
-            # as 17 + 17, not 32 + 2, whose 2-chunk call has 132-row matrix products (1 thread, 32 clips with size 30:
-            # 16 + 16 was 3.6 % faster than 30 + 2).
+            # The fewest micro-batches of at most `size` chunks, of near-equal sizes (34 chunks of size 32 run as 17 +
+            # 17, not 32 + 2): no call is left with a few rows, whose matrix products run far below the GEMM rate.
             size = math.ceil(len(same_length) / math.ceil(len(same_length) / size))
             micro_batches += [same_length[i : i + size] for i in range(0, len(same_length), size)]
         return micro_batches
@@ -850,7 +847,7 @@ class MatpacModel(MatpacPreTrainedModel):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# MatpacForPreTraining: student, predictor, EMA teachers, classification heads and center (method sections 3-5)
+# MatpacForPreTraining: student, predictor, EMA teachers, classification heads and center (docs/method.md, sections 3-5)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -900,7 +897,7 @@ def _check_step(step) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Masking (method spec, section 4 step 2)
+# Masking (docs/method.md, section 4, step 2)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -978,7 +975,7 @@ def random_masking(noise: torch.Tensor, mask_ratio: float, valid_patches: torch.
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Prediction loss and MATPAC++ winner-takes-all (method spec, section 4 steps 6 and 11)
+# Prediction loss and MATPAC++ winner-takes-all (docs/method.md, section 4, steps 6 and 11)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -1147,7 +1144,7 @@ class MatpacClassificationHead(nn.Module):
 
 
 class MatpacClassificationLoss(nn.Module):
-    """The classification loss and its center (method spec, section 4 steps 7 and 9), as DINO's `DINOLoss` (and the
+    """The classification loss and its center (docs/method.md, section 4, steps 7 and 9), as DINO's `DINOLoss` (and the
     official `cls_head_loss`): the module owns the `center` buffer `(1, 1, num_prototypes)` (saved as
     `classification_loss.center`), the update rule and its distributed average.
 
@@ -1200,7 +1197,7 @@ class MatpacClassificationLoss(nn.Module):
         Returns the factor `world_size * local_tokens / global_tokens` that turns this process's token mean into its
         share of the mean over all processes' tokens (1.0 when the processes have equal numbers of tokens, or without
         a process group): DDP averages the gradients of the processes, so scaling each local mean by it makes the
-        gradient that of the global token mean (method spec, section 4.8), as fairseq's sum / total sample size does."""
+        gradient that of the global token mean (docs/method.md, section 4, step 8), as fairseq's sum / total sample size does."""
         tokens = _tokens(teacher_output.float(), token_mask)  # (tokens, num_prototypes)
         num_local_tokens = tokens.shape[0]
         total = torch.cat([tokens.sum(0), tokens.new_full((1,), num_local_tokens)])  # (num_prototypes + 1,)
@@ -1234,7 +1231,7 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
        mode (`model.train()`) the forward also updates `center` with this batch's teacher output, averaged over all
        processes with `torch.distributed.all_reduce` when a process group is initialised (every process must run
        the forward the same number of times, as under DDP). In eval mode the center is left untouched. The losses
-       are means over the masked tokens of all processes (spec section 4.8): each process's mean is scaled by its
+       are means over the masked tokens of all processes (docs/method.md, section 4, step 8): each process's mean is scaled by its
        share of the tokens, which is exactly 1 when the processes have equal numbers of (valid) masked tokens.
     2. backward of `outputs.loss`, then `update_teachers(step)` (EMA), then the optimiser step.
 
@@ -1721,8 +1718,6 @@ class MatpacPreTrainedModelWithHead(MatpacPreTrainedModel):
         model and applied again by `from_pretrained` (through [`~MatpacPreTrainedModel.tie_weights`])."""
         self.config.freeze_encoder = True
         self.tie_weights()
-
-    freeze_encoder = freeze_base_model  # the former name, kept for existing callers
 
     def _encode(self, input_values, attention_mask, kwargs) -> tuple[MatpacModelOutput, torch.Tensor, bool]:
         """Runs the encoder; returns its outputs, the frame features the head reads (`(batch, T', F * hidden)`) and

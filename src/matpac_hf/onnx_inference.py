@@ -377,8 +377,8 @@ class OnnxMatpacModel(MatpacModel):
 
     onnx_path: Path | None = None
     num_threads: int | None = None
-    # The exported graph's attention holds every chunk's scores (so micro-batches stay as before the no-grad path's
-    # per-chunk attention: ViT-B, 8 full chunks; larger ones measured 4 % slower under onnxruntime int8).
+    # The exported graph's attention holds every chunk's scores, so they count per chunk in the memory budget (ViT-B:
+    # 8 full chunks a call; see `benchmarks/RESULTS.md` for the onnxruntime measurements).
     attention_scores_of_every_chunk = True
     packs_chunk_lengths = False  # `_encode_chunks` runs the ONNX graph: one chunk length per call
     session = None

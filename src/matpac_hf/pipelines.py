@@ -50,6 +50,7 @@ class AudioFeatureExtractionPipeline(Pipeline):
     of a batch that differ in length in separate forward passes, so a batched clip gets what it gets alone.
     """
 
+    # What transformers' `pipeline()` loads for this class: the feature extractor only.
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = True

@@ -2,7 +2,7 @@
 # Licensed under the MIT License.
 """The resumable pretraining stream: an audio corpus loaded with `datasets` -> batches of random waveform crops.
 
-The pipeline (method spec, sections 1 and 5):
+The pipeline (docs/method.md, sections 1 and 5):
 
 1. `load_audio_stream` loads the corpus with `datasets.load_dataset(..., streaming=True)` (a Hub dataset id, a local
    `audiofolder` directory, parquet shards or webdataset tars) and keeps the audio column *undecoded*.
@@ -172,8 +172,8 @@ COUNTER_FIELDS = tuple(f.name for f in fields(StreamCounters))
 
 class DecodedClipCache:
     """Whole clips decoded once (mono float32 at the target rate) and kept in memory up to `max_bytes`, so that a small
-    corpus read for many epochs is decoded once instead of every epoch (the synthetic demo corpus: decoding its FLAC
-    crops was 40 % of a `tiny` step). Clips are added until the budget is full, never evicted; the crops taken from
+    corpus read for many epochs is decoded once instead of every epoch (for short steps, as the demo's, decoding is a
+    large share of the step). Clips are added until the budget is full, never evicted; the crops taken from
     them are those of the file (`audio_io.crop_decoded`). It lives in the process that iterates the stream, so it only
     helps with `num_workers=0` (DataLoader workers are started again, with an empty cache, every epoch)."""
 
