@@ -139,7 +139,7 @@ def test_input_layouts_give_the_same_features(extractor):
 
 
 # -------------------------------------------------------------------------------------------------------------
-# The padding / truncation contract of transformers' audio feature extractors (issue 10.1)
+# The padding / truncation contract of transformers' audio feature extractors
 # -------------------------------------------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 # Licensed under the MIT License.
 """The Hugging Face audio-classification tutorial recipe (https://huggingface.co/docs/transformers/tasks/audio_classification)
 run verbatim on a tiny MATPAC model and a tiny synthetic `datasets` audio dataset, plus one focused test per step that
-used to break (issue 10.1 / 10.2):
+would break without the feature extractor's transformers contract:
 
 - `feature_extractor(arrays, sampling_rate=..., max_length=16000, truncation=True)`: a TypeError;
 - `map(..., batched=True, batch_size=16)` without padding to one length, then `Trainer(processing_class=...)` (so

@@ -1,4 +1,4 @@
-"""Long audio in bounded memory (issue 11.1), native-bf16 detection (11.3) and the int8 CPU path (11.2).
+"""Long audio in bounded memory, native-bf16 detection and the int8 CPU path.
 
 The bounded-memory paths are pinned to the one-call numbers: micro-batched chunks (`chunk_batch_size`), the
 streaming clip embedding of [`embed_long_audio`], and the block-by-block STFT of the feature extractor.
