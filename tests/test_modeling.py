@@ -121,13 +121,12 @@ def test_encoder_loading_skips_the_other_parts_of_a_folder_and_reports_unknown_k
 
 
 def test_patch_embedding_init_is_xavier_of_the_flattened_kernel_and_spares_loaded_weights(tmp_path):
-    """The official init: xavier-uniform of the `(hidden, patch_size**2)` view, zero bias. `from_pretrained` keeps the
-    loaded kernel (the init goes through `transformers.initialization`, which skips loaded tensors)."""
+    """The official init of the kernel: xavier-uniform of its `(hidden, patch_size**2)` view. `from_pretrained` keeps
+    the loaded kernel (the init goes through `transformers.initialization`, which skips loaded tensors)."""
     torch.manual_seed(0)
     projection = MatpacModel(tiny_config()).embeddings.patch_embeddings.projection
     bound = math.sqrt(6 / (32 + 16 * 16))  # fan_out = hidden, fan_in = 1 channel x 16 x 16
     assert projection.weight.abs().max() <= bound and projection.weight.abs().max() > 0.9 * bound
-    assert not projection.bias.any()
     saved = MatpacModel(tiny_config())
     with torch.no_grad():
         saved.embeddings.patch_embeddings.projection.weight.fill_(0.5)
