@@ -341,6 +341,7 @@ class OfficialTrainingModel(OfficialMatpac):
         n_t=608,
     ):
         super().__init__(embed_dim=embed_dim, depth=depth, num_heads=num_heads, n_t=n_t)
+        self.num_heads = num_heads
         # the official decoder always has `decoder_pred`, also in MATPAC++ (where the K heads replace it)
         self.decoder = Decoder(embed_dim, decoder_dim, decoder_depth, decoder_heads, self.grid)
         if mcl_heads:
@@ -363,6 +364,11 @@ class OfficialTrainingModel(OfficialMatpac):
                     "ema_decay": 0.9995,
                     "ema_end_decay": 0.9999,
                     "n_t": "${task.max_sample_size}",
+                    "encoder": {"embed_dim": self.patch_embed.proj.out_channels, "num_heads": self.num_heads},
+                    "decoder": {
+                        "embed_dim": "${model.encoder.embed_dim}",
+                        "decoder_num_heads": self.decoder.decoder_blocks[0].attn.num_heads,
+                    },
                     "cls_head_cfg": {"ema_decay": 0.99, "warmup_n_steps": 20, "head_dim_out": 40},
                     "mcl_heads": {"n_head": 3, "temperature_start": 0.2, "temperature_end": 0.001, "decay_rate": 0.9},
                 },
@@ -406,3 +412,66 @@ def randomize_training_(model: OfficialTrainingModel, seed: int = 0) -> Official
         table = sincos_2d_with_cls(model.decoder.decoder_pos_embed.shape[-1], *model.grid)
         model.decoder.decoder_pos_embed.copy_(torch.from_numpy(table).float()[None])
     return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stand-ins for the authors' Hub repositories (auriankelen/matpac_*): trust_remote_code ports that wrap the official
+# inference module, so their weights are the inference layout under the wrapper's attribute name, plus the log-mel
+# front end's buffers; raw-waveform Wav2Vec2FeatureExtractor preprocessing; code files named in `auto_map`.
+# ----------------------------------------------------------------------------------------------------------------------
+
+REMOTE_CODE_MUST_NOT_RUN = 'raise RuntimeError("the stand-in\'s remote code was executed")\n'
+
+
+def inference_state_dict(model: OfficialMatpac, prefix: str = "", front_end: bool = True) -> dict:
+    """The official inference module's state dict under `prefix`, with the front end's buffers (Hann window, float32
+    mel filter bank) under `log_mel.` as torchaudio's MelSpectrogram registers them."""
+    state = {key: value.detach().clone().contiguous() for key, value in model.state_dict().items()}
+    if front_end:
+        state["log_mel.mel_spec.spectrogram.window"] = torch.hann_window(N_FFT)
+        state["log_mel.mel_spec.mel_scale.fb"] = official_mel_filters().contiguous()
+    return {prefix + key: value for key, value in state.items()}
+
+
+def write_hub_standin(folder, model: OfficialMatpac, prefix: str = "model.", labels=None, config_fields=None):
+    """Writes a folder laid out like an authors' Hub repository: `model.safetensors` (inference layout under
+    `prefix`), `config.json` (model_type "matpac", `auto_map` to code files that must never run, `id2label` when
+    `labels` is given, plus `config_fields`), a `Wav2Vec2FeatureExtractor` `preprocessor_config.json` and the code
+    files. Returns the folder."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(inference_state_dict(model, prefix), folder / "model.safetensors")
+    config = {
+        "model_type": "matpac",
+        "architectures": ["MatpacForAudioClassification" if labels else "MatpacModel"],
+        "auto_map": {
+            "AutoConfig": "configuration_matpac.MatpacConfig",
+            "AutoModel": "modeling_matpac.MatpacModel",
+            "AutoModelForAudioClassification": "modeling_matpac.MatpacForAudioClassification",
+        },
+        "inference_type": "precise",
+        "pull_time_dimension": False,
+        **(config_fields or {}),
+    }
+    if labels:
+        config["id2label"] = {str(i): name for i, name in enumerate(labels)}
+        config["label2id"] = {name: i for i, name in enumerate(labels)}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    preprocessor = {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": SAMPLE_RATE,
+        "padding_value": 0.0,
+        "padding_side": "right",
+        "do_normalize": False,
+        "return_attention_mask": False,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    for code_file in ("configuration_matpac.py", "modeling_matpac.py"):
+        (folder / code_file).write_text(REMOTE_CODE_MUST_NOT_RUN)
+    return folder

@@ -217,9 +217,10 @@ def test_command_line_round_trip(tmp_path, caplog):
 
     text = (tmp_path / "out" / "README.md").read_text()
     card = ModelCard(text)
-    assert card.data.license == "other" and card.data.license_link == "https://github.com/aurianworld/matpac"
-    assert "mit" not in str(card.data.license).lower()
+    # the licence the official repository states, and what could not be verified
+    assert card.data.license == "apache-2.0" and "mit" not in str(card.data.license).lower()
     assert "not covered by matpac-hf's MIT licence" in card.text and "nttcslab/m2d" in card.text
+    assert "states the Apache License 2.0" in card.text and "could not read that LICENSE file" in card.text
     assert "MATPAC++, self-supervised on AudioSet (general audio)" in card.text  # the release file is recognised
     assert "`matpac_plus_6s_2048_enconly.pt` from the authors' GitHub releases" in card.text
     assert "records no training progress" in card.text
@@ -227,11 +228,11 @@ def test_command_line_round_trip(tmp_path, caplog):
     assert "320-d frame embedding" in card.text  # sizes from the converted config, not the ViT-B defaults
     assert str(tmp_path) not in text and "/tmp" not in text
 
-    # --license replaces `other` (the user knows the terms); the notice on where the weights come from stays
-    assert main(argv[:3] + [str(tmp_path / "licensed")] + argv[4:] + ["--license", "apache-2.0"]) == 0
+    # --license replaces the default (the user knows the terms); the notice on where the weights come from stays
+    assert main(argv[:3] + [str(tmp_path / "licensed")] + argv[4:] + ["--license", "cc-by-4.0"]) == 0
     licensed = ModelCard((tmp_path / "licensed" / "README.md").read_text())
-    assert licensed.data.license == "apache-2.0" and licensed.data.license_link is None
-    assert "`apache-2.0`, as given when converting" in licensed.text and "aurianworld/matpac" in licensed.text
+    assert licensed.data.license == "cc-by-4.0" and licensed.data.license_link is None
+    assert "`cc-by-4.0`, as given when converting" in licensed.text and "aurianworld/matpac" in licensed.text
 
     # a refused file: exit status 1 and the reason logged, nothing written
     torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pt")
@@ -299,7 +300,7 @@ def test_probe_checkpoint(tmp_path):
     )
     card = ModelCard((tmp_path / "hf" / "README.md").read_text())
     assert card.data.pipeline_tag == "audio-classification" and card.data.base_model == "someone/matpac-plus"
-    assert card.data.license == "other" and "not covered by matpac-hf's MIT licence" in card.text
+    assert card.data.license == "apache-2.0" and "not covered by matpac-hf's MIT licence" in card.text
     assert "over 3 classes" in card.text and "dog, crow, rain" in card.text
     assert "with the downstream probe `esc50.pth`" in card.text and str(tmp_path) not in card.content
     model = AutoModelForAudioClassification.from_pretrained(tmp_path / "hf").eval()
@@ -346,15 +347,19 @@ def test_fairseq_training_checkpoint(tmp_path, caplog, mcl_heads):
     reference = randomize_training_(OfficialTrainingModel(mcl_heads=mcl_heads), seed=8)
     torch.save(reference.fairseq_checkpoint(), tmp_path / "checkpoint_last.pt")
 
-    # default: the student encoder, with the rest reported as not converted
+    # default: the student encoder, with the rest reported as not converted; the head counts (4 and 2, which no
+    # width rule gives for widths 64 and 32) come from the cfg, and num_updates goes to training_progress.json
     with caplog.at_level(logging.WARNING, logger="matpac_hf.convert"):
-        convert_checkpoint(tmp_path / "checkpoint_last.pt", tmp_path / "encoder", num_attention_heads=4)
+        convert_checkpoint(tmp_path / "checkpoint_last.pt", tmp_path / "encoder")
     assert "use --model_type pretraining to keep them" in caplog.text and "_ema (nested dict" in caplog.text
     assert (
         "The checkpoint records 100 optimiser steps, fairseq epoch 3"
         in (tmp_path / "encoder" / "README.md").read_text()
     )
+    progress = json.loads((tmp_path / "encoder" / "training_progress.json").read_text())
+    assert (progress["num_updates"], progress["epoch"]) == (100, 3)
     encoder = AutoModel.from_pretrained(tmp_path / "encoder").eval()
+    assert encoder.config.num_attention_heads == 4
     log_mel = torch.randn(1, 80, 650)
     with torch.no_grad():
         official = reference.forward_precise(log_mel)[0]  # the official model takes (1, 80, frames)
@@ -365,8 +370,6 @@ def test_fairseq_training_checkpoint(tmp_path, caplog, mcl_heads):
         tmp_path / "checkpoint_last.pt",
         tmp_path / "pretraining",
         model_type="pretraining",
-        num_attention_heads=4,
-        decoder_num_attention_heads=2,
     )
     model = AutoModelForPreTraining.from_pretrained(tmp_path / "pretraining").eval()
     assert model.config.use_mcl == bool(mcl_heads)
@@ -379,6 +382,7 @@ def test_fairseq_training_checkpoint(tmp_path, caplog, mcl_heads):
     assert (config.mcl_temperature_start, config.mcl_temperature_min, config.mcl_temperature_decay) == (0.2, 1e-3, 0.9)
     assert config.head_ema_decay_end == 1.0  # not in this cfg: the official default
     assert (model.config.decoder_hidden_size, model.config.head_num_prototypes) == (32, 40)
+    assert (config.num_attention_heads, config.decoder_num_attention_heads) == (4, 2)  # from the cfg
     teacher_encoder, teacher_head = reference.teacher_encoder[0], reference.teacher_head[0]
     with torch.no_grad():
         tokens = torch.randn(2, 11, 64)
@@ -393,6 +397,22 @@ def test_fairseq_training_checkpoint(tmp_path, caplog, mcl_heads):
         assert predictions.shape == expected.shape
         assert (predictions - expected).abs().max() < TOLERANCE
     assert not any(p.requires_grad for p in model.teacher_encoder.parameters())
+
+
+def test_head_counts_without_cfg_need_the_options(tmp_path):
+    # A training checkpoint whose cfg states no head counts, of a width that is not ViT-B's: the converter does not
+    # guess (width // 64 would give 1 head here), it names the option; a CLI value contradicting the cfg is refused.
+    reference = randomize_training_(OfficialTrainingModel(), seed=8)
+    checkpoint = reference.fairseq_checkpoint()
+    del checkpoint["cfg"]["model"]["encoder"], checkpoint["cfg"]["model"]["decoder"]
+    torch.save(checkpoint, tmp_path / "no_heads.pt")
+    with pytest.raises(CheckpointError, match="--num_attention_heads"):
+        convert_checkpoint(tmp_path / "no_heads.pt", tmp_path / "out")
+    with pytest.raises(CheckpointError, match="--decoder_num_attention_heads"):
+        convert_checkpoint(tmp_path / "no_heads.pt", tmp_path / "out", model_type="pretraining", num_attention_heads=4)
+    torch.save(reference.fairseq_checkpoint(), tmp_path / "with_heads.pt")
+    with pytest.raises(CheckpointError, match="contradicts the checkpoint's cfg"):
+        convert_checkpoint(tmp_path / "with_heads.pt", tmp_path / "out", num_attention_heads=8)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -96,6 +96,9 @@ def test_weights_notice_names_the_source_and_the_terms():
     assert "converted from `matpac_10_2048.pt`" in notice and "/home/someone" not in notice
     assert "https://github.com/aurianworld/matpac/releases" in notice and "https://github.com/nttcslab/m2d" in notice
     assert "not covered by matpac-hf's MIT licence" in notice
+    assert "states the Apache License 2.0" in notice and "could not read that LICENSE file" in notice
+    hub = weights_notice(hub_repository="auriankelen/matpac_music")
+    assert "the authors' Hub repository `auriankelen/matpac_music`" in hub and "GitHub releases" not in hub
 
 
 def test_audio_classification_card_metadata():

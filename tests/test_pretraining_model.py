@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from matpac_testing import tiny_config  # max_frames=64: 5 x 4 = 20 patches, 6 visible, 14 masked
+from matpac_testing import TINY_MATPAC_CONFIG, tiny_config  # max_frames=64: 5 x 4 = 20 patches, 6 visible, 14 masked
 from transformers import AutoModelForPreTraining
 
 from matpac_hf import MatpacConfig, MatpacForPreTraining, MatpacModel
 from matpac_hf.modeling_matpac import ema_decays_at, mcl_temperature_at, teacher_temperature_at
+
+
+# Predictor and head sizes of the tiny config (an encoder-only folder does not show them)
+TINY_HEADS = {key: value for key, value in TINY_MATPAC_CONFIG.items() if key.startswith(("decoder_", "head_"))}
 
 
 def tiny_model(seed: int = 0, **overrides) -> MatpacForPreTraining:
@@ -585,15 +589,81 @@ def test_frozen_gain_stays_frozen_after_loading(tmp_path):
     assert not loaded.student_head.weight_norm_gain.requires_grad
 
 
-def test_student_only_folder_gives_teachers_copied_from_the_loaded_student(tmp_path):
+@pytest.mark.parametrize("teacher_init", ["independent", "copy_student"])
+def test_encoder_only_folder_gives_teachers_equal_to_the_student(tmp_path, teacher_init, caplog):
+    # Continued pretraining from released weights: whatever teacher_init says (the default "independent" is for a model
+    # built from scratch), teachers absent from the folder start as copies of the loaded student, with one log line.
     torch.manual_seed(0)
-    student = MatpacModel(tiny_config(teacher_init="copy_student"))
+    student = MatpacModel(tiny_config(teacher_init=teacher_init))
     student.save_pretrained(tmp_path)
-    model = MatpacForPreTraining.from_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        model = MatpacForPreTraining.from_pretrained(tmp_path)
+    assert model.config.teacher_init == teacher_init
     for key, value in model.teacher_encoder.state_dict().items():
         assert torch.equal(value, student.encoder.state_dict()[key]), key
+    for (key, teacher), (_, student_head) in zip(
+        model.teacher_head.state_dict().items(), model.student_head.state_dict().items()
+    ):
+        assert torch.equal(teacher, student_head), key
     assert torch.equal(model.matpac.encoder.layers[0].mlp.fc1.weight, student.encoder.layers[0].mlp.fc1.weight)
     assert model.center.abs().sum() == 0
+    lines = [record for record in caplog.records if "initialised as a copy of the loaded student" in record.message]
+    assert len(lines) == 1 and "teacher_encoder and teacher_head" in lines[0].message
+    # teacher and student give the same targets at step 0
+    model.eval()
+    tokens = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        assert torch.equal(
+            model.teacher_encoder(tokens).last_hidden_state, model.matpac.encoder(tokens).last_hidden_state
+        )
+    # trained teachers in a pretraining folder are loaded, not replaced
+    trained = tiny_model(seed=3)
+    trained.save_pretrained(tmp_path / "full")
+    reloaded = MatpacForPreTraining.from_pretrained(tmp_path / "full")
+    assert torch.equal(
+        reloaded.teacher_encoder.layers[0].mlp.fc1.weight, trained.teacher_encoder.layers[0].mlp.fc1.weight
+    )
+    assert not torch.equal(
+        reloaded.teacher_encoder.layers[0].mlp.fc1.weight, reloaded.matpac.encoder.layers[0].mlp.fc1.weight
+    )
+
+
+def test_authors_repository_gives_teachers_equal_to_the_student(tmp_path):
+    from official_reference import OfficialMatpac, randomize_, write_hub_standin
+
+    reference = randomize_(OfficialMatpac(embed_dim=64, depth=2, num_heads=4), seed=2)
+    folder = write_hub_standin(tmp_path / "repo", reference, prefix="model.", config_fields={"num_heads": 4})
+    model = MatpacForPreTraining.from_pretrained(folder, **TINY_HEADS)
+    assert torch.equal(
+        model.matpac.encoder.layers[1].attention.qkv.weight, reference.student_encoder.blocks[1].attn.qkv.weight
+    )
+    for key, value in model.teacher_encoder.state_dict().items():
+        assert torch.equal(value, model.matpac.encoder.state_dict()[key]), key
+    assert torch.equal(model.teacher_head.mlp[0].weight, model.student_head.mlp[0].weight)
+
+
+def test_partial_teacher_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from matpac_hf.official_checkpoints import CheckpointError
+
+    tiny_model().save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["teacher_encoder.layers.1.mlp.fc2.weight"]
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="only part of the teacher_encoder"):
+        MatpacForPreTraining.from_pretrained(tmp_path)
+
+
+def test_patch_embedding_bias_has_conv2d_default_init():
+    # Official: the patch embedding keeps Conv2d's default bias, uniform(+-1 / sqrt(fan_in)), fan_in = 1 * 16 * 16
+    torch.manual_seed(0)
+    bias = MatpacModel(
+        tiny_config(hidden_size=768, num_attention_heads=12, num_hidden_layers=1)
+    ).embeddings.patch_embeddings.projection.bias
+    bound = 1 / 16
+    assert bias.abs().max() <= bound and bias.abs().max() > 0.9 * bound
+    assert bias.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)  # a uniform's standard deviation
 
 
 # --------------------------------------------------------------------------------------------------------- 2 processes

@@ -165,6 +165,26 @@ class MatpacModelTest(ModelTesterMixin, unittest.TestCase):
     def test_retain_grad_hidden_states_attentions(self):
         pass
 
+    def test_model_weights_reload_no_missing_tied_weights(self):
+        """The mixin replaces every weight on file by one placeholder tensor and expects a model with every parameter
+        reported missing (left at random). MATPAC refuses that on purpose: a folder that does not hold the encoder
+        raises `CheckpointError` naming what it found and the fix, never a model with a random encoder
+        (tests/test_official_checkpoints.py). That refusal is what is checked here, for every class."""
+        import os
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        from matpac_hf.official_checkpoints import CheckpointError
+
+        for model_class in self.all_model_classes:
+            config, _ = self.model_tester.prepare_config_and_inputs_for_common()
+            with tempfile.TemporaryDirectory() as tmp_dir:
+                model_class(config).save_pretrained(tmp_dir)
+                save_file({"tensor": torch.tensor([1, 2])}, os.path.join(tmp_dir, "model.safetensors"))
+                with self.assertRaisesRegex(CheckpointError, "would stay randomly initialised.*tensor"):
+                    model_class.from_pretrained(tmp_dir, output_loading_info=True)
+
     def test_hidden_states_output(self):
         """The mixin's test, for MATPAC's documented hidden-state layout: the frame layout of `last_hidden_state`,
         `(batch, num_time_patches, num_frequency_patches * hidden_size)` (one row per 160 ms, the chunks of a long

@@ -10,7 +10,8 @@ python -m matpac_hf.convert_original_checkpoint \
 The official files are the GitHub release assets of https://github.com/aurianworld/matpac (`matpac_10_2048.pt`,
 `matpac_plus_6s_2048_enconly.pt`, `matpac_plus_music_6s_2048_enconly.pt`, `matpac_plus_as_48_1_map_enc_and_head.pt`,
 and the downstream probes in `Weights_probes_matpac.zip`). The weights are the authors', not under matpac-hf's MIT
-licence: the card written beside them says `license: other` and where they come from, unless `--license` is given.
+licence: the card written beside them says the licence the official repository states (`apache-2.0`: its README's
+badge, linking its LICENSE file) and where the weights come from, unless `--license` is given.
 
 The output folder holds `config.json` (sizes inferred from the tensor shapes), `model.safetensors`,
 `preprocessor_config.json` ([`MatpacFeatureExtractor`]), a model card `README.md` and the code files, so it loads with
@@ -26,7 +27,11 @@ Understood inputs (docs/method.md, section 7), recognised by the names and shape
   -> [`MatpacForAudioClassification`] with `classifier_pooling="concat"`;
 * a fairseq training checkpoint (state under `model`, beside `cfg`, `optimizer_history`, ...; teachers as nested dicts
   `_ema` and `_cls_head_ema`): its student encoder -> [`MatpacModel`], or with `--model_type pretraining` everything
-  (student, teacher, predictor, heads, center) -> `MatpacForPreTraining`.
+  (student, teacher, predictor, heads, center) -> `MatpacForPreTraining`; head counts from its `cfg`, and its
+  `num_updates` to `training_progress.json`;
+* a folder or Hub repository id in the official inference layout under any wrapper prefix (the authors'
+  `auriankelen/matpac_*` repositories) -> [`MatpacModel`], or [`MatpacForAudioClassification`] when it has the
+  AudioSet head ([`convert_folder`]).
 
 Anything else is refused with a message naming what was found.
 """
@@ -46,13 +51,26 @@ from . import modeling_matpac
 from .configuration_matpac import NUM_MEL_BINS, MatpacConfig
 from .feature_extraction_matpac import MatpacFeatureExtractor
 from .model_card import (
+    OFFICIAL_LICENSE,
     OFFICIAL_RELEASES,
-    OFFICIAL_REPOSITORY,
     pretraining_objective,
     render_model_card,
     weights_notice,
 )
 from .modeling_matpac import MatpacForAudioClassification, MatpacModel, build_2d_sincos_position_table
+from .official_checkpoints import (
+    CheckpointError,
+    block_indices,
+    checkpoint_shapes,
+    describe_keys,
+    find_official_layout,
+    map_audioset_head,
+    map_blocks,
+    map_encoder,
+    raw_config,
+    sizes_from_shapes,
+    weight_files,
+)
 
 
 logger = logging.getLogger("matpac_hf.convert")
@@ -77,20 +95,6 @@ TEACHER_ENCODER_KEY = "_ema"
 TEACHER_HEAD_KEY = "_cls_head_ema"
 _PARTS_KEY = {TEACHER_ENCODER_KEY: "teacher_encoder", TEACHER_HEAD_KEY: "teacher_head"}
 
-# Official name (inside `student_encoder.blocks.{i}.` / `_ema` `blocks.{i}.`) -> ours (inside `layers.{i}.`).
-BLOCK_PARAMETER_NAMES = {
-    "norm1": "layernorm_before",
-    "attn.qkv": "attention.qkv",
-    "attn.proj": "attention.proj",
-    "norm2": "layernorm_after",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-_BLOCK_KEY = re.compile(
-    r"^(?P<prefix>.*?)blocks\.(?P<index>\d+)\."
-    r"(?P<module>norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(?P<kind>weight|bias)$"
-)
-
 # Key families of the official files, by prefix (or exact name).
 ENCODER_KEYS = ("patch_embed.", "cls_token", "pos_embed", "student_encoder.")
 AUDIOSET_HEAD_KEYS = ("head_norm.", "head.")
@@ -98,18 +102,8 @@ PROBE_KEYS = ("probe.",)
 PRETRAINING_KEYS = ("decoder.", "mcl_heads.", "cls_student_head.", "cls_head_loss.")
 
 
-class CheckpointError(ValueError):
-    """The file is not an official MATPAC checkpoint this converter understands."""
-
-
 def _has_family(keys, family) -> bool:
     return any(key == prefix or key.startswith(prefix) for key in keys for prefix in family)
-
-
-def _describe_keys(keys, limit: int = 12) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -183,7 +177,7 @@ def load_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> di
     if not _has_family(state, ENCODER_KEYS):
         raise CheckpointError(
             f"{path} holds no MATPAC encoder weights: none of the key families {list(ENCODER_KEYS)} was found. "
-            f"Keys found: {_describe_keys(state) or '(none)'}."
+            f"Keys found: {describe_keys(state) or '(none)'}."
         )
     return {
         "state": state,
@@ -202,7 +196,7 @@ def load_probe(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # noqa: BLE001
         raise CheckpointError(f"Could not read the probe file {path}: {type(error).__name__}: {error}") from error
     if not isinstance(probe, dict) or set(probe) != {"probe.weight", "probe.bias"}:
-        found = _describe_keys(probe) if isinstance(probe, dict) else type(probe).__name__
+        found = describe_keys(probe) if isinstance(probe, dict) else type(probe).__name__
         raise CheckpointError(
             f"{path} is not an official probe file: expected exactly 'probe.weight' and 'probe.bias', found {found}."
         )
@@ -212,15 +206,6 @@ def load_probe(path: str | Path) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Sizes from shapes
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _block_indices(state: dict, prefix: str) -> list[int]:
-    indices = set()
-    for key in state:
-        match = _BLOCK_KEY.match(key)
-        if match and match["prefix"] == prefix:
-            indices.add(int(match["index"]))
-    return sorted(indices)
 
 
 def _require(state: dict, key: str, what: str) -> torch.Tensor:
@@ -236,68 +221,10 @@ def infer_config(
     max_frames: int | None = None,
     **extra,
 ) -> MatpacConfig:
-    """Encoder sizes from the tensor shapes. Head counts are not visible in the shapes: `num_attention_heads`
-    defaults to `hidden_size // 64` (12 for ViT-B); `num_mel_bins` (80) fixes the number of frequency patch rows."""
-    patch_weight = _require(state, "patch_embed.proj.weight", "patch embedding")
-    if patch_weight.dim() != 4 or patch_weight.shape[-1] != patch_weight.shape[-2]:
-        raise CheckpointError(
-            f"'patch_embed.proj.weight' has shape {tuple(patch_weight.shape)}; expected a square conv kernel "
-            "(hidden, channels, patch, patch)."
-        )
-    hidden_size, num_channels, patch_size, _ = patch_weight.shape
-    if hidden_size % 64 != 0 and num_attention_heads is None:
-        raise CheckpointError(
-            f"Width {hidden_size} is not a multiple of 64, so the head count cannot be guessed; pass "
-            "--num_attention_heads."
-        )
-    blocks = _block_indices(state, "student_encoder.")
-    if not blocks:
-        raise CheckpointError("The checkpoint has no 'student_encoder.blocks.{i}.*' weights (transformer blocks).")
-    if blocks != list(range(len(blocks))):
-        raise CheckpointError(f"Student blocks are not numbered 0..N-1: found indices {blocks}.")
-    fc1 = _require(state, "student_encoder.blocks.0.mlp.fc1.weight", "first MLP layer of block 0")
-    if num_mel_bins % patch_size != 0:
-        raise CheckpointError(f"num_mel_bins ({num_mel_bins}) is not a multiple of the patch size ({patch_size}).")
-    num_frequency_patches = num_mel_bins // patch_size
-
-    table_frames = None
-    if "pos_embed" in state:
-        pos_embed = state["pos_embed"]
-        num_positions = pos_embed.shape[-2] - 1
-        if pos_embed.shape[-1] != hidden_size or num_positions % num_frequency_patches != 0:
-            raise CheckpointError(
-                f"'pos_embed' has shape {tuple(pos_embed.shape)}; expected (1, 1 + {num_frequency_patches} x "
-                f"time_patches, {hidden_size}) for {num_mel_bins} mel bins and {patch_size}-pixel patches. If the "
-                "model uses another number of mel bins, pass --num_mel_bins."
-            )
-        table_frames = num_positions // num_frequency_patches * patch_size
-    if max_frames is None:
-        if table_frames is None:
-            logger.warning("No 'pos_embed' in the checkpoint: using max_frames=608 (pass --max_frames to change).")
-            max_frames = 608
-        else:
-            max_frames = table_frames
-    elif table_frames is not None and max_frames != table_frames:
-        logger.warning(
-            "--max_frames %d differs from the checkpoint's position table (%d frames): chunks will be %d frames long, "
-            "so outputs for inputs longer than %d frames differ from the official code.",
-            max_frames,
-            table_frames,
-            max_frames,
-            min(max_frames, table_frames),
-        )
-
+    """Encoder sizes from the tensor shapes ([`official_checkpoints.sizes_from_shapes`]; the head count, invisible in
+    the shapes, is `num_attention_heads`, else 12 for ViT-B's width 768, else an error), plus `extra` fields."""
     return MatpacConfig(
-        hidden_size=int(hidden_size),
-        num_hidden_layers=len(blocks),
-        num_attention_heads=int(num_attention_heads or hidden_size // 64),
-        intermediate_size=int(fc1.shape[0]),
-        qkv_bias="student_encoder.blocks.0.attn.qkv.bias" in state,
-        patch_size=int(patch_size),
-        num_channels=int(num_channels),
-        num_mel_bins=int(num_mel_bins),
-        max_frames=int(max_frames),
-        **extra,
+        **{**sizes_from_shapes(state, num_mel_bins, num_attention_heads, max_frames), **extra},
     )
 
 
@@ -325,44 +252,6 @@ def check_position_table(state: dict, config: MatpacConfig, key: str = "pos_embe
 # ----------------------------------------------------------------------------------------------------------------------
 # Name mapping
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def map_blocks(state: dict, official_prefix: str, our_prefix: str, norm: tuple[str, str] = ("norm", "layernorm")):
-    """`{official name: our name}` for the transformer blocks `{official_prefix}blocks.{i}.*` (e.g. `student_encoder.`)
-    and the final norm `{official_prefix}{norm[0]}.*` -> `{our_prefix}{norm[1]}.*`."""
-    mapping = {}
-    for key in state:
-        match = _BLOCK_KEY.match(key)
-        if match and match["prefix"] == official_prefix:
-            ours = BLOCK_PARAMETER_NAMES[match["module"]]
-            mapping[key] = f"{our_prefix}layers.{match['index']}.{ours}.{match['kind']}"
-    for kind in ("weight", "bias"):
-        if f"{official_prefix}{norm[0]}.{kind}" in state:
-            mapping[f"{official_prefix}{norm[0]}.{kind}"] = f"{our_prefix}{norm[1]}.{kind}"
-    return mapping
-
-
-def map_encoder(state: dict, prefix: str = "") -> dict[str, str]:
-    """`{official name: our name}` for the student encoder; `prefix` is where [`MatpacModel`] sits in the target."""
-    mapping = {
-        "patch_embed.proj.weight": f"{prefix}embeddings.patch_embeddings.projection.weight",
-        "patch_embed.proj.bias": f"{prefix}embeddings.patch_embeddings.projection.bias",
-        "cls_token": f"{prefix}embeddings.cls_token",
-    }
-    mapping = {key: value for key, value in mapping.items() if key in state}
-    mapping.update(map_blocks(state, "student_encoder.", f"{prefix}encoder."))
-    return mapping
-
-
-def map_audioset_head(state: dict) -> dict[str, str]:
-    mapping = {
-        "head_norm.running_mean": "head_norm.running_mean",
-        "head_norm.running_var": "head_norm.running_var",
-        "head_norm.num_batches_tracked": "head_norm.num_batches_tracked",
-        "head.weight": "classifier.weight",
-        "head.bias": "classifier.bias",
-    }
-    return {key: value for key, value in mapping.items() if key in state}
 
 
 def _map_classification_head(state: dict, official_prefix: str, our_prefix: str) -> dict[str, str]:
@@ -430,6 +319,45 @@ FAIRSEQ_CFG_FIELDS = (
 _INTEGER_FIELDS = ("total_steps", "teacher_temperature_warmup_steps")
 
 
+# The head counts, which no tensor shape shows: fairseq `cfg` entry -> MatpacConfig field.
+FAIRSEQ_CFG_HEADS = (
+    ("model.encoder.num_heads", "num_attention_heads"),
+    ("model.decoder.decoder_num_heads", "decoder_num_attention_heads"),
+)
+
+
+def _cfg_value(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        try:
+            node = node[part]
+        except Exception:  # noqa: BLE001 - missing key, unresolvable interpolation, not a mapping
+            return None
+    return node
+
+
+def head_counts_from_fairseq_cfg(cfg) -> dict:
+    """`num_attention_heads` / `decoder_num_attention_heads` stated by a fairseq `cfg` (those it states)."""
+    if cfg is None:
+        return {}
+    found = {}
+    for dotted, field_name in FAIRSEQ_CFG_HEADS:
+        value = _cfg_value(cfg, dotted)
+        if isinstance(value, int) and not isinstance(value, bool):
+            found[field_name] = value
+    return found
+
+
+def _choose_heads(field_name: str, given: int | None, from_cfg: dict) -> int | None:
+    """The command line's value, else the checkpoint cfg's; a contradiction between both is an error."""
+    stated = from_cfg.get(field_name)
+    if given is not None and stated is not None and given != stated:
+        raise CheckpointError(
+            f"--{field_name} {given} contradicts the checkpoint's cfg ({stated} heads): leave the option out."
+        )
+    return given if given is not None else stated
+
+
 def config_from_fairseq_cfg(cfg) -> dict:
     """MatpacConfig fields read from a fairseq `cfg` (plain dict or omegaconf `DictConfig`): run length, masking,
     EMA decays, temperatures, MATPAC++ schedule and loss weights. Entries that are absent, unresolvable or not numbers
@@ -438,23 +366,26 @@ def config_from_fairseq_cfg(cfg) -> dict:
     for dotted, field_name in FAIRSEQ_CFG_FIELDS:
         if field_name in fields:
             continue
-        node = cfg
-        for part in dotted.split("."):
-            try:
-                node = node[part]
-            except Exception:  # noqa: BLE001 - missing key, unresolvable interpolation, not a mapping
-                node = None
-                break
+        node = _cfg_value(cfg, dotted)
         if isinstance(node, (int, float)) and not isinstance(node, bool):
             fields[field_name] = int(node) if field_name in _INTEGER_FIELDS else float(node)
     return fields
 
 
 def infer_pretraining_sizes(state: dict, hidden_size: int, decoder_num_attention_heads: int | None = None) -> dict:
-    """Predictor, classification-head and MATPAC++ sizes from the tensor shapes of a training checkpoint."""
+    """Predictor, classification-head and MATPAC++ sizes from the tensor shapes of a training checkpoint. The
+    predictor's head count is `decoder_num_attention_heads`, else 16 for the official width 512, else an error."""
     decoder_embed = _require(state, "decoder.decoder_embed.weight", "predictor input projection")
     decoder_width = int(decoder_embed.shape[0])
-    decoder_blocks = _block_indices(state, "decoder.decoder_")
+    if decoder_num_attention_heads is None:
+        if decoder_width != 512:
+            raise CheckpointError(
+                f"The predictor is {decoder_width} wide and the checkpoint's cfg states no "
+                "'model.decoder.decoder_num_heads': give --decoder_num_attention_heads (only the official width 512 "
+                "implies 16 heads)."
+            )
+        decoder_num_attention_heads = 16
+    decoder_blocks = block_indices(state, "decoder.decoder_")
     if not decoder_blocks:
         raise CheckpointError("The checkpoint has no 'decoder.decoder_blocks.{i}.*' weights (predictor blocks).")
     direction = _require(state, "cls_student_head.last_layer.weight_v", "student head prototype layer")
@@ -469,7 +400,7 @@ def infer_pretraining_sizes(state: dict, hidden_size: int, decoder_num_attention
     sizes = dict(
         decoder_hidden_size=decoder_width,
         decoder_num_hidden_layers=len(decoder_blocks),
-        decoder_num_attention_heads=int(decoder_num_attention_heads or max(decoder_width // 32, 1)),
+        decoder_num_attention_heads=int(decoder_num_attention_heads),
         decoder_intermediate_size=int(
             _require(state, "decoder.decoder_blocks.0.mlp.fc1.weight", "predictor MLP").shape[0]
         ),
@@ -596,8 +527,31 @@ OFFICIAL_RELEASE_FILES = {
 OFFICIAL_PROBES_ARCHIVE = "Weights_probes_matpac.zip"
 
 
-def _weights_origin(checkpoint_path: Path, probe_path: Path | None) -> tuple[str | None, str]:
+# The authors' Hub repositories (trust_remote_code ports of the inference code; same code, one config.json each).
+OFFICIAL_HUB_REPOSITORIES = {
+    "auriankelen/matpac_general_audio": ("MATPAC++", "MATPAC++, self-supervised on AudioSet (general audio)"),
+    "auriankelen/matpac_music": ("MATPAC++", "MATPAC++, self-supervised on music"),
+    "auriankelen/matpac_audioset_finetune_encoder": (
+        "MATPAC++",
+        "MATPAC++, self-supervised on AudioSet then fine-tuned on AudioSet (encoder)",
+    ),
+    "auriankelen/matpac_audioset_finetune_classifier": (
+        "MATPAC++",
+        "MATPAC++, self-supervised on AudioSet then fine-tuned on AudioSet (encoder and 527-class head)",
+    ),
+}
+
+
+def _weights_origin(
+    checkpoint_path: Path, probe_path: Path | None, hub_repository: str | None = None
+) -> tuple[str | None, str]:
     """(method if known, a sentence on where the weights come from); file names only, never their folders."""
+    if hub_repository:
+        method, description = OFFICIAL_HUB_REPOSITORIES.get(hub_repository, (None, None))
+        origin = f"{description}: " if description else ""
+        return method, origin + (
+            f"the Hub repository `{hub_repository}`, converted with `python -m matpac_hf.convert_original_checkpoint`."
+        )
     method, description = OFFICIAL_RELEASE_FILES.get(checkpoint_path.name, (None, None))
     if description:
         origin = f"{description}: `{checkpoint_path.name}` from the authors' GitHub releases ({OFFICIAL_RELEASES})"
@@ -611,6 +565,11 @@ def _weights_origin(checkpoint_path: Path, probe_path: Path | None) -> tuple[str
     return method, origin + "; converted with `python -m matpac_hf.convert_original_checkpoint`."
 
 
+def _description(checkpoint_path: Path, hub_repository: str | None, default: str) -> str:
+    known = OFFICIAL_HUB_REPOSITORIES if hub_repository else OFFICIAL_RELEASE_FILES
+    return known.get(hub_repository or checkpoint_path.name, ("", default))[1]
+
+
 def model_card_for_conversion(
     model,
     checkpoint_path: str | Path,
@@ -621,13 +580,16 @@ def model_card_for_conversion(
     hub_model_id: str | None = None,
     base_model: str | None = None,
 ) -> str:
-    """The README.md of a converted folder. The weights are the authors': without `license`, the card says
-    `license: other` and where they come from ([`weights_notice`]), never MIT. A fairseq checkpoint's recorded
+    """The README.md of a converted folder. The weights are the authors': without `license`, the card says the licence
+    the official repository states (`apache-2.0`, [`OFFICIAL_LICENSE`]) and where they come from, with what could not
+    be verified ([`weights_notice`]); never MIT. A fairseq checkpoint's recorded
     steps and epoch are reported; a release file records none, and the card says so. No local path is written."""
     config = model.config
     checkpoint_path = Path(checkpoint_path)
     probe_path = Path(probe_path) if probe_path is not None else None
-    method, origin = _weights_origin(checkpoint_path, probe_path)
+    hub_repository = parts.get("hub_repository")
+    method, origin = _weights_origin(checkpoint_path, probe_path, hub_repository)
+    notice = weights_notice(checkpoint_path.name if hub_repository is None else None, hub_repository)
     progress = parts.get("progress") or {}
     if progress:
         recorded = [f"{progress['num_updates']} optimiser steps"] if "num_updates" in progress else []
@@ -643,12 +605,8 @@ def model_card_for_conversion(
     if model_type == "pretraining":
         hyperparameters["total_steps (schedule length in the config)"] = config.total_steps
     fields = dict(
-        license=license or "other",
-        license_note=(
-            f"`{license}`, as given when converting. " + weights_notice(checkpoint_path.name)
-            if license
-            else weights_notice(checkpoint_path.name)
-        ),
+        license=license or OFFICIAL_LICENSE,
+        license_note=f"`{license}`, as given when converting. " + notice if license else notice,
         base_model=base_model,
         repo_id=hub_model_id,
         model_name=hub_model_id,
@@ -660,12 +618,10 @@ def model_card_for_conversion(
             "inference code (matpac-hf's tests/test_conversion_and_parity.py). See the papers for the authors' results."
         ),
     )
-    if license is None:
-        fields.update(license_name="matpac-official-weights", license_link=OFFICIAL_REPOSITORY)
     if model_type == "audio_classification":
         pooling = config.classifier_pooling
         fields.update(
-            model_summary=f"{OFFICIAL_RELEASE_FILES.get(checkpoint_path.name, ('', 'A MATPAC audio classifier'))[1]}"
+            model_summary=f"{_description(checkpoint_path, hub_repository, 'A MATPAC audio classifier')}"
             f"{', with an official downstream probe' if probe_path is not None else ''}, converted for transformers.",
             training_summary=f"Weights: {origin} {training}",
             classifier=(
@@ -681,7 +637,7 @@ def model_card_for_conversion(
     else:
         size = config.frame_embedding_size
         fields.update(
-            model_summary=f"{OFFICIAL_RELEASE_FILES.get(checkpoint_path.name, ('', 'A MATPAC audio encoder'))[1]}, "
+            model_summary=f"{_description(checkpoint_path, hub_repository, 'A MATPAC audio encoder')}, "
             f"converted for transformers: a ViT that turns 16 kHz audio into one {size}-d frame embedding per "
             f"160 ms and a {size}-d clip embedding.",
             method=method,
@@ -721,7 +677,7 @@ def _resolve_model_type(model_type: str, parts: dict, probe: dict | None) -> str
     if model_type == "pretraining" and not _has_family(state, PRETRAINING_KEYS):
         raise CheckpointError(
             "--model_type pretraining needs a training checkpoint (predictor 'decoder.*', heads 'cls_student_head.*', "
-            "...); this file only holds " + _describe_keys(state)
+            "...); this file only holds " + describe_keys(state)
         )
     return model_type
 
@@ -746,7 +702,7 @@ def _fill(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source_names
     if result.missing_keys:
         raise CheckpointError(
             "The checkpoint lacks weights the model needs (they would stay random): "
-            + _describe_keys(result.missing_keys)
+            + describe_keys(result.missing_keys)
         )
     return result
 
@@ -769,7 +725,7 @@ def convert_checkpoint(
     base_model: str | None = None,
 ):
     """Converts one official checkpoint into `output_dir`, with a model card (`README.md`, see
-    [`model_card_for_conversion`]: `license: other` unless `license` is given); returns the converted model (in eval
+    [`model_card_for_conversion`]: `license: apache-2.0`, the official repository's, unless `license` is given); returns the converted model (in eval
     mode). `hub_model_id` names the repository the folder will be pushed to (used in the card's snippets);
     `base_model` is the Hub id of the encoder a probe sits on.
 
@@ -779,8 +735,24 @@ def convert_checkpoint(
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}.")
     if problem_type not in (None, *CLASSIFIER_PROBLEM_TYPES):
         raise ValueError(f"problem_type must be one of {CLASSIFIER_PROBLEM_TYPES}, got {problem_type!r}.")
+    if not Path(checkpoint_path).is_file():  # a folder or a Hub repository in the official inference layout
+        if probe_path is not None or model_type == "pretraining" or label_file is not None:
+            raise CheckpointError(
+                "--probe_path, --label_file and --model_type pretraining apply to official .pt files; "
+                f"{checkpoint_path} is not a file (read as a folder or Hub repository)."
+            )
+        return convert_folder(
+            checkpoint_path, output_dir, model_type, num_attention_heads, problem_type, license, hub_model_id
+        )
     parts = load_official_checkpoint(checkpoint_path, trust_pickle=trust_pickle)
     state = dict(parts["state"])
+    from_cfg_heads = head_counts_from_fairseq_cfg(parts["cfg"])
+    num_attention_heads = _choose_heads("num_attention_heads", num_attention_heads, from_cfg_heads)
+    decoder_num_attention_heads = _choose_heads(
+        "decoder_num_attention_heads", decoder_num_attention_heads, from_cfg_heads
+    )
+    if from_cfg_heads:
+        logger.info("Head counts from the fairseq 'cfg': %s", from_cfg_heads)
     probe = load_probe(probe_path) if probe_path is not None else None
     model_type = _resolve_model_type(model_type, parts, probe)
     logger.info(
@@ -890,9 +862,9 @@ def convert_checkpoint(
             if model_type != "pretraining" and _has_family(state, PRETRAINING_KEYS)
             else ""
         )
-        logger.warning("Not converted%s: %s", hint, _describe_keys(not_converted, limit=20))
+        logger.warning("Not converted%s: %s", hint, describe_keys(not_converted, limit=20))
     if report.unexpected_keys:
-        logger.warning("Unexpected keys: %s", _describe_keys(report.unexpected_keys))
+        logger.warning("Unexpected keys: %s", describe_keys(report.unexpected_keys))
 
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
@@ -902,6 +874,8 @@ def convert_checkpoint(
         model, checkpoint_path, parts, model_type, probe_path, license, hub_model_id, base_model
     )
     (output_dir / "README.md").write_text(card, encoding="utf-8")
+    if parts["progress"]:
+        write_training_progress(output_dir, parts["progress"], checkpoint_path)
     logger.info(
         "Saved %s (%d layers, width %d, %d heads, max_frames %d, %.1fM parameters) to %s",
         type(model).__name__,
@@ -915,6 +889,86 @@ def convert_checkpoint(
     return model
 
 
+TRAINING_PROGRESS_FILE = "training_progress.json"
+
+
+def write_training_progress(output_dir: str | Path, progress: dict, checkpoint_path) -> Path:
+    """`training_progress.json` beside the converted weights: the fairseq checkpoint's `num_updates` (and epoch), which
+    `examples/run_pretraining.py --model_name_or_path` reads to continue the schedules from that step.
+
+    The optimiser state is not carried: the official run trains in fp16, where fairseq's `FP16Optimizer` keeps Adam's
+    moments over one flattened fp32 copy of every trainable parameter, in the order of the official module tree;
+    splitting that vector back into our parameters depends on that order, which the checkpoint does not record. A
+    continued run starts with zero moments, which fairseq Adam's bias correction handles (its first steps are
+    normalised like every later one); the learning-rate warm-up then applies from the continued step."""
+    path = Path(output_dir) / TRAINING_PROGRESS_FILE
+    record = {key: progress[key] for key in ("num_updates", "epoch") if key in progress}
+    record["source"] = Path(checkpoint_path).name
+    record["optimizer_state"] = "not carried (see matpac_hf.convert_original_checkpoint.write_training_progress)"
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    logger.info("Wrote %s: %s", path, record)
+    return path
+
+
+def read_training_progress(folder: str | Path) -> dict:
+    """The `training_progress.json` of a converted training checkpoint (`{}` when the folder has none)."""
+    path = Path(folder) / TRAINING_PROGRESS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def convert_folder(
+    name_or_path,
+    output_dir: str | Path,
+    model_type: str = "auto",
+    num_attention_heads: int | None = None,
+    problem_type: str | None = None,
+    license: str | None = None,
+    hub_model_id: str | None = None,
+):
+    """Converts a folder or Hub repository in the official inference layout (the authors' `auriankelen/matpac_*`
+    repositories, whose weights sit under a wrapper prefix) into a matpac-hf folder: loaded with
+    [`MatpacModel.from_pretrained`] / [`MatpacForAudioClassification.from_pretrained`] (which recognise the layout from
+    the weights), then saved with our feature extractor and a model card. A folder that is not in that layout is
+    refused."""
+    files = weight_files(str(name_or_path), {})
+    layout = find_official_layout(checkpoint_shapes(files)) if files else None
+    if layout is None:
+        raise CheckpointError(
+            f"{name_or_path} is neither a file nor a folder / Hub repository in the official MATPAC inference layout "
+            f"({'no weight file' if not files else 'its weights have no patch_embed.proj.* / student_encoder.*'})."
+        )
+    if model_type == "auto":
+        model_type = "audio_classification" if layout.head_prefix is not None else "encoder"
+    if model_type == "audio_classification" and layout.head_prefix is None:
+        raise CheckpointError(f"--model_type audio_classification: {name_or_path} has no official AudioSet head.")
+    model_class = MatpacForAudioClassification if model_type == "audio_classification" else MatpacModel
+    extra = {"num_attention_heads": num_attention_heads} if num_attention_heads is not None else {}
+    if problem_type is not None:
+        extra["problem_type"] = problem_type
+    model = model_class.from_pretrained(str(name_or_path), **extra).eval()
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    MatpacFeatureExtractor.from_model_config(model.config).save_pretrained(output_dir)
+    raw = raw_config(str(name_or_path), {})
+    parts = {"progress": {}, "hub_repository": None if Path(name_or_path).is_dir() else str(name_or_path)}
+    card = model_card_for_conversion(
+        model, Path(str(name_or_path).rstrip("/")), parts, model_type, None, license, hub_model_id, None
+    )
+    (output_dir / "README.md").write_text(card, encoding="utf-8")
+    logger.info(
+        "Saved %s from %s (%d layers, width %d, %d heads; its config.json fields %s not used: sizes come from the "
+        "weights) to %s",
+        type(model).__name__,
+        name_or_path,
+        model.config.num_hidden_layers,
+        model.config.hidden_size,
+        model.config.num_attention_heads,
+        sorted(raw) or "(none)",
+        output_dir,
+    )
+    return model
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Convert an official MATPAC / MATPAC++ checkpoint (.pt) into a Hugging Face folder "
@@ -923,7 +977,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint_path",
         required=True,
-        help="Official .pt file: a released encoder, the AudioSet-fine-tuned model, or a fairseq training checkpoint.",
+        help="Official .pt file (a released encoder, the AudioSet-fine-tuned model, or a fairseq training "
+        "checkpoint), or a folder / Hub repository id in the official inference layout (the authors' "
+        "auriankelen/matpac_* repositories).",
     )
     parser.add_argument("--output_dir", required=True, help="Folder to write (created if needed).")
     parser.add_argument(
@@ -966,12 +1022,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--num_attention_heads",
         type=int,
-        help="Encoder heads (not visible in the weights). Default hidden_size // 64 (12 for ViT-B).",
+        help="Encoder heads (not visible in the weights). Default: the fairseq cfg's model.encoder.num_heads, else 12 "
+        "for ViT-B's width 768; any other width without a cfg needs this option.",
     )
     parser.add_argument(
         "--decoder_num_attention_heads",
         type=int,
-        help="Predictor heads for --model_type pretraining. Default decoder width // 32 (16 for 512).",
+        help="Predictor heads for --model_type pretraining. Default: the fairseq cfg's "
+        "model.decoder.decoder_num_heads, else 16 for the official width 512; any other width without a cfg needs "
+        "this option.",
     )
     parser.add_argument(
         "--max_frames",
@@ -981,9 +1040,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--license",
-        help="License identifier for the card's metadata (e.g. apache-2.0), if you know the terms of the weights. "
-        "Default: 'other', with a paragraph on where the weights come from (they are the authors', not under "
-        "matpac-hf's MIT licence).",
+        help="License identifier for the card's metadata. Default: apache-2.0, the licence the official repository "
+        "states (README badge linking its LICENSE file); the card's notice says where the weights come from and what "
+        "could not be verified (the weights are the authors', not under matpac-hf's MIT licence).",
     )
     parser.add_argument(
         "--hub_model_id",

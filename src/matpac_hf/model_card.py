@@ -140,15 +140,26 @@ def _eval_results(results) -> list[EvalResult] | None:
     return converted
 
 
-def weights_notice(source_file: str | None = None) -> str:
-    """The card's licence paragraph for weights converted from the authors' release (`license: other`)."""
-    converted = f"converted from `{Path(source_file).name}` " if source_file else ""
+# The licence the official repository states (README badge "License: Apache 2.0", linking its LICENSE file); the
+# LICENSE file's text and the Hub repositories' card metadata were not readable from matpac-hf's sources.
+OFFICIAL_LICENSE = "apache-2.0"
+
+
+def weights_notice(source_file: str | None = None, hub_repository: str | None = None) -> str:
+    """The card's licence paragraph for weights converted from the authors' files or Hub repositories."""
+    if hub_repository:
+        origin = f"converted from the authors' Hub repository `{hub_repository}`"
+    elif source_file:
+        origin = f"converted from `{Path(source_file).name}` as published in the GitHub releases of the official repository ({OFFICIAL_RELEASES})"
+    else:
+        origin = f"as published by the official repository ({OFFICIAL_REPOSITORY})"
     return (
-        f"These weights are the MATPAC authors' (Quelennec et al.), {converted}as published in the GitHub releases of "
-        f"the official repository ({OFFICIAL_RELEASES}). They are not covered by matpac-hf's MIT licence, which "
-        f"applies to matpac-hf's code only. Check the terms of the official repository ({OFFICIAL_REPOSITORY}) before "
-        f"using or redistributing the weights: its code builds on M2D ({M2D_REPOSITORY}), which NTT releases under a "
-        "licence for evaluation purposes (its LICENSE.pdf)."
+        f"These weights are the MATPAC authors' (Quelennec et al.), {origin}. They are not covered by matpac-hf's MIT "
+        f"licence, which applies to matpac-hf's code only. The official repository ({OFFICIAL_REPOSITORY}) states the "
+        "Apache License 2.0 (its README's licence badge, linking its LICENSE file), hence this card's `license`; "
+        "matpac-hf could not read that LICENSE file itself nor the licence field of the authors' Hub cards, so check "
+        "both before redistributing. The official code builds on M2D "
+        f"({M2D_REPOSITORY}), which NTT releases under its own licence (its LICENSE.pdf)."
     )
 
 
@@ -287,6 +298,7 @@ __all__ = [
     "weights_notice",
     "MATPAC_CITATION",
     "TEMPLATES_DIR",
+    "OFFICIAL_LICENSE",
     "OFFICIAL_REPOSITORY",
     "OFFICIAL_RELEASES",
 ]

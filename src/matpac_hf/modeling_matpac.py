@@ -30,6 +30,7 @@ from transformers.utils import TransformersKwargs, can_return_tuple, logging
 
 from .configuration_matpac import MatpacConfig, num_samples_for_frames
 from .fast_inference import fast_encode, fast_encode_micro_batches, fast_path_applies
+from .official_checkpoints import CheckpointError, check_encoder_loaded, describe_keys, loading_plan
 
 
 logger = logging.get_logger(__name__)
@@ -491,6 +492,50 @@ class MatpacPreTrainedModel(PreTrainedModel):
     # gradient accumulation itself, although `forward` takes `**kwargs`.
     accepts_loss_kwargs = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """[`~PreTrainedModel.from_pretrained`] that also loads the authors' checkpoint layout, and never returns an
+        encoder left at random.
+
+        * A matpac-hf folder or repository loads as it is.
+        * The official inference layout (a release's names, `patch_embed.proj.*` / `student_encoder.blocks.{i}.*`,
+          under any wrapper prefix: the authors' Hub repositories `auriankelen/matpac_*`) is recognised from its
+          weights and converted in memory, then loaded as a `state_dict`: sizes from the tensor shapes, our names
+          (see [`~official_checkpoints.loading_plan`]), so the model saves again as a matpac-hf folder. The head
+          count, invisible in the shapes, is `num_attention_heads=` if given, else the one their `config.json`
+          states, else ViT-B's 12.
+        * Any encoder tensor a folder or repository does not provide raises
+          [`~official_checkpoints.CheckpointError`] naming what was found and the fix, instead of a randomly
+          initialised encoder behind a load report (a `state_dict` given in memory, without a path, loads as
+          transformers loads it).
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        encoder_prefix = "" if issubclass(cls, MatpacModel) else f"{cls.base_model_prefix}."
+        if (
+            pretrained_model_name_or_path is not None
+            and kwargs.get("key_mapping") is None
+            and not any(kwargs.get(name) for name in ("state_dict", "gguf_file", "variant"))
+        ):
+            plan = loading_plan(
+                cls.__name__,
+                pretrained_model_name_or_path,
+                kwargs,
+                encoder_prefix=encoder_prefix,
+                loads_audioset_head=issubclass(cls, MatpacForAudioClassification),
+            )
+            if plan is not None:  # converted in memory: loads (and saves again) under our names
+                kwargs.update(config=plan.config, state_dict=plan.state_dict)
+                model, loading_info = super().from_pretrained(None, *model_args, output_loading_info=True, **kwargs)
+                model.config.name_or_path = model.name_or_path = str(pretrained_model_name_or_path)
+                check_encoder_loaded(model, loading_info, pretrained_model_name_or_path, encoder_prefix)
+                return (model, loading_info) if output_loading_info else model
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        if pretrained_model_name_or_path is not None:  # (None: a state_dict given in memory, which may be partial)
+            check_encoder_loaded(model, loading_info, pretrained_model_name_or_path, encoder_prefix)
+        return (model, loading_info) if output_loading_info else model
+
     # -- frozen parameters: the one place -----------------------------------------------------------------------------
     def _frozen_parameters(self) -> list[nn.Module | nn.Parameter]:
         """Modules / parameters that must not train, given the config (none here; see the subclasses)."""
@@ -506,7 +551,8 @@ class MatpacPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         """Official initialisation: xavier-uniform linears with zero bias, LayerNorm (1, 0), patch embedding
-        xavier-uniform on its flattened `(hidden, patch_size**2)` view, CLS / mask tokens normal(0.02)."""
+        xavier-uniform on its flattened `(hidden, patch_size**2)` view with Conv2d's default bias, CLS / mask tokens
+        normal(0.02)."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             init.xavier_uniform_(module.weight)
@@ -521,7 +567,9 @@ class MatpacPreTrainedModel(PreTrainedModel):
             # transformers skips modules that own no tensor, as MatpacPatchEmbeddings, for custom-code models.)
             bound = math.sqrt(6.0 / (module.weight.shape[0] + module.weight[0].numel()))  # fan_out + fan_in
             init.uniform_(module.weight, -bound, bound)
-            init.zeros_(module.bias)
+            # The bias keeps Conv2d's own default, as officially: uniform(+-1 / sqrt(fan_in)), fan_in = C * p * p
+            bias_bound = 1.0 / math.sqrt(module.weight[0].numel())
+            init.uniform_(module.bias, -bias_bound, bias_bound)
         elif isinstance(module, MatpacEmbeddings):
             init.normal_(module.cls_token, std=std)
             init.copy_(
@@ -1241,8 +1289,9 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
     which keeps `nn.Linear`'s default init: the official xavier re-initialisation does not reach a weight-normed
     layer). `"copy_student"` copies the student encoder blocks + norm and the student head into the teachers
     (DINO, data2vec). Either way the init never overwrites teacher weights loaded by `from_pretrained`. Loading a
-    folder that holds only a student (e.g. saved from [`MatpacModel`]) initialises the missing teachers by the same
-    rule: copies of the loaded student with `"copy_student"`, an independent draw with `"independent"`.
+    folder that holds an encoder but no teachers (saved from [`MatpacModel`], a converted release, an authors' Hub
+    repository) always starts the teachers as copies of the loaded student encoder and student head (see
+    [`~MatpacForPreTraining.from_pretrained`]): continued pretraining from released weights.
     """
 
     def __init__(self, config: MatpacConfig):
@@ -1307,6 +1356,58 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
             self._init_teachers()
         else:
             super()._init_weights(module)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """[`MatpacPreTrainedModel.from_pretrained`]; a folder that has an encoder but no teachers (a converted
+        release, `run_pretraining.py`'s `encoder/`, an authors' Hub repository) gives teachers that start equal to the
+        student: the teacher encoder a copy of the student encoder, the teacher head a copy of the student head,
+        whatever `config.teacher_init` says (that setting is for a model built from scratch), and one log line says
+        so. Continued pretraining then starts as the official run continues: teacher and student agree, and the EMA
+        moves the teacher from there. A folder with only part of a teacher is refused."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        missing = set(loading_info.get("missing_keys", ()))
+        copied = []
+        for name, teacher in (("teacher_encoder", model.teacher_encoder), ("teacher_head", model.teacher_head)):
+            names = [f"{name}.{key}" for key in teacher.state_dict()]
+            absent = [key for key in names if key in missing]
+            if not absent:
+                continue
+            if len(absent) < len(names):
+                raise CheckpointError(
+                    f"{pretrained_model_name_or_path} holds only part of the {name} ({len(names) - len(absent)} of "
+                    f"{len(names)} tensors; missing e.g. {describe_keys(absent, limit=4)})."
+                )
+            copied.append(name)
+        model.copy_student_to_teachers(copied)
+        if copied:
+            logger.warning(
+                "%s has no %s: %s initialised as a copy of the loaded student (continued pretraining; "
+                "teacher_init=%r applies to models built from scratch).",
+                pretrained_model_name_or_path,
+                " / ".join(copied),
+                " and ".join(copied),
+                model.config.teacher_init,
+            )
+        return (model, loading_info) if output_loading_info else model
+
+    def copy_student_to_teachers(self, parts=("teacher_encoder", "teacher_head")):
+        """Sets the teacher encoder to the student encoder (blocks and final norm) and the teacher head to the student
+        head, for the `parts` named: the start of continued pretraining from a student."""
+        pairs = {
+            "teacher_encoder": (self.teacher_encoder, self.matpac.encoder),
+            "teacher_head": (self.teacher_head, self.student_head),
+        }
+        with torch.no_grad():
+            for part in parts:
+                teacher, student = pairs[part]
+                for teacher_tensor, student_tensor in zip(
+                    teacher.state_dict().values(), student.state_dict().values()
+                ):
+                    teacher_tensor.copy_(student_tensor)
 
     def _init_teachers(self):
         student_encoder = dict(self.matpac.encoder.named_parameters())
