@@ -16,7 +16,14 @@
 One optimiser step (the MATPAC paper's pretraining step with the official optimisation settings, docs/pretraining.md): random waveform crops of `--crop_frames` log-mel frames (608 =
 6.08 s; decoded, down-mixed and resampled by `matpac_hf.pretraining_data` in DataLoader workers) -> normalised log-mel
 on the training device (`extract_log_mel`) -> `MatpacForPreTraining(input_values, attention_mask, step=step)` ->
-backward -> `update_teachers(step)` (EMA) -> clip the gradient norm at 3.0 -> AdamW step -> cosine schedule step.
+backward -> `update_teachers(step)` (EMA) -> clip the gradient norm at 3.0 -> optimiser step (fairseq's Adam rule, as the
+official run; `--optimizer adamw` for torch's AdamW) -> cosine schedule step.
+
+Continued pretraining: `--model_name_or_path` takes a saved MatpacForPreTraining, a matpac-hf encoder folder, a
+converted release or an authors' Hub repository (teachers absent from the folder start as copies of the student);
+`--config_overrides` then changes what does not change loaded weights (schedules, temperatures, EMA decays, masking,
+loss weights, the sizes of new parts) and refuses the rest. A converted fairseq training checkpoint (its
+`training_progress.json`) continues its schedules from its `num_updates` (`--restart_schedules` starts them at 0).
 
 Checkpoints (`accelerator.save_state` plus the stream position, the step counters and every process's random state)
 are written atomically; `--resume_from_checkpoint latest` continues a run exactly. Ctrl-C (SIGINT) or SIGTERM (what
@@ -32,6 +39,7 @@ Outputs in `--output_dir`:
 """
 
 import argparse
+import copy
 import functools
 import json
 import logging
@@ -49,7 +57,9 @@ from transformers import get_cosine_schedule_with_warmup
 
 from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForPreTraining
 from matpac_hf.audio_io import BAD_AUDIO_POLICIES, MIN_CLIP_POLICIES
+from matpac_hf.convert_original_checkpoint import read_training_progress
 from matpac_hf.model_card import pretrained_encoder_fields, render_model_card
+from matpac_hf.optimization import FairseqAdam
 from matpac_hf.pretraining_data import (
     CROP_FRAMES,
     PretrainingDataLoop,
@@ -108,6 +118,7 @@ CURVES = [  # the panels of training_curves.png
     ("student/teacher agreement", ("student_teacher_agreement",)),
     ("learning rate", ("learning_rate",)),
 ]
+OPTIMIZERS = ("fairseq_adam", "adamw")
 # the final values the model card reports
 MONITORS = ("loss", "prediction_loss", "classification_loss", "prediction_std", "target_std", "teacher_perplexity")
 
@@ -166,22 +177,40 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     model.add_argument("--preset", choices=sorted(PRESETS), default="base", help="'base' (official ViT-B) or 'tiny'")
     model.add_argument("--use_mcl", action="store_true", help="MATPAC++: multiple-choice-learning prediction heads")
     model.add_argument(
-        "--config_overrides", help="MatpacConfig fields over the preset, e.g. 'hidden_size=64,num_hidden_layers=2'"
+        "--config_overrides",
+        help="MatpacConfig fields over the preset, e.g. 'hidden_size=64,num_hidden_layers=2'; with "
+        "--model_name_or_path, over the loaded config: only what does not change loaded weights (schedules, "
+        "temperatures, EMA decays, masking, loss weights, sizes of parts the folder lacks); the rest is refused",
     )
     model.add_argument(
         "--model_name_or_path",
-        help="start from a saved MatpacForPreTraining folder (a run's pretraining_model/); --preset and "
-        "--config_overrides are then ignored",
+        help="start from a saved model: a MatpacForPreTraining folder (a run's pretraining_model/), an encoder "
+        "folder (encoder/, a converted release) or an authors' Hub repository (teachers absent from it start as "
+        "copies of the student); --preset is then not used",
+    )
+    model.add_argument(
+        "--restart_schedules",
+        action="store_true",
+        help="with a converted fairseq training checkpoint (training_progress.json): start the learning-rate, "
+        "teacher-temperature and EMA schedules at step 0 instead of its num_updates",
     )
 
     optim = parser.add_argument_group("optimisation (official values by default)")
     optim.add_argument("--per_device_batch_size", type=int, default=32, help="crops per process per micro-batch")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimiser step")
     optim.add_argument("--learning_rate", type=float, default=3e-4, help="peak learning rate (official at batch 2048)")
-    optim.add_argument("--weight_decay", type=float, default=0.05, help="AdamW weight decay")
-    optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1")
-    optim.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2")
-    optim.add_argument("--adam_epsilon", type=float, default=1e-6, help="AdamW epsilon")
+    optim.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="fairseq_adam",
+        help="fairseq_adam: the official run's update rule (matpac_hf.optimization.FairseqAdam: epsilon added to "
+        "sqrt(v), bias corrections in the step size); adamw: torch's fused AdamW (epsilon added to the bias-corrected "
+        "sqrt(v): a smaller effective epsilon over the first ~100 steps)",
+    )
+    optim.add_argument("--weight_decay", type=float, default=0.05, help="decoupled weight decay")
+    optim.add_argument("--adam_beta1", type=float, default=0.9, help="Adam beta1")
+    optim.add_argument("--adam_beta2", type=float, default=0.95, help="Adam beta2")
+    optim.add_argument("--adam_epsilon", type=float, default=1e-6, help="Adam epsilon")
     optim.add_argument(
         "--no_decay_bias_norm",
         action="store_true",
@@ -356,7 +385,14 @@ def build_model(args, schedule: dict) -> MatpacForPreTraining:
         "teacher_temperature_warmup_steps": schedule["teacher_temperature_warmup_steps"],
     }
     if args.model_name_or_path:
-        model = MatpacForPreTraining.from_pretrained(args.model_name_or_path, **lengths)
+        model, loading_info = MatpacForPreTraining.from_pretrained(
+            args.model_name_or_path, output_loading_info=True, **lengths
+        )
+        overrides = parse_config_overrides(args.config_overrides)
+        if args.use_mcl:
+            overrides["use_mcl"] = True
+        if overrides:
+            model = apply_config_overrides(model, overrides, loading_info["missing_keys"], args.model_name_or_path)
     else:
         config_kwargs = {**PRESETS[args.preset], **parse_config_overrides(args.config_overrides)}
         if args.use_mcl:
@@ -372,12 +408,67 @@ def build_model(args, schedule: dict) -> MatpacForPreTraining:
     return model
 
 
+def apply_config_overrides(
+    model: MatpacForPreTraining, overrides: dict, missing_keys, source: str
+) -> MatpacForPreTraining:
+    """`--config_overrides` (and `--use_mcl`) over a loaded model: the model rebuilt from the overridden config with
+    the loaded weights. A field may change the shapes of parts the folder did not hold (e.g. the predictor's sizes or
+    `use_mcl` over an encoder-only folder: those parts are new), never of loaded weights (found by building the model
+    on the meta device); `teacher_init` cannot apply to trained teachers the folder holds (they are loaded, not
+    initialised). What cannot apply is refused with a ValueError naming each field."""
+    missing_keys = set(missing_keys)
+    loaded = {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in missing_keys}
+    has_teachers = not any(name.startswith("teacher_") for name in missing_keys)
+    refused = []
+    for key, value in overrides.items():
+        if getattr(model.config, key) == value:
+            continue
+        trial = copy.deepcopy(model.config)
+        setattr(trial, key, value)
+        with torch.device("meta"):
+            trial_shapes = {name: tuple(t.shape) for name, t in MatpacForPreTraining(trial).state_dict().items()}
+        changed = sorted(name for name in loaded if trial_shapes.get(name) != loaded[name])
+        if changed:
+            refused.append(f"{key}={value!r} changes loaded weights ({', '.join(changed[:3])}, ...)")
+        elif key == "teacher_init" and has_teachers:
+            refused.append(
+                f"teacher_init={value!r}: {source} holds trained teachers, which are loaded, not initialised"
+            )
+    if refused:
+        raise ValueError(
+            f"--config_overrides / --use_mcl cannot apply to the model loaded from {source}: "
+            + "; ".join(refused)
+            + ". Start from scratch (no --model_name_or_path) to change them."
+        )
+    config = MatpacConfig.from_dict({**model.config.to_dict(), **overrides})  # validates the values
+    rebuilt = MatpacForPreTraining(config)
+    state = model.state_dict()
+    rebuilt.load_state_dict({name: state[name] for name in loaded}, strict=False)
+    if not has_teachers:
+        rebuilt.copy_student_to_teachers()
+    logger.info(f"Applied --config_overrides over {source}: {overrides}")
+    return rebuilt
+
+
+def continued_step(args) -> int:
+    """The optimiser step a converted fairseq training checkpoint reached (its `training_progress.json`), from which
+    the schedules continue; 0 otherwise or with --restart_schedules."""
+    if not args.model_name_or_path or args.restart_schedules:
+        return 0
+    try:
+        progress = read_training_progress(args.model_name_or_path)
+    except OSError:
+        return 0
+    return int(progress.get("num_updates", 0))
+
+
 def is_no_decay_parameter(name: str, parameter: torch.nn.Parameter) -> bool:
     return parameter.ndim <= 1 or name.endswith("token") or "norm" in name or "weight_norm_gain" in name
 
 
-def build_optimizer(model: MatpacForPreTraining, args) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only (the EMA teachers have requires_grad=False)."""
+def build_optimizer(model: MatpacForPreTraining, args) -> torch.optim.Optimizer:
+    """The optimiser over the trainable parameters only (the EMA teachers have requires_grad=False): fairseq's Adam
+    rule (official) or torch's AdamW (`--optimizer adamw`)."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if args.no_decay_bias_norm:
         groups = [
@@ -386,6 +477,10 @@ def build_optimizer(model: MatpacForPreTraining, args) -> torch.optim.AdamW:
         ]
     else:
         groups = [{"params": [p for _, p in named], "weight_decay": args.weight_decay}]
+    if args.optimizer == "fairseq_adam":
+        return FairseqAdam(
+            groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
+        )
     # torch's fused AdamW (CPU and CUDA): the same update as the default per-parameter loop in one kernel per step,
     # about 3x faster on CPU (benchmarks/RESULTS.md)
     fused = all(p.device.type in ("cpu", "cuda") for _, p in named)
@@ -405,6 +500,7 @@ def run_hyperparameters(args, config: MatpacConfig, schedule: dict, accelerator:
     return {
         "preset": args.preset,
         "use_mcl": config.use_mcl,
+        "optimizer": args.optimizer,
         "learning_rate": args.learning_rate,
         "weight_decay": args.weight_decay,
         "betas": f"({args.adam_beta1}, {args.adam_beta2})",
@@ -680,14 +776,32 @@ def pretrain(args) -> int:
         f", {num_trainable / 1e6:.2f} M trainable parameters (teachers excluded)"
     )
     optimizer = build_optimizer(model, args)
-    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, schedule["warmup_steps"], schedule["max_steps"])
+    first_step = continued_step(args)
+    if first_step:
+        if first_step >= schedule["max_steps"]:
+            raise ValueError(
+                f"{args.model_name_or_path} continues from step {first_step} (its training_progress.json), but the run "
+                f"has {schedule['max_steps']} steps in all: give a longer --max_steps, or --restart_schedules."
+            )
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+        logger.info(
+            f"Continuing the schedules of {args.model_name_or_path} from step {first_step} (its num_updates); the "
+            "optimiser moments start at zero (the official fp16 run's flattened Adam state is not converted)"
+        )
+    lr_scheduler = get_cosine_schedule_with_warmup(
+        optimizer, schedule["warmup_steps"], schedule["max_steps"], last_epoch=first_step - 1
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     # The scheduler counts optimiser steps itself (not handed to `prepare`, which would step it once per process);
     # it is registered so that save_state / load_state include it.
     accelerator.register_for_checkpointing(lr_scheduler)
 
     # 5. Resume; the logs forget the steps after the checkpoint (they are computed again).
-    start_step, checkpoint = 0, resolve_checkpoint(args.resume_from_checkpoint, output_dir)  # 'latest' or a folder
+    start_step, checkpoint = (
+        first_step,
+        resolve_checkpoint(args.resume_from_checkpoint, output_dir),
+    )  # 'latest' / folder
     if checkpoint is not None:
         training_state = load_checkpoint(accelerator, checkpoint)
         data_loop.load_state_dict(training_state["data"])

@@ -354,3 +354,123 @@ def test_two_cpu_processes_split_the_data_and_stay_in_sync(tmp_path, small_corpu
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert (out / "encoder" / "model.safetensors").is_file()
     assert sorted(metrics(out)) == [1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------------------------- continued pretraining, optimiser
+
+
+def build(tmp_path, *argv):
+    """`build_model` as `main` calls it (after accelerate's state exists), for a 10-step run of 64-frame crops."""
+    from accelerate import PartialState
+
+    PartialState()
+    argv = ["--output_dir", str(tmp_path / "out"), "--crop_frames", "64", *map(str, argv)]
+    args = script.parse_args(argv, require_corpus=False)
+    return script.build_model(args, {"max_steps": 10, "teacher_temperature_warmup_steps": 2})
+
+
+def test_default_optimizer_is_fairseq_adam(tmp_path):
+    import torch
+    from conftest import tiny_config
+
+    from matpac_hf import MatpacForPreTraining
+    from matpac_hf.optimization import FairseqAdam
+
+    model = MatpacForPreTraining(tiny_config())
+    official = script.build_optimizer(model, script.parse_args(["--output_dir", str(tmp_path)], require_corpus=False))
+    assert type(official) is FairseqAdam
+    assert official.defaults["eps"] == 1e-6 and official.param_groups[0]["weight_decay"] == 0.05
+    assert official.defaults["betas"] == (0.9, 0.95)
+    adamw = script.build_optimizer(
+        model, script.parse_args(["--output_dir", str(tmp_path), "--optimizer", "adamw"], require_corpus=False)
+    )
+    assert type(adamw) is torch.optim.AdamW
+
+
+def test_encoder_folder_gives_teachers_equal_to_the_student_and_takes_overrides(tmp_path):
+    import torch
+    from conftest import tiny_config
+
+    from matpac_hf import MatpacConfig, MatpacModel
+
+    torch.manual_seed(0)
+    encoder = MatpacModel(tiny_config())
+    encoder.save_pretrained(tmp_path / "encoder")
+    overrides = "ema_decay_start=0.5,teacher_init=copy_student,decoder_num_hidden_layers=2,head_num_prototypes=24"
+    model = build(tmp_path, "--model_name_or_path", tmp_path / "encoder", "--config_overrides", overrides)
+    config = model.config
+    # applied: schedules, and the sizes of the parts the folder did not hold (predictor, heads: new)
+    assert (config.ema_decay_start, config.teacher_init, config.decoder_num_hidden_layers) == (0.5, "copy_student", 2)
+    assert len(model.predictor.layers) == 2 and config.head_num_prototypes == 24 and config.total_steps == 10
+    assert torch.equal(model.matpac.encoder.layers[1].mlp.fc2.weight, encoder.encoder.layers[1].mlp.fc2.weight)
+    for key, value in model.teacher_encoder.state_dict().items():
+        assert torch.equal(value, encoder.encoder.state_dict()[key]), key
+    for key, value in model.teacher_head.state_dict().items():
+        assert torch.equal(value, model.student_head.state_dict()[key]), key
+    model.save_pretrained(tmp_path / "saved")
+    assert MatpacConfig.from_pretrained(tmp_path / "saved").teacher_init == "copy_student"
+    # sizes of loaded weights are refused, not ignored
+    with pytest.raises(ValueError, match=r"hidden_size=64 changes loaded weights \(matpac\.embeddings"):
+        build(tmp_path, "--model_name_or_path", tmp_path / "encoder", "--config_overrides", "hidden_size=64")
+
+
+def test_pretraining_folder_overrides_apply_or_are_refused(tmp_path):
+    import torch
+    from conftest import tiny_config
+
+    from matpac_hf import MatpacForPreTraining
+
+    torch.manual_seed(0)
+    trained = MatpacForPreTraining(tiny_config())
+    trained.save_pretrained(tmp_path / "pretraining")
+    model = build(tmp_path, "--model_name_or_path", tmp_path / "pretraining", "--config_overrides", "mask_ratio=0.5")
+    assert model.config.mask_ratio == 0.5
+    for key, value in trained.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key  # every weight as loaded, teachers included
+    with pytest.raises(ValueError, match="teacher_init='copy_student': .* holds trained teachers"):
+        build(
+            tmp_path,
+            "--model_name_or_path",
+            tmp_path / "pretraining",
+            "--config_overrides",
+            "teacher_init=copy_student",
+        )
+    with pytest.raises(ValueError, match=r"use_mcl=True changes loaded weights"):
+        build(tmp_path, "--model_name_or_path", tmp_path / "pretraining", "--use_mcl")
+
+
+def test_converted_training_checkpoint_continues_its_schedules(tmp_path, small_corpus):
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    from matpac_hf import MatpacConfig, MatpacForPreTraining
+    from matpac_hf.modeling_matpac import teacher_temperature_at
+
+    config = MatpacConfig(**{**script.PRESETS["tiny"], **script.parse_config_overrides(MICRO_CONFIG)})
+    folder = tmp_path / "converted"
+    MatpacForPreTraining(config).save_pretrained(folder)
+    (folder / "training_progress.json").write_text(json.dumps({"num_updates": 5, "epoch": 2}))
+    out = tmp_path / "continued"
+    args = ["--dataset_dir", small_corpus, "--per_device_batch_size", 2, "--max_steps", 8, "--shuffle_buffer_size", 0]
+    args += ["--crop_frames", 304, "--num_workers", 0, "--model_name_or_path", folder, "--output_dir", out]
+    assert run(*args) == 0
+    rows = metrics(out)
+    assert sorted(rows) == [6, 7, 8]  # steps 6..8 of an 8-step schedule, not 1..8
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
+    expected_lr = get_cosine_schedule_with_warmup(optimizer, 1, 8)  # warm-up: round(8 * 20 / 300) = 1 step
+    for _ in range(6):
+        optimizer.step()
+        expected_lr.step()
+    assert rows[6]["learning_rate"] == pytest.approx(expected_lr.get_last_lr()[0], rel=1e-6)
+    saved = MatpacConfig.from_pretrained(out / "pretraining_model")
+    assert rows[6]["teacher_temperature"] == pytest.approx(teacher_temperature_at(saved, 5), rel=1e-6)
+    assert (
+        script.continued_step(
+            script.parse_args(["--output_dir", "x", "--model_name_or_path", str(folder)], require_corpus=False)
+        )
+        == 5
+    )
+    restart = ["--output_dir", "x", "--model_name_or_path", str(folder), "--restart_schedules"]
+    assert script.continued_step(script.parse_args(restart, require_corpus=False)) == 0
+    with pytest.raises(ValueError, match="continues from step 5 .* longer --max_steps, or --restart_schedules"):
+        run(*args[:6], "--max_steps", 5, *args[8:-1], tmp_path / "too_short")
