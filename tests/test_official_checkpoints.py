@@ -136,6 +136,7 @@ def test_converter_takes_a_repository_folder(tmp_path, classifier_reference):
     assert (logits - expected).abs().max() <= TOLERANCE
     card = ModelCard.load(tmp_path / "converted" / "README.md")
     assert card.data.license == "apache-2.0"
+    assert "a folder in the official inference layout" in card.text and "GitHub releases" not in card.text
 
 
 def test_hub_repository_through_the_hub_api(in_process_hub, tmp_path, small_reference):

@@ -557,6 +557,8 @@ def _weights_origin(
         origin = f"{description}: `{checkpoint_path.name}` from the authors' GitHub releases ({OFFICIAL_RELEASES})"
     else:
         origin = f"`{checkpoint_path.name}`, an official-layout MATPAC checkpoint"
+        if checkpoint_path.is_dir():
+            origin = f"`{checkpoint_path.name}`, a folder in the official inference layout (e.g. an authors' Hub repository)"
     if probe_path is not None:
         origin += (
             f", with the downstream probe `{probe_path.name}` (the authors release one per task and encoder in "
@@ -589,7 +591,8 @@ def model_card_for_conversion(
     probe_path = Path(probe_path) if probe_path is not None else None
     hub_repository = parts.get("hub_repository")
     method, origin = _weights_origin(checkpoint_path, probe_path, hub_repository)
-    notice = weights_notice(checkpoint_path.name if hub_repository is None else None, hub_repository)
+    from_file = hub_repository is None and not parts.get("local_folder")
+    notice = weights_notice(checkpoint_path.name if from_file else None, hub_repository)
     progress = parts.get("progress") or {}
     if progress:
         recorded = [f"{progress['num_updates']} optimiser steps"] if "num_updates" in progress else []
@@ -950,7 +953,8 @@ def convert_folder(
     model.save_pretrained(output_dir)
     MatpacFeatureExtractor.from_model_config(model.config).save_pretrained(output_dir)
     raw = raw_config(str(name_or_path), {})
-    parts = {"progress": {}, "hub_repository": None if Path(name_or_path).is_dir() else str(name_or_path)}
+    local = Path(name_or_path).is_dir()
+    parts = {"progress": {}, "hub_repository": None if local else str(name_or_path), "local_folder": local}
     card = model_card_for_conversion(
         model, Path(str(name_or_path).rstrip("/")), parts, model_type, None, license, hub_model_id, None
     )
