@@ -219,3 +219,18 @@ def test_partial_official_checkpoint_is_refused(tmp_path, small_reference):
     save_file(state, folder / "model.safetensors")
     with pytest.raises(CheckpointError, match="encoder.layers.1.mlp.fc2.weight"):
         MatpacModel.from_pretrained(folder)
+
+
+def test_tensors_it_does_not_understand_are_named(tmp_path, small_reference, caplog):
+    folder = write_hub_standin(tmp_path / "repo", small_reference, prefix="model.", config_fields={"num_heads": 4})
+    from safetensors.torch import load_file
+
+    state = load_file(folder / "model.safetensors")
+    state["model.extra_head.weight"] = torch.zeros(3, 64)
+    save_file(state, folder / "model.safetensors")
+    with caplog.at_level(logging.WARNING):
+        MatpacModel.from_pretrained(folder)
+        MatpacForAudioClassification.from_pretrained(folder)
+    assert "tensors outside the official inference layout, not loaded: model.extra_head.weight" in caplog.text
+    assert "pos_embed" not in caplog.text.split("not loaded:")[1].split("\n")[0]  # the fixed table is expected
+    assert "has no official AudioSet head" in caplog.text and "MatpacForAudioClassification" in caplog.text

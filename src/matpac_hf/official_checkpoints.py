@@ -54,6 +54,8 @@ BLOCK_KEY = re.compile(
 OFFICIAL_ENCODER_ANCHORS = ("patch_embed.proj.weight", "student_encoder.blocks.0.attn.qkv.weight")
 # The official AudioSet head (`<head prefix>` + each).
 OFFICIAL_HEAD_ANCHORS = ("head.weight", "head_norm.running_mean")
+# Official tensors without a counterpart here: the fixed position table and the log-mel front end's buffers.
+FIXED_OR_FRONT_END = re.compile(r"(^|\.)(pos_embed|log_mel\..+)$")
 # Our encoder's patch-embedding weight: a matpac-hf folder has it (under "" or "matpac.").
 OUR_ENCODER_ANCHOR = "embeddings.patch_embeddings.projection.weight"
 NUM_STFT_BINS = 201  # n_fft 400 // 2 + 1: the first dimension of the front end's mel filter bank
@@ -419,7 +421,11 @@ def loading_plan(
     given = {name: kwargs.pop(name) for name in list(kwargs) if name in config_fields}
     passed = kwargs.get("config")
     raw = raw_config(name_or_path, download_kwargs)
-    baseline = MatpacConfig.from_dict({key: value for key, value in raw.items() if key in config_fields})
+    try:  # the authors' config.json fields that share a name with ours (sizes are replaced below)
+        baseline = MatpacConfig.from_dict({key: value for key, value in raw.items() if key in config_fields})
+    except (TypeError, ValueError) as error:
+        logger.info("%s: its config.json does not make a MatpacConfig (%s); using the defaults.", name_or_path, error)
+        baseline = MatpacConfig()
     config = MatpacConfig.from_dict(passed.to_dict()) if isinstance(passed, MatpacConfig) else baseline
     if isinstance(passed, MatpacConfig):
         # A config the Auto classes read from this folder's config.json carries `name_or_path`: its size values that
@@ -477,6 +483,26 @@ def loading_plan(
             config.problem_type = "multi_label_classification"  # AudioSet tagging: independent sigmoids
     tensors = read_tensors(files, mapping)
     left_out = sorted(set(shapes) - set(mapping))
+    # Expected leftovers: the fixed position table (ours is recomputed), the front end's buffers (ours is
+    # MatpacFeatureExtractor), an AudioSet head when the class has no place for it.
+    not_understood = [
+        key
+        for key in left_out
+        if not FIXED_OR_FRONT_END.search(key)
+        and not (layout.head_prefix is not None and key.startswith(layout.head_prefix + "head"))
+    ]
+    if not_understood:
+        logger.warning(
+            "%s: tensors outside the official inference layout, not loaded: %s.",
+            name_or_path,
+            describe_keys(not_understood),
+        )
+    if loads_audioset_head and not with_head:
+        logger.warning(
+            "%s has no official AudioSet head (head.weight, head_norm.*): the classifier of %s is newly initialised.",
+            name_or_path,
+            class_name,
+        )
     logger.info(
         "%s: the official MATPAC inference layout%s, converted while loading into %s (%d layers, width %d, %d heads, "
         "max_frames %d%s). Not loaded: %s.",
