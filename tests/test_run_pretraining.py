@@ -4,6 +4,7 @@
 outputs and the demo probe, exact resume after a crash while a checkpoint is written, SIGINT / SIGTERM checkpoints,
 short clips; and one real 2-process accelerate launch."""
 
+import functools
 import json
 import os
 import shutil
@@ -440,37 +441,57 @@ def test_pretraining_folder_overrides_apply_or_are_refused(tmp_path):
 
 
 def test_converted_training_checkpoint_continues_its_schedules(tmp_path, small_corpus):
+    # An official fairseq training checkpoint (tests/official_reference.py: num_updates 100, heads in its cfg),
+    # converted with --model_type pretraining, then continued: steps 101.. of the schedules, not 1..
     import torch
+    from accelerate.state import AcceleratorState
     from transformers import get_cosine_schedule_with_warmup
 
-    from matpac_hf import MatpacConfig, MatpacForPreTraining
+    from matpac_hf import MatpacConfig
+    from matpac_hf.convert_original_checkpoint import convert_checkpoint
     from matpac_hf.modeling_matpac import teacher_temperature_at
 
-    config = MatpacConfig(**{**script.PRESETS["tiny"], **script.parse_config_overrides(MICRO_CONFIG)})
+    sys.path.insert(0, str(REPO / "tests"))
+    from official_reference import OfficialTrainingModel, randomize_training_
+
+    reference = randomize_training_(OfficialTrainingModel(), seed=8)
+    torch.save(reference.fairseq_checkpoint(), tmp_path / "checkpoint_last.pt")
     folder = tmp_path / "converted"
-    MatpacForPreTraining(config).save_pretrained(folder)
-    (folder / "training_progress.json").write_text(json.dumps({"num_updates": 5, "epoch": 2}))
+    convert_checkpoint(tmp_path / "checkpoint_last.pt", folder, model_type="pretraining")
     out = tmp_path / "continued"
-    args = ["--dataset_dir", small_corpus, "--per_device_batch_size", 2, "--max_steps", 8, "--shuffle_buffer_size", 0]
-    args += ["--crop_frames", 304, "--num_workers", 0, "--model_name_or_path", folder, "--output_dir", out]
-    assert run(*args) == 0
+    args = [
+        "--dataset_dir",
+        small_corpus,
+        "--per_device_batch_size",
+        2,
+        "--shuffle_buffer_size",
+        0,
+        "--num_workers",
+        0,
+    ]
+    args += ["--crop_frames", 304, "--logging_steps", 1, "--report_to", "jsonl", "--model_name_or_path", folder]
+
+    def run_continued(*more) -> int:  # without the module's --config_overrides (sizes of another model)
+        try:
+            return script.main([str(a) for a in (*args, *more)])
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+
+    assert run_continued("--max_steps", 103, "--output_dir", out) == 0
     rows = metrics(out)
-    assert sorted(rows) == [6, 7, 8]  # steps 6..8 of an 8-step schedule, not 1..8
+    assert sorted(rows) == [101, 102, 103]  # steps 101..103 of a 103-step schedule, not 1..103
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
-    expected_lr = get_cosine_schedule_with_warmup(optimizer, 1, 8)  # warm-up: round(8 * 20 / 300) = 1 step
-    for _ in range(6):
+    expected_lr = get_cosine_schedule_with_warmup(optimizer, 7, 103)  # warm-up: round(103 * 20 / 300) = 7 steps
+    for _ in range(101):
         optimizer.step()
         expected_lr.step()
-    assert rows[6]["learning_rate"] == pytest.approx(expected_lr.get_last_lr()[0], rel=1e-6)
+    assert rows[101]["learning_rate"] == pytest.approx(expected_lr.get_last_lr()[0], rel=1e-6)
     saved = MatpacConfig.from_pretrained(out / "pretraining_model")
-    assert rows[6]["teacher_temperature"] == pytest.approx(teacher_temperature_at(saved, 5), rel=1e-6)
-    assert (
-        script.continued_step(
-            script.parse_args(["--output_dir", "x", "--model_name_or_path", str(folder)], require_corpus=False)
-        )
-        == 5
-    )
+    assert rows[101]["teacher_temperature"] == pytest.approx(teacher_temperature_at(saved, 100), rel=1e-6)
+    assert saved.num_attention_heads == 4  # the cfg's head count, carried through the run
+    parse = functools.partial(script.parse_args, require_corpus=False)
+    assert script.continued_step(parse(["--output_dir", "x", "--model_name_or_path", str(folder)])) == 100
     restart = ["--output_dir", "x", "--model_name_or_path", str(folder), "--restart_schedules"]
-    assert script.continued_step(script.parse_args(restart, require_corpus=False)) == 0
-    with pytest.raises(ValueError, match="continues from step 5 .* longer --max_steps, or --restart_schedules"):
-        run(*args[:6], "--max_steps", 5, *args[8:-1], tmp_path / "too_short")
+    assert script.continued_step(parse(restart)) == 0
+    with pytest.raises(ValueError, match="continues from step 100 .* longer --max_steps, or --restart_schedules"):
+        run_continued("--max_steps", 100, "--output_dir", tmp_path / "too_short")
