@@ -12,9 +12,13 @@ read from the tensor shapes, never from a `config.json` (whose fields belong to 
 
 * [`find_official_layout`]: where the layout sits in a `{name: shape}` listing, or `None`;
 * [`sizes_from_shapes`]: the [`MatpacConfig`] sizes (width, depth, MLP size, patch, mel bins, chunk length);
-* [`map_encoder`] / [`map_audioset_head`] / [`map_blocks`]: `{official name: our name}` for the converter;
-* [`loading_plan`]: what `from_pretrained` of our classes needs to load such a folder or Hub repository directly
-  (the config from the shapes, a `key_mapping` for transformers' loader).
+* [`map_encoder`] / [`map_audioset_head`] / [`map_blocks`]: `{official name: our name}`, for the converter and for
+  `from_pretrained`;
+* [`loading_plan`]: what `from_pretrained` of our classes needs to load such a folder or Hub repository directly:
+  the config from the shapes and the tensors under our names, loaded as a `state_dict` (transformers' `key_mapping`
+  would also rename, but `save_pretrained` would then write the authors' names back: a converted model must save as
+  a matpac-hf folder);
+* [`check_encoder_loaded`]: the refusal of a checkpoint that leaves any encoder tensor at random.
 
 This file imports only torch, transformers, safetensors and the configuration: it travels with the model code into
 saved folders (remote code).
