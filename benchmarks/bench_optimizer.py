@@ -21,7 +21,7 @@ from matpac_hf import MatpacConfig, MatpacForPreTraining
 from matpac_hf.optimization import FairseqAdam
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # run as a script: the example's presets
 from run_pretraining import PRESETS  # noqa: E402
 
 

@@ -445,14 +445,12 @@ def test_converted_training_checkpoint_continues_its_schedules(tmp_path, small_c
     # converted with --model_type pretraining, then continued: steps 101.. of the schedules, not 1..
     import torch
     from accelerate.state import AcceleratorState
+    from official_reference import OfficialTrainingModel, randomize_training_
     from transformers import get_cosine_schedule_with_warmup
 
     from matpac_hf import MatpacConfig
     from matpac_hf.convert_original_checkpoint import convert_checkpoint
     from matpac_hf.modeling_matpac import teacher_temperature_at
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from official_reference import OfficialTrainingModel, randomize_training_
 
     reference = randomize_training_(OfficialTrainingModel(), seed=8)
     torch.save(reference.fairseq_checkpoint(), tmp_path / "checkpoint_last.pt")
