@@ -477,16 +477,11 @@ def build_optimizer(model: MatpacForPreTraining, args) -> torch.optim.Optimizer:
         ]
     else:
         groups = [{"params": [p for _, p in named], "weight_decay": args.weight_decay}]
-    if args.optimizer == "fairseq_adam":
-        return FairseqAdam(
-            groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
-        )
-    # torch's fused AdamW (CPU and CUDA): the same update as the default per-parameter loop in one kernel per step,
-    # about 3x faster on CPU (benchmarks/RESULTS.md)
-    fused = all(p.device.type in ("cpu", "cuda") for _, p in named)
-    return torch.optim.AdamW(
-        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, fused=fused
-    )
+    betas = (args.adam_beta1, args.adam_beta2)
+    if args.optimizer == "fairseq_adam":  # torch's fused AdamW kernel with fairseq's step-dependent epsilon
+        return FairseqAdam(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)
+    fused = all(p.device.type in ("cpu", "cuda") for _, p in named)  # one kernel per step (benchmarks/RESULTS.md)
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon, fused=fused)
 
 
 def mask_generator(seed: int, rank: int, step: int, micro_step: int) -> torch.Generator:

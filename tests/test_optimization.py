@@ -66,15 +66,32 @@ def test_is_adamw_with_a_step_dependent_epsilon_not_torch_adamw():
     assert 1 / math.sqrt(1 - BETAS[1]) == pytest.approx(4.47, abs=0.01)  # fairseq's effective eps at step 1: x4.5
 
 
-def test_moments_in_float32_for_low_precision_parameters():
+def test_refuses_low_precision_parameters_and_names_the_fix():
     parameter = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
-    optimizer = FairseqAdam([parameter], lr=0.1)
-    parameter.grad = torch.full((4,), 0.5, dtype=torch.bfloat16)
-    optimizer.step()
-    assert optimizer.state[parameter]["exp_avg"].dtype == torch.float32
-    assert float(parameter.detach()[0]) == pytest.approx(
-        1 - 0.1 * math.sqrt(0.05) / 0.1 * 0.05 / (math.sqrt(0.05 * 0.25) + 1e-6), abs=1e-2
-    )
+    with pytest.raises(ValueError, match="torch.bfloat16.*autocast"):
+        FairseqAdam([parameter], lr=0.1)
+
+
+def test_resumed_optimizer_continues_the_fairseq_step():
+    # the step count behind the epsilon lives in the state dict: 2 steps + save/load + 2 steps == 4 steps
+    torch.manual_seed(0)
+    gradients = [torch.randn(8) * 1e-6 for _ in range(4)]
+    straight, resumed = torch.nn.Parameter(torch.ones(8)), torch.nn.Parameter(torch.ones(8))
+    optimizer = FairseqAdam([straight], lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+    for gradient in gradients:
+        straight.grad = gradient.clone()
+        optimizer.step()
+    first = FairseqAdam([resumed], lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+    for gradient in gradients[:2]:
+        resumed.grad = gradient.clone()
+        first.step()
+    second = FairseqAdam([resumed], lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+    second.load_state_dict(first.state_dict())
+    for gradient in gradients[2:]:
+        resumed.grad = gradient.clone()
+        second.step()
+    assert second.param_groups[0]["fairseq_step"] == 4
+    torch.testing.assert_close(resumed.detach(), straight.detach(), rtol=0, atol=0)
 
 
 def test_refuses_bad_hyperparameters():

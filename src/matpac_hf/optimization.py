@@ -11,9 +11,10 @@ with gradient `g`, at step `t` (1-based), learning rate `lr`, betas `(b1, b2)`, 
     p <- p - wd * lr * p                                          (decoupled weight decay)
     p <- p - lr * sqrt(1 - b2**t) / (1 - b1**t) * m / (sqrt(v) + eps)
 
-torch's AdamW divides by `sqrt(v) / sqrt(1 - b2**t) + eps` instead, i.e. it is this rule with
+torch's AdamW divides by `sqrt(v) / sqrt(1 - b2**t) + eps` instead, i.e. fairseq's rule is AdamW's with
 `eps / sqrt(1 - b2**t)` in place of `eps`: early in training (`t` small) fairseq's effective epsilon is larger (x4.5
-at step 1 for `b2 = 0.95`), which damps the first updates; the two converge after ~100 steps.
+at step 1 for `b2 = 0.95`), which damps the first updates; the two converge after ~100 steps. [`FairseqAdam`] is
+therefore torch's AdamW (its fused kernel where the device has one) with that epsilon set before each step.
 """
 
 import math
@@ -21,9 +22,15 @@ import math
 import torch
 
 
-class FairseqAdam(torch.optim.Optimizer):
+class FairseqAdam(torch.optim.AdamW):
     """fairseq's `Adam` (decoupled weight decay, `denom = sqrt(v) + eps`, both bias corrections folded into the step
-    size). Half-precision parameters are updated through a float32 copy with float32 moments, as fairseq does.
+    size), computed by torch's AdamW with the epsilon `eps / sqrt(1 - beta2**t)` at step `t`: the same update up to
+    float rounding, in one fused kernel per step (where torch has one for the device) instead of a loop over tensors.
+
+    The step `t` is counted per parameter group (`group["fairseq_step"]`, saved in the optimiser's state dict, so a
+    resumed run continues it): every parameter of a group must get a gradient at every step, as in MATPAC
+    pretraining. Parameters must be float32 or float64: fairseq's Adam, too, updates float32 values (its fp16
+    training keeps float32 master weights); train in mixed precision with autocast, which keeps them so.
 
     Args:
         params: parameters or parameter groups.
@@ -31,48 +38,37 @@ class FairseqAdam(torch.optim.Optimizer):
         betas: `(beta1, beta2)`; official `(0.9, 0.95)`.
         eps: added to `sqrt(v)`; official `1e-6`.
         weight_decay: decoupled weight decay (`p -= weight_decay * lr * p`); official `0.05`.
+        fused: torch AdamW's `fused` (default: fused when every parameter is on a CPU or CUDA device).
     """
 
-    def __init__(self, params, lr: float = 3e-4, betas=(0.9, 0.95), eps: float = 1e-6, weight_decay: float = 0.0):
+    def __init__(
+        self, params, lr: float = 3e-4, betas=(0.9, 0.95), eps: float = 1e-6, weight_decay: float = 0.0, fused=None
+    ):
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}.")
         if not all(0.0 <= beta < 1.0 for beta in betas):
             raise ValueError(f"betas must lie in [0, 1), got {betas}.")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        params = list(params)
+        tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+        low_precision = sorted({str(p.dtype) for p in tensors if p.dtype not in (torch.float32, torch.float64)})
+        if low_precision:
+            raise ValueError(
+                f"FairseqAdam updates float32 / float64 parameters; got {', '.join(low_precision)}. Keep the model in "
+                "float32 and train in mixed precision with autocast (accelerate's --mixed_precision)."
+            )
+        if fused is None:
+            fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") for p in tensors)
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=fused)
+
+    def add_param_group(self, param_group: dict):
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group.setdefault("fairseq_eps", group["eps"])
+        group.setdefault("fairseq_step", 0)
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-            for parameter in group["params"]:
-                if parameter.grad is None:
-                    continue
-                if parameter.grad.is_sparse:
-                    raise RuntimeError("FairseqAdam does not support sparse gradients.")
-                low_precision = parameter.dtype in (torch.float16, torch.bfloat16)
-                dtype = torch.float32 if low_precision else parameter.dtype
-                grad = parameter.grad.to(dtype)
-                state = self.state[parameter]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(parameter, dtype=dtype)
-                    state["exp_avg_sq"] = torch.zeros_like(parameter, dtype=dtype)
-                state["step"] += 1
-                step = state["step"]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = exp_avg_sq.sqrt().add_(eps)
-                step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                value = parameter.float() if low_precision else parameter
-                if weight_decay != 0:
-                    value.add_(value, alpha=-weight_decay * lr)
-                value.addcdiv_(exp_avg, denom, value=-step_size)
-                if value is not parameter:
-                    parameter.copy_(value)
-        return loss
+            group["fairseq_step"] += 1
+            group["eps"] = group["fairseq_eps"] / math.sqrt(1 - group["betas"][1] ** group["fairseq_step"])
+        return super().step(closure)
