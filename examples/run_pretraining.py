@@ -135,7 +135,10 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     data.add_argument("--corpus_size", type=int, help="clips in the corpus (per epoch), to turn epochs into steps")
     data.add_argument("--corpus_name", help="the corpus in the model card (default: dataset id or folder/file names)")
     data.add_argument(
-        "--shuffle_buffer_size", type=int, default=10_000, help="streaming shuffle buffer in clips (0: no shuffle)"
+        "--shuffle_buffer_size",
+        type=int,
+        default=10_000,
+        help="clips in the streaming shuffle buffer (0 disables it; needed for an exact resume)",
     )
     data.add_argument(
         "--crop_frames",
