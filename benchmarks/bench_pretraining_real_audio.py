@@ -22,41 +22,7 @@ Prints the schedule, monitors every `--log_every` steps (losses, target/predicti
 teacher classes: collapse shows as std -> 0 and perplexity -> 1), a table per evaluation, and appends one JSON line
 per evaluation to `--results_file`.
 
-Measured (2026-12-01, Intel Xeon with AMX, 1 torch thread per run, two runs at a time on 2 cores; corpus 2400
-clips / 2.27 h, tasks 400 / 700 / 336 clips; batch 32, lr 1e-3, warm-up 1/15, 96-frame crops, probe seeds 0 1; accuracy
-% pretrained / random init of the same config, gain paired over folds with its 95 % CI; "s" = pretraining seconds):
-
-    run                                   steps      s  digits                instruments           drums                  mean gain
-    width 192 (the former tiny preset)     1000    154  89.0/90.3 (-1.2+-3.1) 32.4/36.3 (-3.9+-2.1) 65.3/64.9 (+0.4+-5.3)   -1.6
-                                           2000    310  88.2/90.3 (-2.0+-4.3) 36.1/36.3 (-0.3+-2.8) 65.0/64.9 (+0.1+-5.0)   -0.7
-      inference chunks of 96 frames        2000    309  88.2/90.3 (-2.0+-4.3) 35.5/35.0 (+0.5+-3.2) 64.7/63.9 (+0.8+-4.1)   -0.2
-      crop 192, mask ratio 0.85            1500    480  87.9/90.3 (-2.4+-5.4) 35.1/36.3 (-1.2+-2.9) 62.9/64.9 (-2.0+-8.8)   -1.9
-      predictor 4 x 192                    1000    297  88.4/90.3 (-1.9+-4.4) 35.3/36.3 (-1.0+-3.7) 65.6/64.9 (+0.7+-8.1)   -0.7
-      whole time columns masked            1000    338  87.1/90.3 (-3.1+-5.8) 34.8/36.3 (-1.6+-2.1) 64.6/64.9 (-0.3+-6.9)   -1.7
-    width 64 (the tiny preset now)         1000    119  89.8/88.9 (+0.9+-2.2) 33.7/34.7 (-1.0+-1.3) 58.9/56.8 (+2.2+-3.9)   +0.7
-                                           2000    290  87.1/88.9 (-1.7+-8.5) 32.6/34.7 (-2.1+-3.1) 63.0/56.8 (+6.2+-7.6)   +0.8
-                                           4000    512  87.9/88.9 (-1.0+-5.3) 33.9/34.7 (-0.8+-2.6) 61.9/56.8 (+5.1+-6.8)   +1.1
-                                           8000    883  87.9/88.9 (-1.0+-6.6) 38.3/34.7 (+3.6+-3.2) 64.0/56.8 (+7.2+-8.4)   +3.2
-      another run (2026-12-02)             8000    494 88.2/88.9 (-0.6+-4.9) 38.3/34.7 (+3.6+-2.6) 62.0/56.8 (+5.3+-7.4)   +2.7
-                                          12000    758  86.9/88.9 (-2.0+-6.4) 38.5/34.7 (+3.8+-3.5) 62.7/56.8 (+5.9+-7.4)   +2.5
-      EMA 0.996 -> 0.9999                  8000    945  89.4/88.9 (+0.5+-6.0) 38.0/34.7 (+3.3+-3.2) 62.9/56.8 (+6.1+-6.1)   +3.3
-      batch 64                             4000    471  86.5/88.9 (-2.4+-6.8) 34.5/34.7 (-0.2+-2.5) 63.3/56.8 (+6.5+-7.0)   +1.3
-      64 prototypes                        4000    276  88.5/88.9 (-0.4+-6.8) 34.6/34.7 (-0.1+-2.0) 64.8/56.8 (+8.0+-8.7)   +2.5
-    width 32                               2000    224  88.8/85.6 (+3.1+-2.7) 32.8/32.7 (+0.1+-3.0) 60.6/56.1 (+4.5+-11.4)  +2.6
-                                           8000    793  88.8/85.6 (+3.1+-4.8) 33.1/32.7 (+0.4+-2.7) 60.4/56.1 (+4.3+-9.6)   +2.6
-
-No collapse anywhere (teacher perplexity 22-49 of 256 prototypes, target std 0.06 at width 192, 0.10-0.13 at 64/32,
-against 1/sqrt(width) = 0.072 / 0.125 / 0.177 for random unit vectors). Earlier runs of the previous session at width
-192 (up to 3000 steps: slower EMA, mask ratio 0.5, teacher copied from the student, one loss alone, lr 3e-3) stayed
-between -3 and +1 points. What limits the gain: at width 192 the random encoder is as good as a linear probe on the
-time-averaged 16 x 16 log-mel patches with no network at all (90.3 / 33.4 / 64.4 %; layer by layer, the pretrained
-encoder is no better than the random one at any depth, and a kNN or logistic-regression probe ranks them the same),
-and the prediction loss is solved (cosine 0.93 to the teacher) by interpolating neighbouring patches. A narrower
-encoder cannot keep every direction of its patches at random, so there pretraining visibly chooses better ones (the
-gain grows with steps: +0.7 -> +3.2 from 1000 to 8000 steps at width 64, then flattens: +2.5 at 12000), but its absolute accuracy (87.9 / 38.3 /
-64.0) is that of the random width-192 encoder: these runs learn which directions of the input to keep, not the
-invariances to voice, GM program and drum kit that the test folds ask for. The official run takes 300 AudioSet epochs;
-+10 points on these tasks is out of reach of 20 CPU minutes with this objective in what we tried.
+Results, with the machine and date of each run: benchmarks/RESULTS.md.
 """
 
 import argparse
