@@ -13,7 +13,7 @@
     # the demo (a small corpus built on the spot, the tiny preset on CPU, then a linear probe): `make demo`
     python examples/run_pretraining_demo.py --output_dir demo_output
 
-One optimiser step (the MATPAC paper's pretraining step with the official optimisation settings, docs/pretraining.md): random waveform crops of `--crop_frames` log-mel frames (608 =
+One optimiser step (docs/method.md, sections 4 and 5): random waveform crops of `--crop_frames` log-mel frames (608 =
 6.08 s; decoded, down-mixed and resampled by `matpac_hf.pretraining_data` in DataLoader workers) -> normalised log-mel
 on the training device (`extract_log_mel`) -> `MatpacForPreTraining(input_values, attention_mask, step=step)` ->
 backward -> `update_teachers(step)` (EMA) -> clip the gradient norm at 3.0 -> optimiser step (fairseq's Adam rule, as the
