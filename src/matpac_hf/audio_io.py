@@ -27,7 +27,6 @@ import io
 import logging
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -154,14 +153,19 @@ def audio_name(audio: Any) -> str:
 def to_mono(frames: np.ndarray) -> np.ndarray:
     """`(samples, channels)` (or `(samples,)`) -> `(samples,)` float32, the mean of the channels.
 
-    Computed as a matrix-vector product: numpy's `mean(axis=1)` over 2 channels is ~30x slower (it reduces along the
-    short, strided axis), which made the down-mix cost more than the resampling."""
+    Computed as element-wise adds of the channel columns, then one scaling: numpy's `mean(axis=1)` reduces along the
+    short, strided axis (~30x slower), and a matrix-vector product goes through BLAS, whose threads cost more than the
+    sum itself on a busy machine. For two channels the result is bitwise `0.5 * a + 0.5 * b`."""
     if frames.ndim == 1:
         return np.ascontiguousarray(frames, dtype=np.float32)
-    if frames.shape[1] == 1:
-        return np.ascontiguousarray(frames[:, 0], dtype=np.float32)
-    weights = np.full(frames.shape[1], 1.0 / frames.shape[1], dtype=np.float32)
-    return np.ascontiguousarray(frames.astype(np.float32, copy=False) @ weights)
+    num_channels = frames.shape[1]
+    mono = np.array(frames[:, 0], dtype=np.float32)  # a contiguous copy of the first channel
+    if num_channels == 1:
+        return mono
+    for channel in range(1, num_channels):
+        np.add(mono, frames[:, channel], out=mono, casting="unsafe")
+    mono *= np.float32(1.0 / num_channels)
+    return mono
 
 
 def resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
@@ -352,7 +356,6 @@ def decode_random_crop(
     key: str | None = None,
     min_clip_policy: str = "drop",
     sampling_rate: int = SAMPLING_RATE,
-    timings: dict | None = None,
 ) -> tuple[np.ndarray | None, int]:
     """Decodes one random `crop_samples` crop of a clip, as mono float32 at `sampling_rate`.
 
@@ -374,8 +377,6 @@ def decode_random_crop(
     check_min_clip_policy(min_clip_policy)
     key = clip_key(audio) if key is None else key
     source, name = audio_source(audio)
-    clock = time.perf_counter
-    start = clock()
     try:
         with sf.SoundFile(source) as sound_file:
             orig_sr, num_frames = sound_file.samplerate, sound_file.frames
@@ -408,13 +409,9 @@ def decode_random_crop(
         raise
     except Exception as error:  # libsndfile raises several types; all mean "unreadable"
         raise AudioDecodeError(f"{name}: {type(error).__name__}: {error}") from error
-    decoded = clock()
     if segment.shape[0] == 0:
         raise AudioDecodeError(f"{name}: the file holds no samples")
-    mono = to_mono(segment)
-    downmixed = clock()
-    mono = resample(mono, orig_sr, sampling_rate)
-    resampled = clock()
+    mono = resample(to_mono(segment), orig_sr, sampling_rate)
     local = offset - first_output_sample
     crop = mono[local : local + crop_samples]
     num_valid = crop.shape[0]
@@ -430,12 +427,17 @@ def decode_random_crop(
     crop = np.ascontiguousarray(crop, dtype=np.float32)
     if not np.isfinite(crop).all():
         raise AudioDecodeError(f"{name}: non-finite samples (NaN or inf)")
-    if timings is not None:
-        timings["decode"] = timings.get("decode", 0.0) + decoded - start
-        timings["down-mix"] = timings.get("down-mix", 0.0) + downmixed - decoded
-        timings["resample"] = timings.get("resample", 0.0) + resampled - downmixed
-        timings["crop"] = timings.get("crop", 0.0) + clock() - resampled
     return crop, num_valid
+
+
+def pcm_to_float32(samples: np.ndarray) -> np.ndarray:
+    """Samples as float32 in [-1, 1): float input unchanged (as float32), 16-bit integer PCM scaled by 2**-15 (what
+    libsndfile returns for a 16-bit file read as float32, so the values are bitwise those of decoding the file)."""
+    if samples.dtype == np.int16:
+        return samples.astype(np.float32) * np.float32(2.0**-15)
+    if samples.dtype.kind != "f":
+        raise ValueError(f"Stored audio must be int16 PCM or float, got {samples.dtype}.")
+    return np.ascontiguousarray(samples, dtype=np.float32)
 
 
 def crop_decoded(
@@ -447,21 +449,22 @@ def crop_decoded(
     key: str,
     min_clip_policy: str = "drop",
 ) -> tuple[np.ndarray | None, int]:
-    """The crop `decode_random_crop` takes, from a clip already decoded to mono at the target rate (`decode_audio`):
-    the same position, the same short-clip rule and the same return value. For a clip stored at the target rate the
-    crop is bitwise the one `decode_random_crop` reads from the file; for a resampled clip it differs by the
-    resampling filter's rounding only (the whole clip resampled once instead of the samples around the crop)."""
+    """The crop `decode_random_crop` takes, from a clip already decoded to mono at the target rate (`decode_audio`,
+    or the int16 / float32 samples of a prepared corpus, see `matpac_hf.prepare_corpus`): the same position, the same
+    short-clip rule and the same return value (a float32 crop; integer samples are converted after the slicing, by
+    `pcm_to_float32`). For a clip stored at the target rate the crop is bitwise the one `decode_random_crop` reads from
+    the file; for a resampled clip it differs by the resampling filter's rounding only (the whole clip resampled once
+    instead of the samples around the crop)."""
     check_min_clip_policy(min_clip_policy)
     num_samples = waveform.shape[0]
     if num_samples < crop_samples:
         if min_clip_policy == "drop":
             return None, 0
-        crop, num_valid = np.pad(waveform, (0, crop_samples - num_samples)), num_samples
+        crop, num_valid = np.pad(pcm_to_float32(waveform), (0, crop_samples - num_samples)), num_samples
     else:
         offset = crop_offset(num_samples, crop_samples, seed, epoch, key)
-        crop, num_valid = waveform[offset : offset + crop_samples], crop_samples
-    crop = np.ascontiguousarray(crop, dtype=np.float32)
-    if not np.isfinite(crop).all():
+        crop, num_valid = pcm_to_float32(waveform[offset : offset + crop_samples]), crop_samples
+    if waveform.dtype.kind == "f" and not np.isfinite(crop).all():
         raise AudioDecodeError(f"{key}: non-finite samples (NaN or inf)")
     return crop, num_valid
 
@@ -485,6 +488,7 @@ __all__ = [
     "decode_random_crop",
     "keep_audio_undecoded",
     "list_audio_files",
+    "pcm_to_float32",
     "resample",
     "resampled_length",
     "to_mono",

@@ -46,6 +46,9 @@ from .audio_io import (
     keep_audio_undecoded,
 )
 from .configuration_matpac import HOP_LENGTH, N_FFT, SAMPLING_RATE, num_frames_for_samples, num_samples_for_frames
+from .prepare_corpus import AUDIO_COLUMN as PREPARED_AUDIO_COLUMN
+from .prepare_corpus import KEY_COLUMN as PREPARED_KEY_COLUMN
+from .prepare_corpus import is_prepared, pcm_samples, read_provenance, shard_files
 
 
 logger = logging.getLogger(__name__)
@@ -88,8 +91,11 @@ def load_audio_stream(
     """Loads an audio corpus as a streaming `datasets.IterableDataset` whose audio column stays undecoded.
 
     Exactly one of `dataset_name` (a Hub dataset id, or any path `load_dataset` understands), `dataset_dir` (a local
-    `audiofolder` directory; metadata and labels are not loaded) or `data_files` (a glob or list of parquet shards,
-    webdataset tars or audio files) must be given.
+    `audiofolder` directory, metadata and labels not loaded; or a corpus prepared by `matpac_hf.prepare_corpus`) or
+    `data_files` (a glob or list of parquet shards, webdataset tars or audio files) must be given.
+
+    A prepared corpus (from any of the three: its `clip_key` and `num_samples` columns say so) keeps those two columns
+    beside its `audio` column, and `MatpacCropStream` crops it by slicing.
 
     Args:
         audio_column: name of the audio column. `None` picks `"audio"` if present, else the only `Audio` column
@@ -109,7 +115,11 @@ def load_audio_stream(
         raise ValueError(
             f"Give exactly one corpus source among dataset_name, dataset_dir and data_files (got {given or 'none'})."
         )
-    if dataset_dir is not None:
+    if dataset_dir is not None and read_provenance(dataset_dir) is not None:  # a prepared corpus: its parquet shards
+        dataset = load_dataset(
+            "parquet", data_files={split: shard_files(dataset_dir)}, split=split, streaming=True, **load_kwargs
+        )
+    elif dataset_dir is not None:
         if not os.path.isdir(dataset_dir):
             raise ValueError(f"dataset_dir {dataset_dir!r} is not a directory.")
         dataset = load_dataset(
@@ -130,6 +140,9 @@ def load_audio_stream(
         dataset = load_dataset(dataset_name, dataset_config, split=split, streaming=True, **load_kwargs)
 
     features = dataset.features or {}
+    if is_prepared(features) and audio_column in (None, PREPARED_AUDIO_COLUMN):
+        dataset = dataset.select_columns([PREPARED_AUDIO_COLUMN, PREPARED_KEY_COLUMN, "num_samples"])
+        return keep_audio_undecoded(dataset, PREPARED_AUDIO_COLUMN), PREPARED_AUDIO_COLUMN
     if audio_column is None:
         audio_columns = [name for name, feature in features.items() if isinstance(feature, Audio)]
         if "audio" in features:
@@ -252,7 +265,7 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         self.cache = DecodedClipCache(cache_bytes) if cache_bytes > 0 else None
         self.counters = StreamCounters()
         self.shared_counters: torch.Tensor | None = None  # (num_streams, len(COUNTER_FIELDS)), set by the loop
-        self.timings: dict | None = None  # set to {} to accumulate decode / resample / crop seconds (benchmarks)
+        self.prepared = is_prepared(getattr(dataset, "features", None))  # crops by slicing the stored samples
 
     @property
     def epoch(self) -> int:
@@ -301,21 +314,24 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         policy = BadAudioPolicy(self.bad_audio, scope=f"so far in epoch {epoch}{where}")  # counts restart each epoch
         for example in self.dataset:
             self.counters.num_read += 1
-            item = self._crop(example[self.audio_column], epoch, policy)
+            item = self._crop(example, epoch, policy)
             self._publish(row)
             if self.counters.num_read == EARLY_DROP_WARNING_CLIPS and epoch == 0:
                 self._warn_if_most_clips_are_dropped()
             if item is not None:
                 yield item
 
-    def _crop(self, audio, epoch: int, policy: BadAudioPolicy) -> dict | None:
+    def _crop(self, example: dict, epoch: int, policy: BadAudioPolicy) -> dict | None:
         """The item of one clip, or None (dropped as too short, or unreadable and skipped); updates the counters."""
         counters = self.counters
+        audio = example[self.audio_column]
         try:
-            key = clip_key(audio)
+            key = example[PREPARED_KEY_COLUMN] if self.prepared else clip_key(audio)
             crop_kwargs = {"seed": self.seed, "epoch": epoch, "key": key, "min_clip_policy": self.min_clip_policy}
             waveform = None  # the whole decoded clip, when the cache has it or room for it
-            if self.cache is not None:
+            if self.prepared:  # the stored samples of the clip, a view of its bytes
+                waveform = pcm_samples(audio["bytes"], audio.get("path") or key, self.sampling_rate)
+            elif self.cache is not None:
                 waveform = self.cache.get(key)
                 if waveform is None and not self.cache.full:
                     waveform = decode_audio(audio, self.sampling_rate)
@@ -324,7 +340,7 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
                 crop, num_valid = crop_decoded(waveform, self.crop_samples, **crop_kwargs)
             else:
                 crop, num_valid = decode_random_crop(
-                    audio, self.crop_samples, sampling_rate=self.sampling_rate, timings=self.timings, **crop_kwargs
+                    audio, self.crop_samples, sampling_rate=self.sampling_rate, **crop_kwargs
                 )
         except AudioDecodeError as error:
             counters.num_corrupted += 1
