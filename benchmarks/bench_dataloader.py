@@ -61,16 +61,18 @@ def pretraining_step(
     max_grad_norm,
     autocast_dtype=None,
     generator=None,
+    ema_model=None,
 ):
     """One optimiser step of run_pretraining.py's loop without accelerate (also used by bench_gpu.py): log-mel on the
     waveforms' device, forward (under autocast when `autocast_dtype` is given), backward, EMA teachers, gradient
-    clipping, AdamW step."""
+    clipping, optimiser step. `ema_model`: the model whose teachers are updated, when `model` wraps it (e.g.
+    `torch.compile(model)`)."""
     with torch.autocast(
         waveforms.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
     ):
         outputs = model(feature_extractor.extract_log_mel(waveforms), step=index, generator=generator)
     outputs.loss.backward()
-    model.update_teachers(index)
+    (ema_model or model).update_teachers(index)
     torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

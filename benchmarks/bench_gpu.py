@@ -6,21 +6,29 @@
 * pretraining (`base` = ViT-B, the official configuration): optimiser steps per second at a given batch size in bf16
   autocast (and fp32 with `--train_fp32`), the model FLOPs per step counted by `torch.utils.flop_counter`, and the MFU
   against the device's dense bf16 / fp32 peak (a table of known peaks by device name, or `--peak_tflops`), plus the
-  measured GEMM rate of the device.
+  measured GEMM rate of the device. The step is the one `bench_dataloader.pretraining_step` runs (log-mel, masking
+  from the run's host-side generator, both encoders, losses, center, EMA teachers, clipping, the script's optimiser),
+  checked for host synchronisation: one step runs under `torch.cuda.set_sync_debug_mode("error")` (CUDA) and under
+  `HostSyncCheck` (any device: data-dependent ops such as `.item()`, `nonzero`, boolean indexing), and the script
+  stops if either fires. `--compile` times the step with the model under `torch.compile` (fixed crop shapes) and
+  reports the compile time.
 
 Without CUDA it says so and exits 0. `--device cpu --tiny` runs every code path on the CPU with a tiny encoder (a smoke
 test for this script, not a measurement).
 
     python benchmarks/bench_gpu.py                                   # on a CUDA machine: ~3 min
     python benchmarks/bench_gpu.py --batch_sizes 1 8 64 --train_batch_size 128
+    python benchmarks/bench_gpu.py --skip_inference --compile      # pretraining, eager then compiled
 """
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +58,66 @@ def parse_args(argv=None):
     parser.add_argument("--train_fp32", action="store_true", help="Also time pretraining in fp32.")
     parser.add_argument("--peak_tflops", type=float, nargs=2, metavar=("BF16", "FP32"), help="Override the peaks.")
     parser.add_argument("--tiny", action="store_true", help="Tiny encoder (smoke test of the script).")
+    parser.add_argument("--skip_inference", action="store_true", help="Only the pretraining part.")
+    parser.add_argument("--compile", action="store_true", help="Also time the step with torch.compile(model).")
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend of --compile.")
     return parser.parse_args(argv)
+
+
+class HostSyncError(RuntimeError):
+    pass
+
+
+class HostSyncCheck(TorchDispatchMode):
+    """Raises `HostSyncError` on an op whose result the host must wait for, while the mode is active: reading a
+    value (`.item()`, `bool(tensor)`, `.tolist()`: `aten._local_scalar_dense`) or an output shape that depends on the
+    data (`nonzero`, `masked_select`, boolean-mask indexing, `unique`). On CUDA each of them synchronises the host with
+    the device; on any device this mode sees them, so the CPU tests check the same code path."""
+
+    aten = torch.ops.aten
+    SYNCING = {
+        aten._local_scalar_dense.default,
+        aten.nonzero.default,
+        aten.nonzero_static.default,
+        aten.masked_select.default,
+        aten._unique2.default,
+        aten.unique_dim.default,
+        aten.unique_consecutive.default,
+        aten.repeat_interleave.Tensor,
+    }
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        boolean_index = func in (
+            self.aten.index.Tensor,
+            self.aten.index_put_.default,
+            self.aten.index_put.default,
+        ) and any(
+            isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in args[1] if index is not None
+        )
+        if (func in self.SYNCING and func is not self.aten.nonzero_static.default) or boolean_index:
+            raise HostSyncError(f"{func} inside the training step waits for the device (a host synchronisation)")
+        return func(*args, **kwargs)
+
+
+class no_host_sync:  # noqa: N801 (a context manager, used as `with no_host_sync(device):`)
+    """`HostSyncCheck`, plus `torch.cuda.set_sync_debug_mode("error")` on CUDA (which also catches blocking copies
+    between host and device)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mode = HostSyncCheck()
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.mode.__exit__(*exc_info)
+        if self.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
 
 
 def synchronize(device: torch.device):
@@ -153,7 +220,7 @@ def run_pretraining(args, device, config, peaks):
     from matpac_hf.configuration_matpac import num_samples_for_frames
 
     sys.path.insert(0, str(REPO / "examples"))
-    import run_pretraining as script  # the optimiser a real run builds
+    import run_pretraining as script  # the optimiser and the masking generator a real run uses
 
     torch.manual_seed(0)
     model = MatpacForPreTraining(config).to(device).train()
@@ -165,10 +232,21 @@ def run_pretraining(args, device, config, peaks):
     feature_extractor = MatpacFeatureExtractor()
     crop_samples = num_samples_for_frames(config.max_frames, config.n_fft, config.hop_length)
     waveforms = 0.1 * torch.randn(args.train_batch_size, crop_samples, device=device)
+    fused = any(group.get("fused") for group in optimizer.param_groups)
+    compiled = {"model": None}
 
-    def step(index, dtype):
+    def step(index, dtype, compiled_model=False):
         pretraining_step(
-            model, optimizer, trainable, feature_extractor, waveforms, index, optimizer_args.max_grad_norm, dtype
+            compiled["model"] if compiled_model else model,
+            optimizer,
+            trainable,
+            feature_extractor,
+            waveforms,
+            index,
+            optimizer_args.max_grad_norm,
+            dtype,
+            generator=script.mask_generator(0, 0, index, 0),
+            ema_model=model,
         )
 
     with model_flop_counter() as counter:
@@ -177,26 +255,43 @@ def run_pretraining(args, device, config, peaks):
     print(
         f"\npretraining ({'tiny' if args.tiny else 'base'}), batch {args.train_batch_size} crops of "
         f"{config.max_frames} frames: {flops / 1e9:.0f} GFLOP per step ({flops / args.train_batch_size / 1e9:.1f} "
-        "per crop, forward + backward + teacher, matmul / attention FLOPs)"
+        f"per crop, forward + backward + teacher, matmul / attention FLOPs); optimiser {type(optimizer).__name__}"
+        f"{' (fused)' if fused else ''}"
     )
     precisions = [("bf16", torch.bfloat16)] + ([("fp32", None)] if args.train_fp32 or device.type != "cuda" else [])
-    for name, dtype in precisions:
-        for index in range(3):
-            step(1 + index, dtype)
+    variants = [(name, dtype, False) for name, dtype in precisions]
+    if args.compile:
+        variants += [(f"{name} compiled", dtype, True) for name, dtype in precisions]
+    steps = itertools.count(1)  # optimiser updates done so far, as a run counts them
+    for name, dtype, use_compiled in variants:
+        if use_compiled and compiled["model"] is None:
+            compiled["model"] = torch.compile(model, dynamic=False, backend=args.compile_backend)
         synchronize(device)
         start = time.perf_counter()
-        for index in range(args.train_steps):
-            step(4 + index, dtype)
+        step(next(steps), dtype, use_compiled)  # warm-up (the compilation, for a compiled step)
+        synchronize(device)
+        first_seconds = time.perf_counter() - start
+        for _ in range(2):
+            step(next(steps), dtype, use_compiled)
+        synchronize(device)
+        with no_host_sync(device):  # raises on a host synchronisation inside the step
+            step(next(steps), dtype, use_compiled)
+        synchronize(device)  # after the check (an explicit synchronize is one)
+        start = time.perf_counter()
+        for _ in range(args.train_steps):
+            step(next(steps), dtype, use_compiled)
         synchronize(device)
         seconds = (time.perf_counter() - start) / args.train_steps
         achieved = flops / seconds / 1e12
         line = f"  {name}: {1 / seconds:.2f} steps/s, {args.train_batch_size / seconds:.0f} crops/s, {achieved:.1f} TFLOP/s"
         if peaks:
             peak = peaks[0] if dtype is not None else peaks[1]
-            line += f", MFU {100 * achieved / peak:.1f} % of the {peak:g} TFLOP/s dense {name} peak"
+            line += f", MFU {100 * achieved / peak:.1f} % of the {peak:g} TFLOP/s dense {name.split()[0]} peak"
         if device.type == "cuda":
             line += f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
-        print(line, flush=True)
+        if use_compiled:
+            line += f", compile time {max(0.0, first_seconds - seconds):.1f} s"
+        print(line + "; no host sync in a step", flush=True)
 
 
 def main(argv=None):
@@ -243,7 +338,8 @@ def main(argv=None):
         f"measured GEMM: fp32 {measured['fp32']:.3g} TFLOP/s, bf16 {measured['bf16']:.3g} TFLOP/s; data-sheet dense "
         f"peaks: {peak_text}"
     )
-    run_inference(args, device, config)
+    if not args.skip_inference:
+        run_inference(args, device, config)
     run_pretraining(args, device, config, peaks)
     return 0
 

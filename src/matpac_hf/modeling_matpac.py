@@ -1565,7 +1565,8 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
                 f"`noise` must be a tensor of shape (batch, num_patches) = {(batch_size, num_patches)}: one score per "
                 f"patch, the lowest scores are the visible patches. Got {shape}."
             )
-        return noise.to(device)
+        # Non-blocking: a blocking host -> accelerator copy synchronises the host with the device inside the step.
+        return noise.to(device, non_blocking=True)
 
     def _drop_padding(
         self, input_values: torch.Tensor, attention_mask: torch.Tensor, noise: torch.Tensor
