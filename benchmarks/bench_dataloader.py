@@ -5,8 +5,14 @@
 Part 1 (always): builds a local corpus of FLAC clips stored as webdataset tar shards (default 200 clips of 10 s, one in
 four at 44.1 kHz stereo, the rest 16 kHz mono), then measures random 6.08 s crops per second through the real pipeline
 (`datasets` streaming -> soundfile decode -> mono -> soxr resample -> crop -> batches) in the training process and with
-1 and 2 DataLoader workers, per CPU core doing the decoding. When a figure is below the target of 300 crops/s/core it
-prints where the time goes (raw stream reading, decode, down-mix, resample, crop).
+1 and 2 DataLoader workers, per CPU core doing the decoding, and where the time of one crop goes (raw stream reading,
+decode, down-mix, resample, the rest; measured by wrapping those functions here, the library has no timing hooks).
+Then it prepares the same corpus with `matpac_hf.prepare_corpus` and prints the preparation speed (audio hours per
+core-minute), the disk per audio hour (prepared int16 PCM, the source FLAC, float16 log-mel for comparison, and how
+far a stored float16 log-mel crop is from the log-mel of the waveform crop), a line beginning `prepared corpus:` with
+the crops/s per core read from it through the real DataLoader path (`PretrainingDataLoop`, 608-frame crops), and the
+cores that feed an 8 x H100 `base` run at the README's paper throughput from each input path. Rates per core are
+crops per CPU second of every process doing the work (the training process and its DataLoader workers).
 
 Part 2 (`--train`): training steps per second of the `tiny` and `base` presets of `examples/run_pretraining.py` on CPU,
 model FLOPs per step (counted with `torch.utils.flop_counter.FlopCounterMode`, plus the ops its table lacks: sdpa's CPU
@@ -25,8 +31,10 @@ worker) against torch's own default (every core, the worker then competing with 
 """
 
 import argparse
+import contextlib
 import io
 import os
+import resource
 import sys
 import tarfile
 import tempfile
@@ -36,8 +44,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from matpac_hf.audio_io import decode_random_crop
-from matpac_hf.configuration_matpac import num_samples_for_frames
+from matpac_hf import audio_io
+from matpac_hf.audio_io import decode_audio, decode_random_crop
+from matpac_hf.configuration_matpac import SAMPLING_RATE, num_samples_for_frames
+from matpac_hf.prepare_corpus import prepare_corpus
 from matpac_hf.pretraining_data import CROP_FRAMES, PretrainingDataLoop, build_crop_stream, load_audio_stream
 
 
@@ -49,6 +59,9 @@ CROP_SAMPLES = num_samples_for_frames(CROP_FRAMES)
 
 
 TARGET_CROPS_PER_SECOND_PER_CORE = 300
+PREPARED_GOAL_CROPS_PER_SECOND_PER_CORE = 5000
+# README: `base` on 8 x H100 SXM at 35 % MFU runs the official schedule (294 816 steps x 2048 crops) in 5.4 h
+PAPER_CROPS_PER_SECOND = 31_000
 
 
 def pretraining_step(
@@ -104,22 +117,67 @@ def build_shard_corpus(folder: str, num_clips: int, num_shards: int, seconds: fl
     return paths
 
 
-def measure_pipeline(shards, num_workers: int, num_crops: int, batch_size: int = 16) -> float:
-    """Crops per second through `PretrainingDataLoop` (first batch excluded: worker start-up)."""
-    dataset, column = load_audio_stream(data_files=shards)
+def cpu_seconds_of_tree() -> float:
+    """CPU seconds of this process, its finished children and its live ones (DataLoader workers)."""
+    import psutil
+
+    used = sum(
+        getattr(resource.getrusage(who), field)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for field in ("ru_utime", "ru_stime")
+    )
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            used += times.user + times.system
+    return used
+
+
+def measure_pipeline(num_workers: int, num_crops: int, batch_size: int = 16, **source) -> tuple[float, float]:
+    """`(crops per wall second, crops per CPU second of all processes)` through `PretrainingDataLoop` (the first
+    batch excluded: worker start-up)."""
+    dataset, column = load_audio_stream(**source)
     loop = PretrainingDataLoop(
         build_crop_stream(dataset, column, seed=0), batch_size=batch_size, num_workers=num_workers
     )
     iterator = iter(loop)
     next(iterator)
-    start, crops = time.perf_counter(), 0
+    start, start_cpu, crops = time.perf_counter(), cpu_seconds_of_tree(), 0
     while crops < num_crops:
         crops += next(iterator)["input_values"].shape[0]
-    return crops / (time.perf_counter() - start)
+    return crops / (time.perf_counter() - start), crops / (cpu_seconds_of_tree() - start_cpu)
+
+
+@contextlib.contextmanager
+def timed_calls(totals: dict, targets: dict):
+    """Wraps `getattr(owner, name)` for every `part: [(owner, name), ...]` of `targets` so that the wall seconds spent
+    in it are added to `totals[part]` (nested calls counted once), and restores them afterwards."""
+    originals, depth = [], {"level": 0}
+    for part, pairs in targets.items():
+        for owner, name in pairs:
+            function = getattr(owner, name)
+
+            def timed(*args, _function=function, _part=part, **kwargs):
+                depth["level"] += 1
+                start = time.perf_counter()
+                try:
+                    return _function(*args, **kwargs)
+                finally:
+                    depth["level"] -= 1
+                    if depth["level"] == 0:
+                        totals[_part] = totals.get(_part, 0.0) + time.perf_counter() - start
+
+            originals.append((owner, name, function))
+            setattr(owner, name, timed)
+    try:
+        yield totals
+    finally:
+        for owner, name, function in reversed(originals):
+            setattr(owner, name, function)
 
 
 def breakdown(shards, num_crops: int) -> dict:
-    """Seconds per crop spent reading the raw stream, decoding, resampling and cropping (in-process)."""
+    """Seconds per crop spent reading the raw stream, decoding, down-mixing, resampling, and the rest (in-process)."""
     dataset, column = load_audio_stream(data_files=shards)
     start, count = time.perf_counter(), 0
     for _ in dataset:  # raw examples only: tar reading + datasets overhead
@@ -128,16 +186,21 @@ def breakdown(shards, num_crops: int) -> dict:
             break
     raw = (time.perf_counter() - start) / count
     stream = build_crop_stream(dataset, column, seed=0)
-    stream.timings = {}
-    start, count = time.perf_counter(), 0
-    for _ in stream:
-        count += 1
-        if count >= num_crops:
-            break
-    total = (time.perf_counter() - start) / count
-    per_crop = {name: seconds / count for name, seconds in stream.timings.items()}
+    targets = {
+        "decode (open, seek, read)": [(sf.SoundFile, "__init__"), (sf.SoundFile, "seek"), (sf.SoundFile, "read")],
+        "down-mix": [(audio_io, "to_mono")],
+        "resample": [(audio_io, "resample")],
+    }
+    with timed_calls({}, targets) as totals:
+        start, count = time.perf_counter(), 0
+        for _ in stream:
+            count += 1
+            if count >= num_crops:
+                break
+        total = (time.perf_counter() - start) / count
+    per_crop = {name: seconds / count for name, seconds in totals.items()}
     per_crop["stream reading"] = raw
-    per_crop["other (keys, checks, python)"] = max(0.0, total - sum(per_crop.values()))
+    per_crop["other (keys, crop, checks, python)"] = max(0.0, total - sum(per_crop.values()))
     per_crop["total"] = total
     return per_crop
 
@@ -176,36 +239,85 @@ def run_data_benchmark(args):
         print(f"crop: {CROP_SAMPLES} samples ({CROP_FRAMES} frames); target {target} crops/s/core\n")
         results = {}
         for num_workers in (0, 1, 2):
-            rate = measure_pipeline(shards, num_workers, args.num_crops)
-            cores = max(1, num_workers)
-            results[num_workers] = rate / cores
+            rate, cpu_rate = measure_pipeline(num_workers, args.num_crops, data_files=shards)
+            results[num_workers] = cpu_rate
             where = "in the training process" if num_workers == 0 else f"{num_workers} DataLoader worker(s)"
-            print(f"  {where:28s}: {rate:7.1f} crops/s  = {rate / cores:6.1f} crops/s/core")
+            print(f"  {where:28s}: {rate:7.1f} crops/s  = {cpu_rate:6.1f} crops/s/core (per CPU second)")
         parts = breakdown(shards, args.num_crops)
         print("\nwhere the time of one crop goes (in-process, mixed corpus):")
         for name, seconds in parts.items():
-            print(f"  {name:30s} {seconds * 1e3:6.2f} ms  ({seconds / parts['total'] * 100:5.1f} %)")
-        below = [workers for workers, rate in results.items() if rate < TARGET_CROPS_PER_SECOND_PER_CORE]
-        crowded = [workers for workers in below if workers + 1 > (os.cpu_count() or 1)]
-        if crowded:
-            print(
-                f"\n{', '.join(map(str, crowded))} worker(s): below the target because the machine has "
-                f"{os.cpu_count()} cores for the workers plus the training process, which takes the batches "
-                f"(~{CROP_SAMPLES * 4 * 16 / 1e6:.0f} MB each) from the workers; with a core per worker the rate "
-                "per worker is the 1-worker figure."
-            )
-        if set(below) - set(crowded):
-            print(
-                f"\nbelow the target of {TARGET_CROPS_PER_SECOND_PER_CORE} crops/s/core: FLAC decoding dominates "
-                "(only the cropped 6.1 s of each clip are decoded; 44.1 kHz stereo clips cost about 5x a 16 kHz "
-                "mono one, decode + resample). Storing the corpus at 16 kHz mono removes the resampling and "
-                "halves the decoding."
-            )
+            print(f"  {name:36s} {seconds * 1e3:6.2f} ms  ({seconds / parts['total'] * 100:5.1f} %)")
         single = {}
         for label, rate, stereo in (("16 kHz mono", 16_000, False), ("44.1 kHz stereo", 44_100, True)):
             single[label] = _single_format_rate(rate, stereo, args)
         rates = ", ".join(f"{k}: {v:.0f} crops/s" for k, v in single.items())
         print(f"\ndecode_random_crop alone, per format: {rates}")
+    run_prepared_benchmark(args, flac_rate=results[1])
+
+
+def run_prepared_benchmark(args, flac_rate: float):
+    """Prepares a corpus like the FLAC one but with `--prepared_clips` clips (so that the timed crops fit in one epoch:
+    DataLoader workers start again every epoch), then reads crops from it through the real DataLoader path."""
+    import logging
+
+    logging.getLogger("matpac_hf").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory() as folder:
+        shards = build_shard_corpus(folder, args.prepared_clips, args.num_shards, args.clip_seconds, seed=1)
+        _run_prepared_benchmark(args, folder, shards, flac_rate)
+
+
+def _run_prepared_benchmark(args, folder: str, shards: list[str], flac_rate: float):
+    prepared = os.path.join(folder, "prepared")
+    provenance = prepare_corpus(prepared, data_files=shards, num_shards=args.num_shards)
+    hours, cpu_seconds = provenance["audio_hours"], provenance["cpu_seconds"]
+    print(
+        f"\npreparation (python -m matpac_hf.prepare_corpus, 1 process): {hours / (cpu_seconds / 60):.3f} audio hours "
+        f"per core-minute ({provenance['clips_written']} clips, {hours * 60:.1f} min of audio in {cpu_seconds:.1f} CPU "
+        "s; mixed corpus, 1/4 decoded from 44.1 kHz stereo and resampled)"
+    )
+    flac_bytes = sum(os.path.getsize(path) for path in shards)
+    print(
+        f"disk per audio hour: prepared (int16 PCM in parquet) {provenance['bytes_per_audio_hour'] / 1e6:.1f} MB; "
+        f"source FLAC tars {flac_bytes / hours / 1e6:.1f} MB (1/4 of the clips 44.1 kHz stereo); float16 log-mel "
+        f"(80 bins x 100 frames/s) {80 * 100 * 2 * 3600 / 1e6:.1f} MB"
+    )
+    print(
+        f"float16 log-mel instead: {float16_log_mel_error(shards[0]):.2e} max |difference| from the log-mel of the "
+        "waveform crop (normalised log-mel units), and crops only on the 10 ms frame grid"
+    )
+    rates = {}
+    num_crops = min(args.prepared_crops, args.prepared_clips - 4 * 16)  # within the first epoch
+    for num_workers in (0, 1):
+        rates[num_workers] = measure_pipeline(num_workers, num_crops, dataset_dir=prepared)
+    goal = PREPARED_GOAL_CROPS_PER_SECOND_PER_CORE
+    print(
+        f"prepared corpus: {rates[1][1]:.0f} crops/s/core with 1 DataLoader worker, {rates[0][1]:.0f} crops/s/core in "
+        f"the training process ({CROP_FRAMES}-frame crops, batch 16, crops per CPU second; wall {rates[1][0]:.0f} / "
+        f"{rates[0][0]:.0f} crops/s; goal {goal})"
+    )
+    print(f"cores feeding an 8 x H100 base run at {PAPER_CROPS_PER_SECOND} crops/s (the README's paper throughput):")
+    for name, rate in (("FLAC (mixed corpus, decode + resample)", flac_rate), ("prepared corpus", rates[1][1])):
+        print(f"  {name:40s}: {PAPER_CROPS_PER_SECOND / rate:6.1f} cores ({rate:.0f} crops/s/core)")
+
+
+def float16_log_mel_error(shard: str) -> float:
+    """Largest |difference| between a stored float16 log-mel of whole clips, cropped on the frame grid, and the log-mel
+    of the same waveform crop (the form this project does not store)."""
+    import tarfile
+
+    from matpac_hf import MatpacFeatureExtractor
+
+    feature_extractor = MatpacFeatureExtractor()
+    worst = 0.0
+    with tarfile.open(shard) as tar:
+        for member in tar.getmembers()[:4]:
+            waveform = torch.from_numpy(decode_audio(tar.extractfile(member).read(), SAMPLING_RATE))[None]
+            stored = feature_extractor.extract_log_mel(waveform).half().float()  # (1, frames, 80)
+            first_frame = 37
+            crop = waveform[:, first_frame * 160 : first_frame * 160 + CROP_SAMPLES]
+            direct = feature_extractor.extract_log_mel(crop)
+            worst = max(worst, float((stored[:, first_frame : first_frame + CROP_FRAMES] - direct).abs().max()))
+    return worst
 
 
 def _single_format_rate(sampling_rate, stereo, args, num_clips=24):
@@ -233,6 +345,8 @@ def main():
     parser.add_argument("--num_shards", type=int, default=8, help="webdataset tar shards of the corpus")
     parser.add_argument("--clip_seconds", type=float, default=10.0, help="duration of each clip")
     parser.add_argument("--num_crops", type=int, default=400, help="crops timed per configuration")
+    parser.add_argument("--prepared_clips", type=int, default=1200, help="clips of the corpus prepared for timing")
+    parser.add_argument("--prepared_crops", type=int, default=1000, help="crops timed from the prepared corpus")
     parser.add_argument("--train", action="store_true", help="also time training steps of the tiny and base presets")
     parser.add_argument("--train_steps", type=int, default=3, help="timed training steps per preset (after 1 warm-up)")
     parser.add_argument("--batch_size", type=int, default=8, help="per-step batch for the training timing")
