@@ -159,10 +159,10 @@ def to_mono(frames: np.ndarray) -> np.ndarray:
     if frames.ndim == 1:
         return np.ascontiguousarray(frames, dtype=np.float32)
     num_channels = frames.shape[1]
-    mono = np.array(frames[:, 0], dtype=np.float32)  # a contiguous copy of the first channel
     if num_channels == 1:
-        return mono
-    for channel in range(1, num_channels):
+        return np.array(frames[:, 0], dtype=np.float32)
+    mono = np.add(frames[:, 0], frames[:, 1], dtype=np.float32)
+    for channel in range(2, num_channels):
         np.add(mono, frames[:, channel], out=mono, casting="unsafe")
     mono *= np.float32(1.0 / num_channels)
     return mono
