@@ -224,9 +224,7 @@ def run_pretraining(args, device, config, peaks):
 
     torch.manual_seed(0)
     model = MatpacForPreTraining(config).to(device).train()
-    optimizer_args = script.build_parser().parse_args(
-        ["--output_dir", "unused"]
-    )  # the script's (official) optimiser defaults
+    optimizer_args = script.build_parser().parse_args(["--output_dir", "unused"])  # the script's optimiser defaults
     optimizer = script.build_optimizer(model, optimizer_args)
     trainable = [p for p in model.parameters() if p.requires_grad]
     feature_extractor = MatpacFeatureExtractor()

@@ -60,6 +60,7 @@ from matpac_hf.audio_io import BAD_AUDIO_POLICIES, MIN_CLIP_POLICIES
 from matpac_hf.convert_original_checkpoint import read_training_progress
 from matpac_hf.model_card import pretrained_encoder_fields, render_model_card
 from matpac_hf.optimization import FairseqAdam
+from matpac_hf.prepare_corpus import read_provenance
 from matpac_hf.pretraining_data import (
     CROP_FRAMES,
     PretrainingDataLoop,
@@ -128,7 +129,11 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     data = parser.add_argument_group("corpus (give one of --dataset_name, --dataset_dir, --data_files)")
     data.add_argument("--dataset_name", help="Hub dataset id (or anything `datasets.load_dataset` takes), streamed")
     data.add_argument("--dataset_config", help="configuration name of --dataset_name")
-    data.add_argument("--dataset_dir", help="local audiofolder directory of audio files (labels/metadata ignored)")
+    data.add_argument(
+        "--dataset_dir",
+        help="local audiofolder directory of audio files (labels/metadata ignored), or a prepared corpus "
+        "(python -m matpac_hf.prepare_corpus), read by slicing",
+    )
     data.add_argument("--data_files", nargs="+", help="parquet or webdataset .tar shards, or audio files (globs ok)")
     data.add_argument("--split", default="train", help="split to stream")
     data.add_argument("--audio_column", help="audio column; default: 'audio', or the only Audio column")
@@ -542,6 +547,10 @@ def build_data_loop(args, accelerator: Accelerator) -> tuple[PretrainingDataLoop
     if corpus_size is None and args.split in splits and splits[args.split].num_examples:
         corpus_size = splits[args.split].num_examples
         logger.info(f"Corpus size from the dataset info: {corpus_size} clips")
+    provenance = read_provenance(args.dataset_dir) if args.dataset_dir else None  # a corpus from prepare_corpus
+    if corpus_size is None and provenance is not None:
+        corpus_size = provenance["clips_written"]
+        logger.info(f"Corpus size from {args.dataset_dir}/prepared_corpus.json: {corpus_size} clips")
     stream = build_crop_stream(
         dataset,
         audio_column,

@@ -202,9 +202,6 @@ def test_resume_of_the_prepared_stream_is_exact(prepared):
         assert np.array_equal(got["input_values"].numpy(), batch["input_values"].numpy())
 
 
-sys.path.insert(0, str(REPO / "examples"))
-
-
 def test_run_pretraining_on_the_prepared_corpus_gives_the_losses_of_the_source(tmp_path):
     import run_pretraining as script
     from accelerate.state import AcceleratorState

@@ -6,22 +6,14 @@ predictor, teacher, both losses, center, EMA teachers, clipping and the fused Ad
 which raises on every op whose result the host would wait for. Also: the check fires on such ops, and padded crops
 (`attention_mask`) do sync (their kept patch counts are data-dependent shapes)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import tiny_config
+from bench_dataloader import pretraining_step
+from bench_gpu import HostSyncCheck, HostSyncError
+from matpac_testing import tiny_config
 
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO / "examples"))
-from bench_dataloader import pretraining_step  # noqa: E402
-from bench_gpu import HostSyncCheck, HostSyncError  # noqa: E402
-
-from matpac_hf import MatpacFeatureExtractor, MatpacForPreTraining  # noqa: E402
-from matpac_hf.configuration_matpac import num_samples_for_frames  # noqa: E402
+from matpac_hf import MatpacFeatureExtractor, MatpacForPreTraining
+from matpac_hf.configuration_matpac import num_samples_for_frames
 
 
 @pytest.mark.parametrize(("use_mcl", "autocast_dtype"), [(False, torch.bfloat16), (True, None)])
@@ -30,7 +22,7 @@ def test_a_training_step_has_no_host_sync(use_mcl, autocast_dtype):
 
     torch.manual_seed(0)
     model = MatpacForPreTraining(tiny_config(use_mcl=use_mcl)).train()
-    optimizer = script.build_optimizer(model, script.parse_args(["--output_dir", "unused"]))
+    optimizer = script.build_optimizer(model, script.build_parser().parse_args(["--output_dir", "unused"]))
     assert all(group["fused"] for group in optimizer.param_groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
     feature_extractor = MatpacFeatureExtractor()
