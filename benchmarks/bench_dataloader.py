@@ -296,6 +296,14 @@ def _run_prepared_benchmark(args, folder: str, shards: list[str], flac_rate: flo
         f"the training process ({CROP_FRAMES}-frame crops, batch 16, crops per CPU second; wall {rates[1][0]:.0f} / "
         f"{rates[0][0]:.0f} crops/s; goal {goal})"
     )
+    zstd = os.path.join(folder, "prepared_zstd")
+    compressed = prepare_corpus(zstd, data_files=shards, num_shards=args.num_shards, compression="zstd")
+    _, zstd_rate = measure_pipeline(0, num_crops, dataset_dir=zstd)
+    print(
+        f"with --compression zstd: {compressed['bytes_per_audio_hour'] / 1e6:.1f} MB per audio hour, {zstd_rate:.0f} "
+        f"crops/s/core in the training process (uncompressed: {provenance['bytes_per_audio_hour'] / 1e6:.1f} MB, "
+        f"{rates[0][1]:.0f})"
+    )
     print(f"cores feeding an 8 x H100 base run at {PAPER_CROPS_PER_SECOND} crops/s (the README's paper throughput):")
     for name, rate in (("FLAC (mixed corpus, decode + resample)", flac_rate), ("prepared corpus", rates[1][1])):
         print(f"  {name:40s}: {PAPER_CROPS_PER_SECOND / rate:6.1f} cores ({rate:.0f} crops/s/core)")
