@@ -275,3 +275,26 @@ def test_two_processes_train_from_a_prepared_corpus(tmp_path, prepared):
     assert seen[0] and seen[1] and seen[0].isdisjoint(seen[1])
     checksums = json.loads((out / "logs" / "replica_checksums.json").read_text())
     assert len(checksums) == 2 and checksums[0] == checksums[1]
+
+
+def test_a_parquet_source_is_split_by_row_groups_in_parallel_processes(tmp_path, corpus):
+    """One parquet file of 3 row groups becomes 3 output shards (its row groups), prepared by 2 processes; the crops
+    are those of the source (clips identified by their bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(corpus.glob("clip_0[0-4].flac")) + [corpus / "clip_05_broken.flac"]
+    rows = [{"bytes": path.read_bytes(), "path": path.name} for path in files]
+    metadata = {"huggingface": json.dumps({"info": {"features": {"sound": {"_type": "Audio"}}}})}
+    table = pa.table({"sound": rows}).replace_schema_metadata(metadata)
+    pq.write_table(table, tmp_path / "source.parquet", row_group_size=2)
+    out = tmp_path / "prepared"
+    provenance = prep.prepare_corpus(str(out), data_files=str(tmp_path / "source.parquet"), num_shards=3, num_proc=2)
+    assert [row["clips_written"] + row["clips_skipped"] for row in provenance["shards"]] == [2, 2, 2]
+    assert provenance["clips_written"] == 5 and provenance["skipped_files"] == ["clip_05_broken.flac"]
+    original = crops(1, data_files=str(tmp_path / "source.parquet"))
+    from_prepared = crops(1, dataset_dir=str(out))
+    assert sorted(original) == sorted(from_prepared) and len(original) == 5
+    for key, (crop, _) in original.items():
+        tolerance = 4e-5 if key.startswith(("clip_01.flac", "clip_05.flac")) else 0.0  # 44.1 kHz stereo: resampled
+        assert np.abs(from_prepared[key][0] - crop).max() <= tolerance, key
