@@ -67,6 +67,7 @@ from matpac_hf.pretraining_data import (
     build_crop_stream,
     frame_attention_mask,
     load_audio_stream,
+    waveforms_on_device,
 )
 from matpac_hf.training_utils import (
     JsonlTracker,
@@ -649,7 +650,7 @@ def train(args, accelerator, model, optimizer, lr_scheduler, feature_extractor, 
         while global_step < max_steps:
             batch = next(batches)
             with accelerator.accumulate(model):
-                waveforms = batch["input_values"].to(accelerator.device, non_blocking=True)  # (batch, samples)
+                waveforms = waveforms_on_device(batch, accelerator.device)  # (batch, samples) float32
                 input_values = feature_extractor.extract_log_mel(waveforms)  # (batch, crop_frames, 80), float32
                 inputs = {"step": global_step, "generator": mask_generator(args.seed, rank, global_step, micro_step)}
                 if bool((batch["num_valid_samples"] < waveforms.shape[1]).any()):  # zero-padded short clips

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from matpac_hf import prepare_corpus as prep
-from matpac_hf.audio_io import AudioDecodeError
+from matpac_hf.audio_io import AudioDecodeError, pcm_to_float32
 from matpac_hf.configuration_matpac import num_samples_for_frames
-from matpac_hf.pretraining_data import PretrainingDataLoop, build_crop_stream, load_audio_stream
+from matpac_hf.pretraining_data import PretrainingDataLoop, build_crop_stream, load_audio_stream, waveforms_on_device
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def crops(epoch: int, min_clip_policy: str = "drop", **source) -> dict:
     dataset, column = load_audio_stream(**source)
     stream = build_crop_stream(dataset, column, seed=5, crop_frames=CROP_FRAMES, min_clip_policy=min_clip_policy)
     stream.set_epoch(epoch)
-    return {item["example_id"]: (item["input_values"], item["num_valid_samples"]) for item in stream}
+    return {item["example_id"]: (pcm_to_float32(item["input_values"]), item["num_valid_samples"]) for item in stream}
 
 
 @pytest.mark.parametrize("min_clip_policy", ["drop", "pad"])
@@ -188,6 +189,10 @@ def test_resume_of_the_prepared_stream_is_exact(prepared):
 
     uninterrupted = iter(loop())
     expected = [next(uninterrupted) for _ in range(9)]  # 5 batches per epoch: crosses into epoch 1
+    batch = expected[0]["input_values"]  # int16 PCM to the device (half the bytes), converted there exactly
+    assert batch.dtype == torch.int16 and batch.shape == (2, CROP_SAMPLES)
+    on_device = waveforms_on_device(expected[0], "cpu")
+    assert on_device.dtype == torch.float32 and np.array_equal(on_device.numpy(), pcm_to_float32(batch.numpy()))
     first = loop()
     iterator = iter(first)
     for _ in range(3):

@@ -430,14 +430,23 @@ def decode_random_crop(
     return crop, num_valid
 
 
-def pcm_to_float32(samples: np.ndarray) -> np.ndarray:
-    """Samples as float32 in [-1, 1): float input unchanged (as float32), 16-bit integer PCM scaled by 2**-15 (what
-    libsndfile returns for a 16-bit file read as float32, so the values are bitwise those of decoding the file)."""
-    if samples.dtype == np.int16:
-        return samples.astype(np.float32) * np.float32(2.0**-15)
-    if samples.dtype.kind != "f":
+def pcm_to_float32(samples):
+    """Samples (a numpy array or a torch tensor, on any device) as float32 in [-1, 1): float input as float32, 16-bit
+    integer PCM scaled by 2**-15 (what libsndfile returns for a 16-bit file read as float32, so the values are bitwise
+    those of decoding the file)."""
+    if isinstance(samples, np.ndarray):
+        if samples.dtype == np.int16:
+            return samples.astype(np.float32) * np.float32(2.0**-15)
+        if samples.dtype.kind != "f":
+            raise ValueError(f"Stored audio must be int16 PCM or float, got {samples.dtype}.")
+        return np.ascontiguousarray(samples, dtype=np.float32)
+    import torch
+
+    if samples.dtype == torch.int16:
+        return samples.float().mul_(2.0**-15)
+    if not samples.is_floating_point():
         raise ValueError(f"Stored audio must be int16 PCM or float, got {samples.dtype}.")
-    return np.ascontiguousarray(samples, dtype=np.float32)
+    return samples.float()
 
 
 def crop_decoded(
@@ -448,22 +457,25 @@ def crop_decoded(
     epoch: int = 0,
     key: str,
     min_clip_policy: str = "drop",
+    keep_int16: bool = False,
 ) -> tuple[np.ndarray | None, int]:
     """The crop `decode_random_crop` takes, from a clip already decoded to mono at the target rate (`decode_audio`,
     or the int16 / float32 samples of a prepared corpus, see `matpac_hf.prepare_corpus`): the same position, the same
     short-clip rule and the same return value (a float32 crop; integer samples are converted after the slicing, by
-    `pcm_to_float32`). For a clip stored at the target rate the crop is bitwise the one `decode_random_crop` reads from
-    the file; for a resampled clip it differs by the resampling filter's rounding only (the whole clip resampled once
-    instead of the samples around the crop)."""
+    `pcm_to_float32`, unless `keep_int16`: then int16 samples stay int16, for `pcm_to_float32` later). For a clip
+    stored at the target rate the crop is bitwise the one `decode_random_crop` reads from the file; for a resampled
+    clip it differs by the resampling filter's rounding only (the whole clip resampled once instead of the samples
+    around the crop)."""
     check_min_clip_policy(min_clip_policy)
+    convert = (lambda samples: samples) if keep_int16 and waveform.dtype == np.int16 else pcm_to_float32
     num_samples = waveform.shape[0]
     if num_samples < crop_samples:
         if min_clip_policy == "drop":
             return None, 0
-        crop, num_valid = np.pad(pcm_to_float32(waveform), (0, crop_samples - num_samples)), num_samples
+        crop, num_valid = np.pad(convert(waveform), (0, crop_samples - num_samples)), num_samples
     else:
         offset = crop_offset(num_samples, crop_samples, seed, epoch, key)
-        crop, num_valid = pcm_to_float32(waveform[offset : offset + crop_samples]), crop_samples
+        crop, num_valid = convert(waveform[offset : offset + crop_samples]), crop_samples
     if waveform.dtype.kind == "f" and not np.isfinite(crop).all():
         raise AudioDecodeError(f"{key}: non-finite samples (NaN or inf)")
     return crop, num_valid

@@ -44,6 +44,7 @@ from .audio_io import (
     decode_audio,
     decode_random_crop,
     keep_audio_undecoded,
+    pcm_to_float32,
 )
 from .configuration_matpac import HOP_LENGTH, N_FFT, SAMPLING_RATE, num_frames_for_samples, num_samples_for_frames
 from .prepare_corpus import AUDIO_COLUMN as PREPARED_AUDIO_COLUMN
@@ -221,7 +222,9 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
     """Turns a streaming corpus (undecoded audio column) into random fixed-length waveform crops.
 
     Each item is `{"input_values": float32 array (crop_samples,), "num_valid_samples": int, "example_id": str}`;
-    `num_valid_samples < crop_samples` only for a zero-padded short clip (`min_clip_policy="pad"`).
+    `num_valid_samples < crop_samples` only for a zero-padded short clip (`min_clip_policy="pad"`). From an int16
+    prepared corpus `input_values` is the int16 PCM of the crop (half the bytes through the DataLoader and to the
+    device): `waveforms_on_device` converts batches exactly (`audio_io.pcm_to_float32`).
 
     Works as the dataset of a `DataLoader` with workers: `datasets` gives each worker its own shards, and
     `state_dict()` / `load_state_dict()` (the `datasets` stream position plus the counters) make it usable with
@@ -337,8 +340,8 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
                 if waveform is None and not self.cache.full:
                     waveform = decode_audio(audio, self.sampling_rate)
                     self.cache.put(key, waveform)
-            if waveform is not None:
-                crop, num_valid = crop_decoded(waveform, self.crop_samples, **crop_kwargs)
+            if waveform is not None:  # a prepared int16 clip stays int16 to the training device (half the bytes)
+                crop, num_valid = crop_decoded(waveform, self.crop_samples, keep_int16=self.prepared, **crop_kwargs)
             else:
                 crop, num_valid = decode_random_crop(
                     audio, self.crop_samples, sampling_rate=self.sampling_rate, **crop_kwargs
@@ -356,19 +359,28 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
 
 
 def collate_crops(examples: list[dict]) -> dict:
-    """Stacks crops into `input_values` (batch, crop_samples) float32, `num_valid_samples` (batch,) int64, and keeps
-    the ids. In a DataLoader worker the batch is written straight into shared memory (as torch's `default_collate`
-    does), instead of being stacked and then copied there to be sent."""
-    crops = [torch.from_numpy(example["input_values"]) for example in examples]
-    out = None
+    """Stacks crops into `input_values` (batch, crop_samples) (float32, or int16 from an int16 prepared corpus),
+    `num_valid_samples` (batch,) int64, and keeps the ids. In a DataLoader worker the batch is written straight into
+    shared memory (as torch's `default_collate` does), instead of being stacked and then copied there to be sent."""
+    crops = [example["input_values"] for example in examples]
+    empty = torch.from_numpy(np.empty(0, dtype=crops[0].dtype))
     if torch.utils.data.get_worker_info() is not None:
-        storage = crops[0]._typed_storage()._new_shared(len(crops) * crops[0].numel(), device=crops[0].device)
-        out = crops[0].new(storage).resize_(len(crops), crops[0].numel())
+        out = empty.new(empty._typed_storage()._new_shared(len(crops) * crops[0].shape[0], device="cpu"))
+    else:
+        out = empty.new_empty(len(crops) * crops[0].shape[0])
+    out = out.view(len(crops), crops[0].shape[0])
+    np.stack(crops, out=out.numpy())  # numpy reads the (read-only) views of a prepared corpus's bytes
     return {
-        "input_values": torch.stack(crops, out=out),
+        "input_values": out,
         "num_valid_samples": torch.tensor([example["num_valid_samples"] for example in examples], dtype=torch.int64),
         "example_ids": [example["example_id"] for example in examples],
     }
+
+
+def waveforms_on_device(batch: dict, device) -> torch.Tensor:
+    """`batch["input_values"]` on `device` (non-blocking) as float32 `(batch, samples)`; int16 PCM crops are converted
+    there, exactly (`audio_io.pcm_to_float32`)."""
+    return pcm_to_float32(batch["input_values"].to(device, non_blocking=True))
 
 
 def frame_attention_mask(
@@ -626,4 +638,5 @@ __all__ = [
     "frame_attention_mask",
     "load_audio_stream",
     "stateful_dataloader_class",
+    "waveforms_on_device",
 ]
