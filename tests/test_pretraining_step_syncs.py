@@ -68,3 +68,16 @@ def test_the_check_fires_on_host_syncs():
     with pytest.raises(HostSyncError):  # a padded batch's kept patches are a data-dependent shape
         with HostSyncCheck():
             model(log_mel, attention_mask=attention_mask, step=1)
+
+
+def test_bench_gpu_times_a_compiled_step_without_host_sync_on_cpu(capsys):
+    """`bench_gpu.py --compile` on the CPU with the tiny encoder (aot_eager: no C++ compiler needed): the compiled step
+    passes the same check and its compile time is reported."""
+    import bench_gpu
+
+    argv = ["--device", "cpu", "--tiny", "--skip_inference", "--train_steps", "1", "--train_batch_size", "2"]
+    assert bench_gpu.main([*argv, "--compile", "--compile_backend", "aot_eager"]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines() if "crops/s" in line]
+    assert [line.split(":")[0] for line in lines] == ["bf16", "fp32", "bf16 compiled", "fp32 compiled"]
+    assert all(line.endswith("no host sync in a step") for line in lines)
+    assert all("compile time" in line for line in lines[2:])
