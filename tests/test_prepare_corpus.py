@@ -303,3 +303,13 @@ def test_a_parquet_source_is_split_by_row_groups_in_parallel_processes(tmp_path,
     for key, (crop, _) in original.items():
         tolerance = 4e-5 if key.startswith(("clip_01.flac", "clip_05.flac")) else 0.0  # 44.1 kHz stereo: resampled
         assert np.abs(from_prepared[key][0] - crop).max() <= tolerance, key
+
+
+def test_a_prepared_corpus_prepared_again_keeps_its_crops(tmp_path, prepared):
+    """Re-sharding a prepared corpus (preparing it again) keeps each clip's key, hence its crops, bitwise."""
+    again = tmp_path / "resharded"
+    provenance = prep.prepare_corpus(str(again), dataset_dir=str(prepared), num_shards=1)
+    assert provenance["clips_written"] == 11 and provenance["clips_skipped"] == 0
+    before, after = crops(2, "pad", dataset_dir=str(prepared)), crops(2, "pad", dataset_dir=str(again))
+    assert sorted(before) == sorted(after)
+    assert all(np.array_equal(before[key][0], after[key][0]) for key in before)

@@ -220,7 +220,7 @@ def prepare_shard(source: dict, settings: dict, index: int, output_dir: str) -> 
             samples = to_stored_samples(waveform, settings["sample_format"])
             path = audio.get("path") if isinstance(audio, dict) else audio if isinstance(audio, str) else None
             rows[AUDIO_COLUMN].append({"bytes": wav_bytes(samples), "path": os.path.basename(path) if path else None})
-            rows[KEY_COLUMN].append(clip_key(audio))
+            rows[KEY_COLUMN].append(example.get(KEY_COLUMN) or clip_key(audio))  # a prepared source keeps its keys
             rows["num_samples"].append(samples.shape[0])
             rows["duration"].append(samples.shape[0] / SAMPLING_RATE)
             counts["clips_written"] += 1
@@ -291,7 +291,8 @@ def prepare_corpus(
     The source is given as to `pretraining_data.load_audio_stream` (a Hub id or `load_dataset` path, an audiofolder
     directory, or parquet / webdataset / audio files). `num_shards` defaults to the source's own shard count, at least
     `num_proc` and at most 1024. Running it again on the same `output_dir` with the same arguments finishes an
-    interrupted preparation; other arguments are refused.
+    interrupted preparation; other arguments are refused. With `num_proc > 1` the shards run in spawned processes, which
+    import the calling script: call it under `if __name__ == "__main__":` (or use the command line).
     """
     from .pretraining_data import load_audio_stream
 
