@@ -362,6 +362,8 @@ def prepare_corpus(
 
         with multiprocessing.get_context("spawn").Pool(num_proc) as pool:
             results = list(pool.imap_unordered(_prepare_shard_in_worker, tasks))
+            pool.close()  # let the workers exit on their own (terminating them leaks their semaphores)
+            pool.join()
     results.sort(key=lambda counts: counts["shard"])
 
     totals = {key: sum(r[key] for r in results) for key in ("clips_read", "clips_written", "clips_skipped", "samples")}
