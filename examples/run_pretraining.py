@@ -386,6 +386,13 @@ def resolve_schedule(args, corpus_size: int | None, num_processes: int) -> dict:
     }
 
 
+def describe_epochs(schedule: dict) -> str:
+    """The schedule's epoch length for the log: steps per epoch, or why it is unknown."""
+    if schedule["corpus_size"] is None:
+        return "epoch length unknown (the corpus size is not known ahead of streaming it; --corpus_size gives it)"
+    return f"steps per epoch: {schedule['steps_per_epoch']} (corpus of {schedule['corpus_size']} clips)"
+
+
 def build_model(args, schedule: dict) -> MatpacForPreTraining:
     """A saved MatpacForPreTraining (--model_name_or_path) or a new one from the preset and overrides, with the run's
     schedule lengths in its config (its own schedules, teacher temperature and EMA, follow them)."""
@@ -769,9 +776,9 @@ def pretrain(args) -> int:
     logger.info(
         f"Schedule: {schedule['max_steps']} optimiser steps of {schedule['clips_per_step']} crops of "
         f"{args.crop_frames} frames ({args.per_device_batch_size} per process x {accelerator.num_processes} processes "
-        f"x {args.gradient_accumulation_steps} accumulation); steps per epoch: {schedule['steps_per_epoch']} (corpus "
-        f"of {corpus_size} clips); learning-rate warm-up {schedule['warmup_steps']} steps; teacher-temperature "
-        f"warm-up {schedule['teacher_temperature_warmup_steps']} steps"
+        f"x {args.gradient_accumulation_steps} accumulation); {describe_epochs(schedule)}; learning-rate warm-up "
+        f"{schedule['warmup_steps']} steps; teacher-temperature warm-up {schedule['teacher_temperature_warmup_steps']} "
+        "steps"
     )
 
     # 4. Model, feature extractor, optimiser, learning-rate schedule.

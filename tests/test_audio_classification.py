@@ -20,7 +20,7 @@ from matpac_testing import tiny_config
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 from transformers import AutoConfig, AutoModelForAudioClassification, HfArgumentParser, pipeline
 
-from matpac_hf import METRICS_DIR, MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel
+from matpac_hf import METRICS_DIR, MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel, classification_data
 from matpac_hf.audio_io import decode_audio
 from matpac_hf.classification_data import (
     ClassLabels,
@@ -480,8 +480,11 @@ def test_bad_audio_is_refused_or_dropped_and_counted(tmp_path, caplog):
     train = load_audio_dataset(str(tmp_path))["train"]
     assert len(train) == 8
 
-    with pytest.raises(ValueError, match=r"broken\.wav.*--bad_audio skip"):
+    # "error" tries every clip first and names every bad one in one error, with the count
+    with pytest.raises(ValueError, match=r"Cannot decode 2 clip\(s\)") as refused:
         drop_or_refuse_bad_audio(train, "audio", SAMPLING_RATE, min_samples=400, bad_audio="error")
+    assert "broken.wav" in str(refused.value) and "tiny.wav: shorter than 400 samples" in str(refused.value)
+    assert "--bad_audio skip" in str(refused.value)
     with caplog.at_level("WARNING"):
         kept = drop_or_refuse_bad_audio(train, "audio", SAMPLING_RATE, min_samples=400, bad_audio="skip")
     assert len(kept) == 6 and not any(path.endswith(("broken.wav", "tiny.wav")) for path in kept["audio"])
@@ -489,6 +492,29 @@ def test_bad_audio_is_refused_or_dropped_and_counted(tmp_path, caplog):
     # the script applies the policy before training: the default refuses, naming the file
     with pytest.raises(ValueError, match=r"broken\.wav"):
         script.main(["--dataset_name", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--use_cpu"])
+
+
+def test_m4a_clips_in_class_folders_are_kept_and_reported_with_the_install(tmp_path, monkeypatch):
+    """datasets' audiofolder builder skips .m4a / .aac; the class-folder loader lists them, and without torchcodec the
+    bad-file check names them with the install that decodes them."""
+    from matpac_hf import audio_io
+
+    monkeypatch.setattr(audio_io, "torchcodec_error", lambda: "torchcodec is not installed")
+    monkeypatch.setattr(classification_data, "torchcodec_error", lambda: "torchcodec is not installed")
+    rng = np.random.default_rng(0)
+    for split in ("train", "validation"):
+        for label in ("dog", "rain"):
+            (tmp_path / split / label).mkdir(parents=True)
+            sf.write(tmp_path / split / label / "0.wav", tone(440.0, 0.3, rng), SAMPLING_RATE)
+    (tmp_path / "train" / "dog" / "1.m4a").write_bytes(bytes(200))
+    (tmp_path / "train" / "rain" / "2.aac").write_bytes(bytes(200))
+    splits = load_audio_dataset(str(tmp_path))
+    assert sorted(Path(path).name for path in splits["train"]["audio"]) == ["0.wav", "0.wav", "1.m4a", "2.aac"]
+    assert splits["train"]["label"] == ["dog", "dog", "rain", "rain"] and len(splits["validation"]) == 2
+    with pytest.raises(ValueError, match=r"Cannot decode 2 clip\(s\)") as refused:
+        drop_or_refuse_bad_audio(splits["train"], "audio", SAMPLING_RATE, bad_audio="error")
+    assert "1.m4a" in str(refused.value) and "2.aac" in str(refused.value)
+    assert "pip install torchcodec" in str(refused.value)
 
 
 def test_class_labels_multi_label_from_separator():

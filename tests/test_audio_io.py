@@ -150,3 +150,120 @@ def test_short_clip_crop_is_dropped_or_padded_with_its_valid_length():
     assert np.count_nonzero(crop[32000:]) == 0
     with pytest.raises(ValueError, match="min_clip_policy"):
         decode_random_crop(audio, CROP_SAMPLES, min_clip_policy="loop")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Containers only FFmpeg reads, and reporting each unreadable file once
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def without_torchcodec(monkeypatch):
+    """Makes `matpac_hf.audio_io` see torchcodec as not installed, whether or not it is here."""
+    from matpac_hf import audio_io
+
+    monkeypatch.setattr(audio_io, "torchcodec_error", lambda: "torchcodec is not installed (No module named X)")
+
+
+def test_ffmpeg_only_containers_are_listed_counted_and_explained_without_torchcodec(tmp_path, monkeypatch, caplog):
+    from matpac_hf.audio_io import FFMPEG_AUDIO_EXTENSIONS, BadAudioPolicy
+
+    without_torchcodec(monkeypatch)
+    sf.write(tmp_path / "a.flac", tone(0.5, 16000), 16000)
+    for extension in FFMPEG_AUDIO_EXTENSIONS:  # contents do not matter: soundfile refuses them all
+        (tmp_path / f"clip{extension}").write_bytes(b"\x00\x00\x00\x18ftypM4A " + bytes(64))
+    (tmp_path / "broken.flac").write_bytes(CORRUPTED)
+    with caplog.at_level("WARNING"):
+        files = list_audio_files(tmp_path)
+    assert [path.name for path in files] == sorted(["a.flac", "broken.flac", "clip.aac", "clip.m4a", "clip.mp4", "clip.webm"])
+    assert "4 of the 6 audio files" in caplog.text and "clip.m4a" in caplog.text
+    assert "pip install torchcodec" in caplog.text and "libavcodec" in caplog.text
+    with pytest.raises(AudioDecodeError, match=r"clip\.m4a: soundfile cannot read it .*torchcodec is not installed"):
+        decode_audio(tmp_path / "clip.m4a")
+    with pytest.raises(AudioDecodeError, match="pip install torchcodec"):
+        decode_random_crop(str(tmp_path / "clip.aac"), CROP_SAMPLES)
+    with pytest.raises(AudioDecodeError) as corrupted:  # a broken .flac keeps soundfile's own message
+        decode_audio(tmp_path / "broken.flac")
+    assert "torchcodec" not in str(corrupted.value)
+
+    # --bad_audio error reports every bad file before stopping
+    policy = BadAudioPolicy("error", collect=True)
+    for path in files:
+        try:
+            decode_audio(path)
+        except AudioDecodeError as error:
+            policy.handle(error)
+    with pytest.raises(AudioDecodeError, match=r"Cannot decode 5 clip\(s\)") as refused:
+        policy.raise_collected()
+    assert all(name in str(refused.value) for name in ("clip.m4a", "clip.aac", "clip.mp4", "clip.webm", "broken"))
+
+
+def test_bad_audio_error_lists_the_first_files_and_the_count():
+    from matpac_hf.audio_io import BadAudioPolicy
+
+    policy = BadAudioPolicy("error", collect=True)
+    for index in range(25):
+        policy.handle(AudioDecodeError(f"bad_{index:02d}.wav: unreadable"))
+    with pytest.raises(AudioDecodeError, match=r"Cannot decode 25 clip\(s\)") as refused:
+        policy.raise_collected()
+    assert "bad_19.wav" in str(refused.value) and "bad_20.wav" not in str(refused.value)
+    assert "and 5 more" in str(refused.value)
+    with pytest.raises(AudioDecodeError, match=r"bad_00\.wav.*--bad_audio skip"):  # streams stop at the first
+        BadAudioPolicy("error").handle(AudioDecodeError("bad_00.wav: unreadable"))
+
+
+def test_an_unreadable_file_is_logged_once_and_counted_every_time(caplog):
+    from matpac_hf.audio_io import BadAudioPolicy
+
+    policy = BadAudioPolicy("skip")
+    with caplog.at_level("WARNING"):
+        for _ in range(3):  # three epochs over the same two bad files
+            policy.handle(AudioDecodeError("x.flac: unreadable"))
+            policy.handle(AudioDecodeError("y.flac: unreadable"))
+    assert caplog.text.count("Skipping unreadable clip") == 2
+    assert policy.num_skipped == 6 and policy.num_files == 2
+    assert policy.summary() == "2 unreadable clip(s) skipped (6 skips in all): x.flac, y.flac"
+
+
+def test_the_crop_stream_logs_an_unreadable_file_in_its_first_epoch_only(tmp_path, caplog):
+    from matpac_hf.pretraining_data import PretrainingDataLoop, build_crop_stream, load_audio_stream
+
+    sf.write(tmp_path / "a.flac", tone(6.5, 16000), 16000)
+    (tmp_path / "a_corrupted.flac").write_bytes(CORRUPTED)
+    dataset, column = load_audio_stream(dataset_dir=str(tmp_path))
+    loop = PretrainingDataLoop(build_crop_stream(dataset, column, seed=0), batch_size=1)
+    iterator = iter(loop)
+    with caplog.at_level("WARNING"):
+        for _ in range(4):  # 4 epochs of one readable clip
+            next(iterator)
+    assert loop.stats.totals()["num_corrupted"] >= 3  # counted in every epoch
+    assert caplog.text.count("Skipping unreadable clip") == 1  # logged once
+
+
+def ffmpeg_encoded(tmp_path, extension, waveform, sampling_rate):
+    import torch
+    from torchcodec.encoders import AudioEncoder
+
+    path = tmp_path / f"clip{extension}"
+    AudioEncoder(torch.from_numpy(waveform)[None], sample_rate=sampling_rate).to_file(str(path))
+    return path
+
+
+@pytest.mark.parametrize("extension", [".m4a", ".aac", ".mp4", ".webm"])
+def test_ffmpeg_only_containers_decode_through_torchcodec(tmp_path, extension):
+    from matpac_hf.audio_io import torchcodec_error
+
+    if torchcodec_error() is not None:
+        pytest.skip(f"FFmpeg decoding needs torchcodec and FFmpeg's shared libraries: {torchcodec_error()}")
+    waveform = tone(2.0, 24000, 1000)  # a rate every encoder here takes (opus: 8 to 48 kHz)
+    path = ffmpeg_encoded(tmp_path, extension, waveform, 24000)
+    with pytest.raises(sf.LibsndfileError):
+        sf.read(path)
+    assert list_audio_files(tmp_path) == [path]
+    decoded = decode_audio(path)  # 16 kHz mono
+    assert abs(decoded.shape[0] - 32000) < 0.05 * 32000  # lossy codecs add a few ms of padding
+    spectrum = np.abs(np.fft.rfft(decoded))
+    assert np.fft.rfftfreq(decoded.shape[0], 1 / 16000)[spectrum.argmax()] == pytest.approx(1000, abs=5)
+    assert 0.3 < np.sqrt(np.mean(decoded[4000:-4000] ** 2)) < 0.45  # 0.5 sine plus noise: rms ~0.36
+    np.testing.assert_allclose(decode_audio(path.read_bytes()), decoded, atol=1e-6)  # bytes too
+    crop, num_valid = decode_random_crop(str(path), 16000, seed=1)
+    assert crop.shape == (16000,) and num_valid == 16000

@@ -11,9 +11,11 @@ the bad-file policy, for the pretraining stream, the pipeline, the labelled-data
 >>> dataset = dataset.map(decode, batched=True, features=decode.features(dataset.features))
 ```
 
-Decoding never goes through `torchcodec` (which `datasets` >= 4 needs to decode `Audio` columns): an
-`Audio(decode=False)` column gives `{"bytes", "path"}` and soundfile (libsndfile: wav, flac, ogg/vorbis/opus, mp3,
-aiff, au) reads it.
+Decoding goes through soundfile (libsndfile: wav, flac, ogg/vorbis/opus, mp3, aiff, au): an `Audio(decode=False)`
+column gives `{"bytes", "path"}` and soundfile reads it, without `torchcodec` (which `datasets` >= 4 needs to decode
+`Audio` columns). Containers libsndfile cannot read (`FFMPEG_AUDIO_EXTENSIONS`: .m4a, .aac, .mp4, .webm, and opus in
+mp4) are decoded through torchcodec (FFmpeg) when it is installed; otherwise they are refused like any unreadable file,
+with the install that fixes it (`FFMPEG_INSTALL_HINT`), and `list_audio_files` lists them all the same.
 
 The bad-file policy (`bad_audio=` in functions, `--bad_audio` in every script) is one of `BAD_AUDIO_POLICIES`:
 `"skip"` skips an unreadable / empty / non-finite file and counts it (the counts are reported), `"error"` refuses it
@@ -22,6 +24,7 @@ with the file name and the fix (`BadAudioPolicy`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -37,7 +40,14 @@ from .configuration_matpac import SAMPLING_RATE
 
 logger = logging.getLogger(__name__)
 
-AUDIO_FILE_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
+SOUNDFILE_AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
+# Containers only FFmpeg (through torchcodec) decodes here.
+FFMPEG_AUDIO_EXTENSIONS = (".m4a", ".aac", ".mp4", ".webm")
+AUDIO_FILE_EXTENSIONS = SOUNDFILE_AUDIO_EXTENSIONS + FFMPEG_AUDIO_EXTENSIONS
+FFMPEG_INSTALL_HINT = (
+    "pip install torchcodec (for torch 2.13 CPU: torchcodec==0.13.0) and FFmpeg's shared libraries (Debian 12: "
+    "apt-get install libavcodec59 libavformat59 libavutil57 libswresample4 libavdevice59 libavfilter8 libswscale6)"
+)
 BAD_AUDIO_POLICIES = ("skip", "error")
 MIN_CLIP_POLICIES = ("drop", "pad")
 
@@ -65,40 +75,82 @@ def check_min_clip_policy(min_clip_policy: str) -> str:
 
 
 class BadAudioPolicy:
-    """Applies `bad_audio` to the decode errors of one stream of clips and counts the skipped ones.
+    """Applies `bad_audio` to the decode errors of one run's clips and counts the skipped ones.
 
-    `handle(error)` raises (policy `"error"`: an `AudioDecodeError` naming the file and the fix) or logs and counts
-    (policy `"skip"`: the first `max_logged` skips are logged, then one in 1000). `num_skipped` and `skipped_names`
-    (the first `max_logged` names) say what was skipped; `summary()` is a one-line report. `scope` says what the
-    count covers in the log lines (e.g. `"so far in epoch 2"` for a policy made anew each epoch).
+    `handle(error)` raises (policy `"error"`: an `AudioDecodeError` naming the file and the fix) or counts (policy
+    `"skip"`). A skipped file is logged once per policy, the first time it is met (the first `max_logged` files, then
+    one in 1000 new ones): a policy that lives for the whole run (an epoch loop, a resumed stream) reports each
+    unreadable file once, and `summary()` gives the count at the end. `num_skipped` counts every skip (a file met in
+    each of 3 epochs counts 3), `num_files` the distinct files, `skipped_names` the first `max_logged` of them.
+
+    With `collect=True` the `"error"` policy does not stop at the first bad file: `handle` records it, and
+    `raise_collected()` (called once every file was tried) raises one error naming every bad file found (the first
+    `max_logged`, and how many in all). With `log=False` skips are counted, never logged (a stream's later epochs,
+    whose unreadable files its first epoch reported).
     """
 
     max_logged = 20
 
-    def __init__(self, bad_audio: str = "error", what: str = "clip", scope: str = "so far"):
+    def __init__(
+        self, bad_audio: str = "error", what: str = "clip", scope: str = "so far", collect: bool = False, log=True
+    ):
         self.bad_audio = check_bad_audio_policy(bad_audio)
+        self.log = log
         self.what = what
         self.scope = scope
+        self.collect = collect
         self.num_skipped = 0
         self.skipped_names: list[str] = []
+        self.errors: list[str] = []
+        self._seen: set[str] = set()
+
+    @property
+    def num_files(self) -> int:
+        return len(self._seen)
 
     def handle(self, error: AudioDecodeError):
+        name = str(error).split(": ", 1)[0]
         if self.bad_audio == "error":
-            raise AudioDecodeError(
-                f"Cannot decode {self.what} {str(error).rstrip('.')}. Fix or remove the file, or skip such files and "
-                "count them with --bad_audio skip (bad_audio='skip')."
-            ) from error
+            if not self.collect:
+                raise AudioDecodeError(
+                    f"Cannot decode {self.what} {str(error).rstrip('.')}. Fix or remove the file, or skip such files "
+                    "and count them with --bad_audio skip (bad_audio='skip')."
+                ) from error
+            self.errors.append(str(error).rstrip("."))
+            return
         self.num_skipped += 1
-        if self.num_skipped <= self.max_logged:
-            self.skipped_names.append(str(error).split(": ", 1)[0])
-        if self.num_skipped <= self.max_logged or self.num_skipped % 1000 == 0:
-            logger.warning("Skipping unreadable %s (%d %s): %s", self.what, self.num_skipped, self.scope, error)
+        if name in self._seen:
+            return
+        self._seen.add(name)
+        if len(self._seen) <= self.max_logged:
+            self.skipped_names.append(name)
+        if self.log and (len(self._seen) <= self.max_logged or len(self._seen) % 1000 == 0):
+            logger.warning(
+                "Skipping unreadable %s (%d distinct file(s) %s; each is reported once per run, later epochs count it "
+                "in 'clips skipped'): %s",
+                self.what,
+                len(self._seen),
+                self.scope,
+                error,
+            )
+
+    def raise_collected(self):
+        """With `collect=True`: raises one `AudioDecodeError` listing the bad files recorded by `handle`, if any."""
+        if not self.errors:
+            return
+        shown = self.errors[: self.max_logged]
+        more = f"\n  ... and {len(self.errors) - len(shown)} more" if len(self.errors) > len(shown) else ""
+        raise AudioDecodeError(
+            f"Cannot decode {len(self.errors)} {self.what}(s):\n  " + "\n  ".join(shown) + more + "\nFix or remove "
+            "these files, or skip such files and count them with --bad_audio skip (bad_audio='skip')."
+        )
 
     def summary(self) -> str:
         if not self.num_skipped:
             return f"no unreadable {self.what} skipped"
-        more = " ..." if self.num_skipped > len(self.skipped_names) else ""
-        return f"{self.num_skipped} unreadable {self.what}(s) skipped: {', '.join(self.skipped_names)}{more}"
+        more = " ..." if self.num_files > len(self.skipped_names) else ""
+        times = f" ({self.num_skipped} skips in all)" if self.num_skipped != self.num_files else ""
+        return f"{self.num_files} unreadable {self.what}(s) skipped{times}: {', '.join(self.skipped_names)}{more}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,11 +159,83 @@ class BadAudioPolicy:
 
 
 def list_audio_files(folder: str | os.PathLike) -> list[Path]:
-    """Every file under `folder` (recursively) whose extension is in `AUDIO_FILE_EXTENSIONS`, sorted."""
+    """Every file under `folder` (recursively) whose extension is in `AUDIO_FILE_EXTENSIONS`, sorted. Files only
+    FFmpeg decodes are listed too; when torchcodec cannot be loaded, their number and first names are logged once with
+    the install that fixes it (decoding them then fails, and the bad-file policy counts or refuses them)."""
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"{str(folder)!r} is not a directory.")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_FILE_EXTENSIONS and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_FILE_EXTENSIONS and p.is_file())
+    needs_ffmpeg = [p for p in files if p.suffix.lower() in FFMPEG_AUDIO_EXTENSIONS]
+    if needs_ffmpeg and torchcodec_error() is not None:
+        shown = ", ".join(str(p.relative_to(root)) for p in needs_ffmpeg[:10])
+        logger.warning(
+            "%d of the %d audio files under %s are containers soundfile cannot read (%s%s) and torchcodec is not "
+            "usable (%s): they will count as unreadable. To decode them: %s.",
+            len(needs_ffmpeg),
+            len(files),
+            root,
+            shown,
+            " ..." if len(needs_ffmpeg) > 10 else "",
+            torchcodec_error(),
+            FFMPEG_INSTALL_HINT,
+        )
+    return files
+
+
+@functools.lru_cache(maxsize=1)
+def torchcodec_error() -> str | None:
+    """`None` when torchcodec's audio decoder loads (with FFmpeg's shared libraries), else why it does not."""
+    try:
+        from torchcodec.decoders import AudioDecoder  # noqa: F401
+    except ImportError as error:
+        return f"torchcodec is not installed ({error})" if "torchcodec" in str(error) else str(error)
+    except (OSError, RuntimeError) as error:  # torchcodec installed, FFmpeg's shared libraries missing
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"torchcodec cannot load FFmpeg's libraries ({first_line})"
+    return None
+
+
+def ffmpeg_may_read(soundfile_error: Exception, name: str) -> bool:
+    """Whether a file soundfile refused (`soundfile_error`) goes to FFmpeg: libsndfile's own errors only, and, when
+    torchcodec is not usable, only for names whose extension libsndfile does not read (or opus, which may sit in an mp4
+    container), so that a corrupted .flac keeps its own error message."""
+    import soundfile as sf
+
+    if not isinstance(soundfile_error, sf.LibsndfileError):
+        return False
+    if torchcodec_error() is None:
+        return True
+    suffix = Path(name).suffix.lower() if not name.startswith("<") else ""
+    return suffix == ".opus" or suffix not in SOUNDFILE_AUDIO_EXTENSIONS
+
+
+def decode_with_ffmpeg(audio: Any, name: str, soundfile_error: Exception) -> tuple[np.ndarray, int]:
+    """`(samples, channels)` float32 and the sampling rate of a path or file bytes soundfile could not read
+    (`soundfile_error`), decoded by FFmpeg through torchcodec.
+
+    Raises:
+        AudioDecodeError: torchcodec is not usable (naming the install that fixes it), or FFmpeg cannot decode it.
+    """
+    reason = torchcodec_error()
+    if reason is not None:
+        raise AudioDecodeError(
+            f"{name}: soundfile cannot read it ({soundfile_error}) and {reason}. If it is a container only FFmpeg "
+            f"reads ({', '.join(FFMPEG_AUDIO_EXTENSIONS)}, opus in mp4), install: {FFMPEG_INSTALL_HINT}"
+        )
+    from torchcodec.decoders import AudioDecoder
+
+    if isinstance(audio, dict):
+        audio = audio.get("bytes") or audio.get("path")
+    if isinstance(audio, os.PathLike):
+        audio = os.fspath(audio)
+    if isinstance(audio, (bytearray, memoryview)):
+        audio = bytes(audio)
+    try:
+        samples = AudioDecoder(audio).get_all_samples()
+    except Exception as error:  # FFmpeg's errors come as RuntimeError / ValueError
+        raise AudioDecodeError(f"{name}: neither soundfile nor FFmpeg can decode it ({error})") from error
+    return samples.data.numpy().T, int(samples.sample_rate)
 
 
 def audio_source(audio: Any) -> tuple[Any, str]:
@@ -218,7 +342,9 @@ def decode_audio(audio: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
         try:
             waveform, orig_sr = sf.read(source, dtype="float32", always_2d=True)
         except Exception as error:  # libsndfile raises several types; all mean "unreadable"
-            raise AudioDecodeError(f"{name}: {type(error).__name__}: {error}") from error
+            if not ffmpeg_may_read(error, name):
+                raise AudioDecodeError(f"{name}: {type(error).__name__}: {error}") from error
+            waveform, orig_sr = decode_with_ffmpeg(audio, name, error)
     if waveform.shape[0] == 0:
         raise AudioDecodeError(f"{name}: the file holds no samples")
     mono = resample(to_mono(waveform), orig_sr, sampling_rate)
@@ -408,7 +534,11 @@ def decode_random_crop(
     except AudioDecodeError:
         raise
     except Exception as error:  # libsndfile raises several types; all mean "unreadable"
-        raise AudioDecodeError(f"{name}: {type(error).__name__}: {error}") from error
+        if not ffmpeg_may_read(error, name):
+            raise AudioDecodeError(f"{name}: {type(error).__name__}: {error}") from error
+        # a container only FFmpeg reads: decoded whole, then the same crop
+        waveform = decode_audio(audio, sampling_rate)
+        return crop_decoded(waveform, crop_samples, seed=seed, epoch=epoch, key=key, min_clip_policy=min_clip_policy)
     if segment.shape[0] == 0:
         raise AudioDecodeError(f"{name}: the file holds no samples")
     mono = resample(to_mono(segment), orig_sr, sampling_rate)
@@ -484,6 +614,9 @@ def crop_decoded(
 __all__ = [
     "AUDIO_FILE_EXTENSIONS",
     "AudioDecodeError",
+    "FFMPEG_AUDIO_EXTENSIONS",
+    "FFMPEG_INSTALL_HINT",
+    "SOUNDFILE_AUDIO_EXTENSIONS",
     "BAD_AUDIO_POLICIES",
     "BadAudioPolicy",
     "DecodeAudioColumn",
@@ -498,10 +631,13 @@ __all__ = [
     "decode_audio",
     "decode_audio_column",
     "decode_random_crop",
+    "decode_with_ffmpeg",
+    "ffmpeg_may_read",
     "keep_audio_undecoded",
     "list_audio_files",
     "pcm_to_float32",
     "resample",
     "resampled_length",
     "to_mono",
+    "torchcodec_error",
 ]

@@ -18,9 +18,19 @@ import re
 from pathlib import Path
 
 import numpy as np
-from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, Value, load_dataset, load_from_disk
+from datasets.data_files import DataFilesDict, get_data_patterns
 
-from .audio_io import AUDIO_FILE_EXTENSIONS, AudioDecodeError, BadAudioPolicy, audio_name, decode_audio
+from .audio_io import (
+    AUDIO_FILE_EXTENSIONS,
+    FFMPEG_AUDIO_EXTENSIONS,
+    FFMPEG_INSTALL_HINT,
+    AudioDecodeError,
+    BadAudioPolicy,
+    audio_name,
+    decode_audio,
+    torchcodec_error,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -61,16 +71,33 @@ def load_audio_folder(folder: str | Path, cache_dir: str | None = None) -> Datas
     if metadata:
         data_files = {"train" if path.parent == folder else path.parent.name: str(path) for path in metadata}
         return load_audio_files(data_files, "file_name", cache_dir).rename_column("file_name", "audio")
-    # datasets' own builder; a string feature keeps it from encoding the audio (which needs torchcodec)
-    features = Features({"audio": Value("string"), "label": Value("string")})
-    splits = load_dataset("audiofolder", data_dir=str(folder), features=features, cache_dir=cache_dir)
-    for name, split in splits.items():
-        if len(split) and split[0]["label"] is None:
+    # datasets' own split-folder rules (train/, validation/, test/, ...); the class is the folder holding the clip.
+    # (datasets' "audiofolder" builder is not used: it skips the containers only FFmpeg reads, .m4a and .aac.)
+    patterns = get_data_patterns(str(folder))
+    split_folders = set(patterns) != {"train"} or patterns["train"] != ["**"]
+    data_files = DataFilesDict.from_patterns(patterns, base_path=str(folder))
+    splits = {}
+    for name, paths in data_files.items():
+        clips = sorted(path for path in paths if Path(path).suffix.lower() in AUDIO_FILE_EXTENSIONS)
+        outside = [path for path in clips if len(Path(path).relative_to(folder).parts) < 2 + split_folders]
+        if outside:
             raise ValueError(
-                f"The audio files of {folder} ({name} split) are not inside class folders. Use the layout "
-                "<folder>/[<split>/]<label>/<clip>, or list the clips in a metadata.csv (file_name,label,...)."
+                f"The audio files of {folder} ({name} split) are not inside class folders ({outside[0]}, "
+                f"{len(outside)} file(s)). Use the layout <folder>/[<split>/]<label>/<clip>, or list the clips in a "
+                "metadata.csv (file_name,label,...)."
             )
-    return splits
+        if clips:
+            labels = [Path(path).parent.name for path in clips]
+            splits[str(name)] = Dataset.from_dict({"audio": clips, "label": labels})
+    needs_ffmpeg = [path for dataset in splits.values() for path in dataset["audio"]]
+    needs_ffmpeg = [path for path in needs_ffmpeg if Path(path).suffix.lower() in FFMPEG_AUDIO_EXTENSIONS]
+    if needs_ffmpeg and torchcodec_error() is not None:
+        logger.warning(
+            f"{len(needs_ffmpeg)} clip(s) of {folder} are containers soundfile cannot read ("
+            f"{', '.join(Path(path).name for path in needs_ffmpeg[:10])}{' ...' if len(needs_ffmpeg) > 10 else ''}) "
+            f"and {torchcodec_error()}: they count as unreadable. To decode them: {FFMPEG_INSTALL_HINT}."
+        )
+    return DatasetDict(splits)
 
 
 def load_audio_dataset(
@@ -221,23 +248,35 @@ def drop_or_refuse_bad_audio(
     what: str = "clip",
 ) -> Dataset:
     """Decodes every clip of `column` once and applies the `bad_audio` policy (`matpac_hf.audio_io.BadAudioPolicy`)
-    to those that cannot be decoded or are shorter than `min_samples`: `"error"` refuses the first with its name and
-    the fix, `"skip"` drops them and logs how many."""
-    policy = BadAudioPolicy(bad_audio, what=what)
+    to those that cannot be decoded or are shorter than `min_samples`: `"error"` tries every clip, then refuses them
+    all in one error (the first 20 names and the count), `"skip"` drops them and logs how many."""
+    policy = BadAudioPolicy(bad_audio, what=what, collect=True)
 
-    def usable(values: list) -> list[bool]:
-        keep = []
+    def decode_errors(values: list) -> dict:
+        errors = []
         for value in values:
             try:
                 if len(decode_audio(value, sampling_rate)) < min_samples:
                     raise AudioDecodeError(f"{audio_name(value)}: shorter than {min_samples} samples")
-                keep.append(True)
+                errors.append("")
             except AudioDecodeError as error:
-                policy.handle(error)
-                keep.append(False)
-        return keep
+                errors.append(str(error))
+        return {"decode_error": errors}
 
-    kept = dataset.filter(usable, input_columns=column, batched=True, num_proc=num_proc, desc=f"Checking {what}s")
+    checked = dataset.map(
+        decode_errors,
+        input_columns=column,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        desc=f"Checking {what}s",
+    )
+    errors = checked["decode_error"]
+    for message in errors:
+        if message:
+            policy.handle(AudioDecodeError(message))
+    policy.raise_collected()
+    kept = dataset.select([index for index, message in enumerate(errors) if not message])
     if len(kept) < len(dataset):
         logger.warning(f"bad_audio='skip': dropped {len(dataset) - len(kept)} of {len(dataset)} {what}s.")
     return kept

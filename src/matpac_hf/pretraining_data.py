@@ -269,6 +269,7 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         self.counters = StreamCounters()
         self.shared_counters: torch.Tensor | None = None  # (num_streams, len(COUNTER_FIELDS)), set by the loop
         self.prepared = is_prepared(getattr(dataset, "features", None))  # crops by slicing the stored samples
+        self.first_epoch: int | None = None  # unreadable clips are logged in this epoch only, counted in every one
 
     @property
     def epoch(self) -> int:
@@ -277,6 +278,7 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch: int):
         """Sets the epoch (shuffle order of `datasets` and crop positions) and resets the per-epoch counters."""
         self.dataset.set_epoch(epoch)
+        self.first_epoch = epoch if self.first_epoch is None else self.first_epoch
         self.counters = StreamCounters()
         if self.shared_counters is not None:
             self.shared_counters.zero_()
@@ -315,7 +317,9 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         row = worker.id if worker is not None else 0
         epoch = self.epoch
         where = f", worker {row}" if worker is not None else ""
-        policy = BadAudioPolicy(self.bad_audio, scope=f"so far in epoch {epoch}{where}")  # counts restart each epoch
+        policy = BadAudioPolicy(  # counts restart each epoch; each file is logged once per run (its first epoch)
+            self.bad_audio, scope=f"so far in epoch {epoch}{where}", log=self.first_epoch in (None, epoch)
+        )
         for example in self.dataset:
             self.counters.num_read += 1
             item = self._crop(example, epoch, policy)
