@@ -23,6 +23,7 @@ Example (linear probe of a pretrained MATPAC on a local folder, CPU):
         --aug_gain 0.5 --aug_noise 0.3 --use_cpu
 """
 
+import contextlib
 import functools
 import logging
 import os
@@ -47,6 +48,7 @@ from transformers import (
 )
 
 from matpac_hf import METRICS_DIR, MatpacConfig, MatpacFeatureExtractor, MatpacForAudioClassification
+from matpac_hf.modeling_matpac import MatpacModelOutput
 from matpac_hf.audio_io import BAD_AUDIO_POLICIES, decode_audio
 from matpac_hf.classification_data import (
     ClassLabels,
@@ -361,6 +363,87 @@ def compute_classification_metrics(prediction, *, metric_modules, labels) -> dic
     return {k: v for m in metric_modules for k, v in m.compute(predictions=scores, references=references).items()}
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Frozen encoder: the encoder's outputs computed once, the head trained on them
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def why_the_encoder_runs_every_epoch(config: MatpacConfig, augment, training_args) -> str | None:
+    """None when nothing upstream of the classifier trains and every epoch would feed the encoder the same input
+    (then `encode_clips` runs it once); otherwise why the encoder must run on every batch."""
+    if not config.freeze_encoder:
+        return "the encoder trains (--freeze_encoder False)"
+    if config.use_weighted_layer_sum:
+        return "--use_weighted_layer_sum trains a weighting of every layer's output"
+    if augment is not None:
+        return "augmentation (--aug_*) changes the clips every epoch"
+    if config.hidden_dropout_prob or config.attention_probs_dropout_prob:
+        return "the encoder applies dropout in training"
+    if training_args.world_size > 1:
+        return "the run is distributed"
+    return None
+
+
+def encode_clips(model, split, *, data_args, labels, feature_extractor, max_samples: int, batch_size: int, device):
+    """The frozen encoder's clip embedding (`pooler_output`, the mean of the frame embeddings) of every clip of
+    `split`, one no-grad pass, as the items of a dataset whose batches `collate_encoded` makes. Returns None (and
+    encodes nothing more) as soon as a clip is longer than `max_samples`: training would crop it at random each epoch,
+    so its encoder input changes from epoch to epoch."""
+    encoder = model.matpac
+    was_training = encoder.training
+    encoder.eval()
+    items = []
+    try:
+        for start in range(0, len(split), batch_size):
+            rows = split[start : start + batch_size]
+            audio = rows[data_args.audio_column_name]
+            waveforms = [decode_audio(value, feature_extractor.sampling_rate) for value in audio]
+            if max_samples is not None and any(len(waveform) > max_samples for waveform in waveforms):
+                return None
+            inputs = feature_extractor(
+                waveforms,
+                sampling_rate=feature_extractor.sampling_rate,
+                return_attention_mask=True,
+                return_tensors="pt",
+            ).to(device)
+            with torch.no_grad():
+                clip_embeddings = encoder(**inputs).pooler_output.float().cpu()  # (batch, frame_embedding_size)
+            for embedding, value in zip(clip_embeddings, rows[data_args.label_column_name]):
+                items.append({"clip_embedding": embedding, "labels": labels(value)})
+    finally:
+        encoder.train(was_training)
+    return items
+
+
+def collate_encoded(items: list[dict]) -> dict:
+    """Clip embeddings as one-frame "encoder outputs" `(batch, 1, frame_embedding_size)`, a one-frame mask and the
+    targets: what `encoder_outputs_as_inputs` hands to the classification head."""
+    clip_embeddings = torch.stack([item["clip_embedding"] for item in items])
+    return {
+        "input_values": clip_embeddings[:, None],
+        "attention_mask": torch.ones(len(items), 1, dtype=torch.long),
+        "labels": torch.tensor(np.stack([item["labels"] for item in items])),
+    }
+
+
+@contextlib.contextmanager
+def encoder_outputs_as_inputs(model: MatpacForAudioClassification):
+    """While active, `model.matpac` hands its input back as its output: the batches of `collate_encoded` already hold
+    what the frozen encoder gives, so the head's own pooling (either `classifier_pooling`: the mean of one frame is
+    that frame), dropout, classifier and loss run unchanged, and the model saved is the whole model."""
+
+    def forward(input_values, attention_mask=None, **kwargs):
+        return MatpacModelOutput(
+            last_hidden_state=input_values, pooler_output=input_values[:, 0], frame_mask=attention_mask
+        )
+
+    model.matpac.forward = forward
+    try:
+        yield
+    finally:
+        del model.matpac.forward
+
+
 class AudioClassificationTrainer(Trainer):
     """Trainer whose `push_to_hub` writes this project's model card (`create_model_card` is its hook)."""
 
@@ -479,7 +562,37 @@ def main(argv: list[str] | None = None):
                 "--max_train_samples or pass --dataloader_drop_last."
             )
 
-    # 7. Train, evaluate, write the model card, push.
+    # 7. A frozen encoder's outputs, computed once (they are the same every epoch) instead of on every batch.
+    splits_to_train, collate_to_train, frozen_run = splits, collate, contextlib.nullcontext()
+    reason = why_the_encoder_runs_every_epoch(config, augment, training_args)
+    if reason is None:
+        encode = functools.partial(
+            encode_clips,
+            model,
+            data_args=data_args,
+            labels=labels,
+            feature_extractor=feature_extractor,
+            batch_size=training_args.per_device_eval_batch_size,
+            device=training_args.device,
+        )
+        raw = {name: split.with_format(None) for name, split in splits.items()}  # undecoded: no transform
+        encoded_train = encode(raw["train"], max_samples=max_samples)
+        if encoded_train is None:
+            reason = f"some training clips are longer than --max_length_seconds ({data_args.max_length_seconds} s)"
+        else:
+            splits_to_train = {"train": encoded_train, "eval": encode(raw["eval"], max_samples=None)}
+            collate_to_train, frozen_run = collate_encoded, encoder_outputs_as_inputs(model)
+            logger.info(
+                "Frozen encoder: its clip embeddings were computed once for the "
+                f"{len(encoded_train)} training and {len(splits_to_train['eval'])} evaluation clips; the head trains "
+                "on them."
+            )
+    if reason is not None and config.freeze_encoder:
+        logger.info(f"Frozen encoder run on every batch: {reason}.")
+    if training_args.dataloader_pin_memory and training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False  # no pinned memory without an accelerator (torch warns per epoch)
+
+    # 8. Train, evaluate, write the model card, push.
     final_metrics: dict = {}
     card_inputs = (model_args, data_args, training_args, config, labels, eval_split, final_metrics, augment_settings)
     model_card_writer = functools.partial(write_model_card, *card_inputs)  # also run by push_to_hub
@@ -490,21 +603,21 @@ def main(argv: list[str] | None = None):
     trainer = AudioClassificationTrainer(
         model=model,
         args=training_args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["eval"],
-        data_collator=collate,
+        train_dataset=splits_to_train["train"],
+        eval_dataset=splits_to_train["eval"],
+        data_collator=collate_to_train,
         processing_class=feature_extractor,
         compute_metrics=compute_metrics,
         callbacks=callbacks,
         model_card_writer=model_card_writer,
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    trainer.save_state()
-
-    final_metrics.update(trainer.evaluate())
+    with frozen_run:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        final_metrics.update(trainer.evaluate())
     trainer.log_metrics("eval", final_metrics)
     trainer.save_metrics("eval", final_metrics)
     if trainer.is_world_process_zero():

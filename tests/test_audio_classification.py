@@ -20,7 +20,13 @@ from matpac_testing import tiny_config
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 from transformers import AutoConfig, AutoModelForAudioClassification, HfArgumentParser, pipeline
 
-from matpac_hf import METRICS_DIR, MatpacFeatureExtractor, MatpacForAudioClassification, MatpacModel, classification_data
+from matpac_hf import (
+    METRICS_DIR,
+    MatpacFeatureExtractor,
+    MatpacForAudioClassification,
+    MatpacModel,
+    classification_data,
+)
 from matpac_hf.audio_io import decode_audio
 from matpac_hf.classification_data import (
     ClassLabels,
@@ -715,3 +721,57 @@ def test_pipeline_workaround_for_files_at_other_rates(tmp_path):
     assert [p["label"] for p in from_file] == [p["label"] for p in reference]
     for got, expected in zip(from_file, reference):
         assert got["score"] == pytest.approx(expected["score"], abs=1e-4)
+
+
+@pytest.mark.parametrize("pooling", ["concat", "mean"])
+def test_frozen_encoder_runs_once_and_trains_the_head_as_the_full_model_does(
+    generated_data, tmp_path, monkeypatch, pooling, recwarn
+):
+    """--freeze_encoder without augmentation: the encoder embeds each clip once (not once per epoch), and the run gives
+    the metrics and the saved model of the run that encodes every batch."""
+    calls = []
+    original_forward = MatpacModel.forward
+
+    def counting_forward(self, input_values, *args, **kwargs):
+        calls.append(input_values.shape[0])
+        return original_forward(self, input_values, *args, **kwargs)
+
+    monkeypatch.setattr(MatpacModel, "forward", counting_forward)
+    flags = ["--model_name_or_path", generated_data / "tiny_matpac", "--dataset_name", generated_data / "folder"]
+    flags += ["--freeze_encoder", "--classifier_pooling", pooling, "--max_length_seconds", "2.0"]
+    flags += ["--num_train_epochs", "3", "--save_strategy", "no", "--load_best_model_at_end", "False"]
+    fast = run_script(*flags, "--output_dir", tmp_path / "fast")
+    assert sum(calls) == 24  # 24 clips, each encoded once over 3 epochs and 4 evaluations
+    assert not [w for w in recwarn.list if "pin_memory" in str(w.message)]
+
+    calls.clear()
+    monkeypatch.setattr(script, "why_the_encoder_runs_every_epoch", lambda *args: "compared")
+    slow = run_script(*flags, "--output_dir", tmp_path / "slow")
+    assert sum(calls) > 3 * 20  # every epoch and evaluation runs the encoder again
+    assert fast["eval_accuracy"] == slow["eval_accuracy"]
+    assert fast["eval_loss"] == pytest.approx(slow["eval_loss"], abs=1e-5)
+    fast_state = MatpacForAudioClassification.from_pretrained(tmp_path / "fast").state_dict()
+    slow_state = MatpacForAudioClassification.from_pretrained(tmp_path / "slow").state_dict()
+    assert fast_state.keys() == slow_state.keys()
+    for name, tensor in fast_state.items():
+        torch.testing.assert_close(tensor, slow_state[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_frozen_encoder_runs_every_batch_when_clips_are_cropped_or_augmented(generated_data, tmp_path, caplog):
+    flags = ["--model_name_or_path", generated_data / "tiny_matpac", "--dataset_name", generated_data / "folder"]
+    flags += [
+        "--freeze_encoder",
+        "--num_train_epochs",
+        "1",
+        "--save_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "False",
+    ]
+    with caplog.at_level("INFO"):
+        run_script(*flags, "--output_dir", tmp_path / "cropped")  # clips up to 1.5 s, cropped to 1 s
+    assert "Frozen encoder run on every batch: some training clips are longer than --max_length_seconds" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_script(*flags, "--max_length_seconds", "2", "--aug_gain", "0.5", "--output_dir", tmp_path / "augmented")
+    assert "Frozen encoder run on every batch: augmentation" in caplog.text

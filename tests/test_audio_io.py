@@ -174,7 +174,9 @@ def test_ffmpeg_only_containers_are_listed_counted_and_explained_without_torchco
     (tmp_path / "broken.flac").write_bytes(CORRUPTED)
     with caplog.at_level("WARNING"):
         files = list_audio_files(tmp_path)
-    assert [path.name for path in files] == sorted(["a.flac", "broken.flac", "clip.aac", "clip.m4a", "clip.mp4", "clip.webm"])
+    assert [path.name for path in files] == sorted(
+        ["a.flac", "broken.flac", "clip.aac", "clip.m4a", "clip.mp4", "clip.webm"]
+    )
     assert "4 of the 6 audio files" in caplog.text and "clip.m4a" in caplog.text
     assert "pip install torchcodec" in caplog.text and "libavcodec" in caplog.text
     with pytest.raises(AudioDecodeError, match=r"clip\.m4a: soundfile cannot read it .*torchcodec is not installed"):

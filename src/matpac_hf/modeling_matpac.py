@@ -184,6 +184,12 @@ class MatpacFrameClassifierOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def ceil_div(numerator: int, denominator: int) -> int:
+    """`ceil(numerator / denominator)` of positive integers in integer arithmetic: under `torch.compile` with a
+    dynamic clip length it stays a floor division that the compiler can bound (a true division rounded up is not)."""
+    return (numerator + denominator - 1) // denominator
+
+
 def sincos_1d_position_embedding(positions: torch.Tensor, embed_dim: int) -> torch.Tensor:
     """1-D sin-cos embedding of `positions` (any shape) -> `(*positions.shape, embed_dim)`, as in MAE:
     `[sin(p * w_0..w_{d/2-1}), cos(p * w_0..w_{d/2-1})]` with `w_i = 10000^(-2i/d)`. Computed in float64."""
@@ -243,6 +249,10 @@ class MatpacPatchEmbeddings(nn.Module):
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         if input_values.dim() == 3:
             input_values = input_values.transpose(1, 2).unsqueeze(1)  # (batch, 1, num_mel_bins, num_frames)
+            if torch.compiler.is_compiling():
+                # A dense copy: inductor cannot order the strides of this view when the frame count is dynamic
+                # (training with clips of changing lengths failed with "cannot determine truth value of Relational").
+                input_values = input_values.contiguous()
         patches = self.projection(input_values.to(self.projection.weight.dtype))  # (batch, hidden, F, T)
         return patches.flatten(2).transpose(1, 2)  # (batch, F * T, hidden)
 
@@ -484,13 +494,31 @@ class MatpacPreTrainedModel(PreTrainedModel):
     input_modalities = ("audio",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["MatpacEmbeddings", "MatpacLayer"]
+    # The attention implementations tested forward and backward (tests/test_modeling.py, on CPU): "sdpa" (the default;
+    # PyTorch picks a flash / memory-efficient kernel on GPUs) and "eager". flex_attention has no backward on CPU and
+    # flash_attention_* need CUDA plus a package; both are refused by `get_correct_attn_implementation`.
     _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+    supported_attn_implementations = ("sdpa", "eager")
     # The losses are means over each batch (they do not use `num_items_in_batch`): the Trainer must scale them for
     # gradient accumulation itself, although `forward` takes `**kwargs`.
     accepts_loss_kwargs = False
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """transformers' choice of attention, refusing (with what works) any implementation but sdpa and eager."""
+        if requested_attention is not None and requested_attention not in (
+            *self.supported_attn_implementations,
+            "paged|eager",
+        ):
+            raise ValueError(
+                f"MATPAC models do not support attn_implementation={requested_attention!r}. Use "
+                "attn_implementation='sdpa' (the default: torch's scaled_dot_product_attention, which runs flash / "
+                "memory-efficient kernels on GPUs by itself) or 'eager' (needed for output_attentions=True), the two "
+                "tested forward and backward."
+            )
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -711,9 +739,11 @@ class MatpacModel(MatpacPreTrainedModel):
         patch_size, max_frames = self.config.patch_size, self.config.max_frames
         chunks = []
         for clip, length in enumerate(frame_lengths):
-            for position in range(math.ceil(length / max_frames)):
-                valid_frames = min(max_frames, length - position * max_frames)
-                chunks.append((clip, position, math.ceil(valid_frames / patch_size)))
+            num_chunks = ceil_div(length, max_frames)
+            for position in range(num_chunks):
+                # no min(): under torch.compile a dynamic length stays an expression the compiler can bound
+                valid_frames = max_frames if position < num_chunks - 1 else length - position * max_frames
+                chunks.append((clip, position, ceil_div(valid_frames, patch_size)))
         micro_batches = []
         for time_patches in sorted({chunk[2] for chunk in chunks}, reverse=True):
             same_length = [chunk for chunk in chunks if chunk[2] == time_patches]
@@ -838,9 +868,9 @@ class MatpacModel(MatpacPreTrainedModel):
         # data-dependent shape for torch.compile.
         host_lengths = [num_frames] * batch_size if attention_mask is None else frame_lengths.tolist()
         micro_batches = self._plan_chunks(host_lengths, chunk_batch_size)
-        clip_time_patches = [math.ceil(length / patch_size) for length in host_lengths]
+        clip_time_patches = [ceil_div(length, patch_size) for length in host_lengths]
         num_output_frames = max(clip_time_patches)
-        max_chunks = math.ceil(max(host_lengths) / self.config.max_frames)
+        max_chunks = ceil_div(max(host_lengths), self.config.max_frames)
         max_seq_len = 1 + self.config.num_frequency_patches * max(chunks[0][2] for chunks in micro_batches)
 
         if (
@@ -1820,6 +1850,14 @@ class MatpacPreTrainedModelWithHead(MatpacPreTrainedModel):
         model and applied again by `from_pretrained` (through [`~MatpacPreTrainedModel.tie_weights`])."""
         self.config.freeze_encoder = True
         self.tie_weights()
+
+    def freeze_feature_encoder(self):
+        """Stop gradients into the front end that turns the log-mel spectrogram into tokens, the patch embedding
+        (`matpac.embeddings.patch_embeddings`), as transformers' audio models freeze their convolutional feature
+        encoder; the transformer blocks and the head still train. transformers'
+        `examples/pytorch/audio-classification/run_audio_classification.py` calls it by default
+        (`--freeze_feature_encoder`). Not saved with the model: call it again after `from_pretrained`."""
+        self.matpac.embeddings.patch_embeddings.requires_grad_(False)
 
     def _encode(self, input_values, attention_mask, kwargs) -> tuple[MatpacModelOutput, torch.Tensor, bool]:
         """Runs the encoder; returns its outputs, the frame features the head reads (`(batch, T', F * hidden)`) and
