@@ -48,7 +48,6 @@ from transformers import (
 )
 
 from matpac_hf import METRICS_DIR, MatpacConfig, MatpacFeatureExtractor, MatpacForAudioClassification
-from matpac_hf.modeling_matpac import MatpacModelOutput
 from matpac_hf.audio_io import BAD_AUDIO_POLICIES, decode_audio
 from matpac_hf.classification_data import (
     ClassLabels,
@@ -59,6 +58,7 @@ from matpac_hf.classification_data import (
     set_config_labels,
 )
 from matpac_hf.model_card import render_model_card
+from matpac_hf.modeling_matpac import MatpacModelOutput
 
 
 logger = logging.getLogger(__name__)
