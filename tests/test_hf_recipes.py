@@ -307,3 +307,134 @@ def test_tutorial_recipe_with_torchcodec_cast_column(tiny_matpac_folder, audio_f
     np.testing.assert_allclose(samples.data.numpy().mean(0), decode_audio(first.metadata.path), atol=1e-6)
     trainer, metrics, encoded_minds = run_tutorial_recipe(minds, tiny_matpac_folder, tmp_path)
     check_recipe_results(trainer, metrics, encoded_minds, minds, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# transformers' examples/pytorch/audio-classification/run_audio_classification.py: the calls it makes, in order
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def run_example_script_calls(raw_datasets: DatasetDict, model_folder, output_dir, max_length_seconds: float = 1.0):
+    """What transformers' example script does with its default flags plus `--trust_remote_code
+    --remove_unused_columns False --do_train --do_eval` (our own code, following its calls): the feature extractor
+    with `return_attention_mask`, random crops, labels as string ids, `AutoConfig` / `AutoModelForAudioClassification`
+    with remote code, `freeze_feature_encoder()` (its default `--freeze_feature_encoder True`), transforms that keep
+    only `input_values` and `labels`, the Trainer with the feature extractor as `processing_class` (its padding
+    collator), then train, save, evaluate and the model card."""
+    import random
+
+    import evaluate
+    from transformers import AutoConfig
+
+    set_seed(0)
+    feature_extractor = AutoFeatureExtractor.from_pretrained(
+        model_folder, return_attention_mask=True, trust_remote_code=True
+    )
+    model_input_name = feature_extractor.model_input_names[0]
+
+    def crop(wav):
+        sample_length = int(round(feature_extractor.sampling_rate * max_length_seconds))
+        if len(wav) <= sample_length:
+            return wav
+        offset = random.randint(0, len(wav) - sample_length - 1)
+        return wav[offset : offset + sample_length]
+
+    def transforms(batch, train: bool):
+        wavs = [np.asarray(audio["array"]) for audio in batch["audio"]]
+        wavs = [crop(wav) for wav in wavs] if train else wavs
+        inputs = feature_extractor(wavs, sampling_rate=feature_extractor.sampling_rate)
+        return {model_input_name: inputs.get(model_input_name), "labels": list(batch["label"])}
+
+    labels = raw_datasets["train"].features["label"].names
+    label2id = {label: str(i) for i, label in enumerate(labels)}
+    id2label = {str(i): label for i, label in enumerate(labels)}
+    metric = evaluate.load(str(matpac_hf.METRICS_DIR / "accuracy"))
+
+    def compute_metrics(eval_pred):
+        return metric.compute(predictions=np.argmax(eval_pred.predictions, axis=1), references=eval_pred.label_ids)
+
+    config = AutoConfig.from_pretrained(
+        model_folder,
+        num_labels=len(labels),
+        label2id=label2id,
+        id2label=id2label,
+        finetuning_task="audio-classification",
+        trust_remote_code=True,
+    )
+    model = AutoModelForAudioClassification.from_pretrained(
+        model_folder, config=config, trust_remote_code=True, ignore_mismatched_sizes=False
+    )
+    model.freeze_feature_encoder()
+    raw_datasets["train"].set_transform(lambda batch: transforms(batch, True), output_all_columns=False)
+    raw_datasets["eval"].set_transform(lambda batch: transforms(batch, False), output_all_columns=False)
+    training_args = TrainingArguments(
+        output_dir=str(output_dir),
+        remove_unused_columns=False,
+        do_train=True,
+        do_eval=True,
+        learning_rate=1e-3,
+        num_train_epochs=3,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=raw_datasets["train"],
+        eval_dataset=raw_datasets["eval"],
+        compute_metrics=compute_metrics,
+        processing_class=feature_extractor,
+    )
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    train_result = trainer.train()
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    trainer.create_model_card(
+        finetuned_from=str(model_folder), tasks="audio-classification", dataset="tones", tags=["audio-classification"]
+    )
+    return model, before, metrics
+
+
+def check_example_script_results(model, before, metrics, output_dir):
+    changed = {name for name, parameter in model.named_parameters() if not torch.equal(parameter, before[name])}
+    patch_embedding = {name for name in before if name.startswith("matpac.embeddings.patch_embeddings.")}
+    assert patch_embedding == {
+        "matpac.embeddings.patch_embeddings.projection.weight",
+        "matpac.embeddings.patch_embeddings.projection.bias",
+    }
+    assert not changed & patch_embedding  # frozen by freeze_feature_encoder()
+    assert "classifier.weight" in changed and any(name.startswith("matpac.encoder.") for name in changed)
+    assert metrics["eval_accuracy"] >= 0.9, metrics
+    reloaded = AutoModelForAudioClassification.from_pretrained(output_dir).eval()
+    assert reloaded.config.id2label == {0: "low", 1: "high"}
+    assert (output_dir / "README.md").is_file()
+
+
+def example_script_datasets(audio_files) -> DatasetDict:
+    split = audio_dataset(audio_files).train_test_split(test_size=0.25, seed=0)
+    return DatasetDict(train=split["train"], eval=split["test"])
+
+
+def test_transformers_example_script_calls_run_with_freeze_feature_encoder(tiny_matpac_folder, audio_files, tmp_path):
+    """Decoding without torchcodec (the script's `cast_column(Audio(sampling_rate))` needs it): `decode_audio_column`
+    gives the same `{"array", ...}` rows; everything after decoding is the script's."""
+    decode = decode_audio_column("audio")
+    raw_datasets = example_script_datasets(audio_files)
+    raw_datasets = raw_datasets.map(decode, batched=True, features=decode.features(raw_datasets["train"].features))
+    model, before, metrics = run_example_script_calls(raw_datasets, tiny_matpac_folder, tmp_path)
+    check_example_script_results(model, before, metrics, tmp_path)
+
+
+def test_transformers_example_script_calls_with_torchcodec_decoding(tiny_matpac_folder, audio_files, tmp_path):
+    pytest.importorskip("torchcodec", reason="torchcodec (and FFmpeg's libraries) are not installed")
+    raw_datasets = example_script_datasets(audio_files).cast_column("audio", Audio(sampling_rate=16_000))
+    model, before, metrics = run_example_script_calls(raw_datasets, tiny_matpac_folder, tmp_path)
+    check_example_script_results(model, before, metrics, tmp_path)

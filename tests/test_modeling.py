@@ -670,3 +670,124 @@ def test_no_grad_path_stands_aside_for_hooks_on_the_encoder_and_its_blocks():
     assert seen == [model.encoder.layers[1]] * 2 + [model.encoder] * 2
     with torch.no_grad():
         assert fast_inference.fast_path_applies(model.encoder)
+        model.encoder(torch.randn(1, 42, 32), sequence_groups=[(2, 21)])
+    with torch.no_grad(), pytest.raises(ValueError, match="output_hidden_states"):  # would attend across sequences
+        model.encoder(torch.randn(1, 42, 32), sequence_groups=[(2, 21)], output_hidden_states=True)
+
+
+# ------------------------------------------------------------------------------------- attention implementations
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_declared_attention_implementations_train_on_cpu(attn_implementation):
+    """The implementations the model declares run forward and backward and agree with eager attention."""
+    torch.manual_seed(0)
+    reference = MatpacForAudioClassification(tiny_config(num_labels=3)).train()
+    model = MatpacForAudioClassification.from_pretrained(
+        None, config=reference.config, state_dict=reference.state_dict(), attn_implementation=attn_implementation
+    ).train()
+    reference.config._attn_implementation = "eager"
+    assert model.config._attn_implementation == attn_implementation
+    inputs = torch.randn(2, 100, 80)
+    mask = torch.ones(2, 100, dtype=torch.long)
+    mask[1, 70:] = 0
+    for candidate in (model, reference):
+        candidate(inputs, attention_mask=mask, labels=torch.tensor([0, 2])).loss.backward()
+    for (name, parameter), (_, expected) in zip(model.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(parameter.grad, expected.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("attn_implementation", ["flex_attention", "flash_attention_2", "flash_attention_3"])
+def test_undeclared_attention_implementations_are_refused_naming_what_works(attn_implementation):
+    assert MatpacModel._supports_sdpa and not MatpacModel._supports_flex_attn and not MatpacModel._supports_flash_attn
+    with pytest.raises(ValueError, match=r"do not support attn_implementation=.*'sdpa'.*'eager'"):
+        MatpacModel._from_config(tiny_config(), attn_implementation=attn_implementation)
+    model = MatpacModel(tiny_config())
+    with pytest.raises(ValueError, match=r"'sdpa'.*'eager'"):
+        model.set_attn_implementation(attn_implementation)
+    assert model.config._attn_implementation == "sdpa"
+
+
+# ---------------------------------------------------------------------------------- freeze_feature_encoder
+
+
+def test_freeze_feature_encoder_freezes_the_patch_embedding_only():
+    """transformers' audio-classification example calls `freeze_feature_encoder()` by default: the front end that
+    turns the input into tokens (the patch embedding) stops training, the blocks and the head still train."""
+    torch.manual_seed(0)
+    model = MatpacForAudioClassification(tiny_config(num_labels=2)).train()
+    model.freeze_feature_encoder()
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    assert frozen == {
+        "matpac.embeddings.patch_embeddings.projection.weight",
+        "matpac.embeddings.patch_embeddings.projection.bias",
+    }
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(2, 40, 80), labels=torch.tensor([0, 1])).loss.backward()
+    optimizer.step()
+    changed = {name for name, parameter in model.named_parameters() if not torch.equal(parameter, before[name])}
+    assert not changed & frozen and "classifier.weight" in changed and "matpac.embeddings.cls_token" in changed
+    assert not model.config.freeze_encoder  # the whole-encoder switch is a different one
+
+
+# ---------------------------------------------------------------------------------------------- torch.compile
+
+
+def compiled_training_losses(model, batches):
+    """Losses of one SGD step per batch with `model` (compiled or not), from the same start."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    losses = []
+    for inputs, mask, labels in batches:
+        loss = model(inputs, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.slow
+def test_training_under_torch_compile_with_changing_clip_lengths():
+    """A compiled model trains on batches whose length changes (one chunk, then two, padded or not) and gives the
+    losses of the eager model: the frame count becomes a dynamic shape at the second length."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = MatpacForAudioClassification(tiny_config(num_labels=2)).train()
+    twin = MatpacForAudioClassification(tiny_config(num_labels=2)).train()
+    twin.load_state_dict(eager.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for num_frames, valid in ((30, None), (44, None), (52, 40), (100, None), (130, 90)):
+        mask = None
+        if valid is not None:
+            mask = torch.ones(2, num_frames, dtype=torch.long)
+            mask[1, valid:] = 0
+        batches.append((torch.randn(2, num_frames, 80, generator=generator), mask, torch.tensor([0, 1])))
+    expected = compiled_training_losses(eager, batches)
+    losses = compiled_training_losses(torch.compile(twin), batches)
+    assert losses == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_trainer_torch_compile_with_changing_clip_lengths(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from matpac_hf import MatpacFeatureExtractor
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = MatpacForAudioClassification(tiny_config(num_labels=2))
+    feature_extractor = MatpacFeatureExtractor()
+    generator = torch.Generator().manual_seed(0)
+    clips = [torch.randn(int(seconds * 16000), generator=generator).numpy() for seconds in (0.3, 0.5, 0.45, 0.9)]
+    features = feature_extractor(clips, sampling_rate=16000)
+    dataset = Dataset.from_dict({"input_values": features["input_values"], "labels": [0, 1, 1, 0]})
+    args = TrainingArguments(
+        output_dir=str(tmp_path), torch_compile=True, per_device_train_batch_size=1, max_steps=4, use_cpu=True,
+        report_to="none", save_strategy="no", learning_rate=1e-3, dataloader_pin_memory=False,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=feature_extractor)
+    history = trainer.train()
+    assert history.global_step == 4 and math.isfinite(history.training_loss)
