@@ -126,3 +126,60 @@ def test_model_without_frame_mask_batched_equals_one_by_one(tmp_path):
         np.testing.assert_allclose(b["clip_embedding"], s["clip_embedding"], atol=1e-5)
         np.testing.assert_allclose(b["clip_embedding"], s["frame_embeddings"].mean(0), atol=1e-5)
         assert b["timestamps_ms"] is None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# pipeline("audio-classification") on a MATPAC classifier
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def audio_classifier(tmp_path_factory):
+    from conftest import tiny_config
+
+    from matpac_hf import MatpacFeatureExtractor, MatpacForAudioClassification
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_classifier")
+    MatpacForAudioClassification(tiny_config(num_labels=3)).save_pretrained(folder)
+    MatpacFeatureExtractor().save_pretrained(folder)
+    return pipeline("audio-classification", model=str(folder)), folder
+
+
+def scores(result) -> dict:
+    return {item["label"]: item["score"] for item in result}
+
+
+def test_audio_classification_pipeline_resamples_with_soxr_and_decodes_files(audio_classifier, tmp_path):
+    from transformers import AudioClassificationPipeline
+
+    from matpac_hf.audio_io import resample
+    from matpac_hf.pipelines import MatpacAudioClassificationPipeline
+
+    classifier, _ = audio_classifier
+    assert isinstance(classifier, MatpacAudioClassificationPipeline)
+    assert isinstance(classifier, AudioClassificationPipeline)  # transformers' scores, top_k, function_to_apply
+    t = np.arange(44100) / 44100
+    audio_44k = (0.5 * np.sin(2 * np.pi * 3000 * t) + 0.2 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    expected = scores(classifier(resample(audio_44k, 44100, 16000)))
+    as_16k = scores(classifier(audio_44k))  # taken as 16 kHz: a different clip
+    assert max(abs(as_16k[label] - expected[label]) for label in expected) > 1e-3
+    for result in (
+        classifier(audio_44k, sampling_rate=44100),
+        classifier({"raw": audio_44k, "sampling_rate": 44100}),
+        classifier({"array": torch.from_numpy(audio_44k), "sampling_rate": 44100}),
+    ):
+        assert scores(result) == pytest.approx(expected, abs=1e-6)
+    # a file path and file bytes, decoded by soundfile (no ffmpeg binary): a 16-bit wav, so a quantisation apart
+    sf.write(tmp_path / "clip.wav", audio_44k, 44100)
+    assert scores(classifier(str(tmp_path / "clip.wav"))) == pytest.approx(expected, abs=1e-3)
+    assert scores(classifier((tmp_path / "clip.wav").read_bytes())) == pytest.approx(expected, abs=1e-3)
+    batched = classifier([audio_44k, audio_44k[:20000]], sampling_rate=44100, batch_size=2, top_k=2)
+    assert scores(batched[0]) == pytest.approx({k: expected[k] for k in scores(batched[0])}, abs=1e-5)
+    assert len(batched[1]) == 2
+
+
+def test_audio_classification_pipeline_refuses_multichannel_arrays(audio_classifier):
+    classifier, _ = audio_classifier
+    with pytest.raises(ValueError, match=r"mean\(axis=1\)"):
+        classifier(np.zeros((16000, 2), dtype=np.float32))

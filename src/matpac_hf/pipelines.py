@@ -20,8 +20,10 @@ import os
 
 import numpy as np
 import torch
-from transformers import AutoModel, Pipeline
+from transformers import AutoModel, AutoModelForAudioClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.audio_classification import AudioClassificationPipeline
+from transformers.utils import logging as transformers_logging
 
 from .audio_io import decode_audio, resample
 from .hear import column_timestamps_ms
@@ -68,33 +70,7 @@ class AudioFeatureExtractionPipeline(Pipeline):
 
     # -- preprocess ---------------------------------------------------------------------------------------------------
     def _to_waveform(self, inputs, sampling_rate: int | None) -> np.ndarray:
-        target_rate = self.feature_extractor.sampling_rate
-        if isinstance(inputs, (str, os.PathLike, bytes)):
-            return decode_audio(inputs, target_rate)
-        if isinstance(inputs, dict):
-            if "sampling_rate" not in inputs or not ("raw" in inputs or "array" in inputs):
-                raise ValueError(
-                    'A dict input needs the audio under "raw" (or "array") and its rate under "sampling_rate", got '
-                    f"keys {sorted(inputs)}."
-                )
-            sampling_rate = inputs["sampling_rate"]
-            inputs = inputs["raw"] if "raw" in inputs else inputs["array"]
-        if isinstance(inputs, torch.Tensor):
-            inputs = inputs.detach().float().cpu().numpy()
-        if not isinstance(inputs, np.ndarray):
-            raise ValueError(
-                f"Unsupported input of type {type(inputs).__name__}: give a 1-D numpy array / torch tensor, a dict "
-                '{"raw": array, "sampling_rate": int}, a file path or the bytes of an audio file.'
-            )
-        if inputs.ndim > 1 and inputs.shape[0] != 1:  # the feature extractor would take its rows as a batch
-            axis = 1 if inputs.ndim == 2 and inputs.shape[1] < inputs.shape[0] else 0  # channels: the shorter axis
-            raise ValueError(
-                f"Each input is one mono clip, got an array of shape {inputs.shape}: down-mix the channels with "
-                f"`audio.mean(axis={axis})`, or pass a list of 1-D clips to embed several."
-            )
-        if sampling_rate is not None and sampling_rate != target_rate:
-            inputs = resample(inputs, sampling_rate, target_rate)
-        return inputs
+        return audio_input_to_waveform(inputs, sampling_rate, self.feature_extractor.sampling_rate)
 
     def preprocess(self, inputs, sampling_rate: int | None = None):
         waveform = self._to_waveform(inputs, sampling_rate)
@@ -179,12 +155,85 @@ class AudioFeatureExtractionPipeline(Pipeline):
         return {"clip_embedding": clip_embedding, "frame_embeddings": frame_embeddings, "timestamps_ms": timestamps}
 
 
+def audio_input_to_waveform(inputs, sampling_rate: int | None, target_rate: int) -> np.ndarray:
+    """One pipeline input -> a mono waveform at `target_rate`: a file path or the bytes of a file (decoded by
+    `matpac_hf.audio_io.decode_audio`: soundfile, or FFmpeg through torchcodec for the containers soundfile cannot
+    read), a torchcodec `AudioDecoder`, a dict `{"raw" (or "array"): array, "sampling_rate": int}`, or a 1-D array /
+    tensor at `sampling_rate` (default: `target_rate`). Other rates are resampled with soxr."""
+    if isinstance(inputs, (str, os.PathLike, bytes)) or hasattr(inputs, "get_all_samples"):
+        return decode_audio(inputs, target_rate)
+    if isinstance(inputs, dict):
+        if "sampling_rate" not in inputs or not ("raw" in inputs or "array" in inputs):
+            raise ValueError(
+                'A dict input needs the audio under "raw" (or "array") and its rate under "sampling_rate", got '
+                f"keys {sorted(inputs)}."
+            )
+        sampling_rate = inputs["sampling_rate"]
+        inputs = inputs["raw"] if "raw" in inputs else inputs["array"]
+    if isinstance(inputs, torch.Tensor):
+        inputs = inputs.detach().float().cpu().numpy()
+    if not isinstance(inputs, np.ndarray):
+        raise ValueError(
+            f"Unsupported input of type {type(inputs).__name__}: give a 1-D numpy array / torch tensor, a dict "
+            '{"raw": array, "sampling_rate": int}, a file path or the bytes of an audio file.'
+        )
+    if inputs.ndim > 1 and inputs.shape[0] != 1:  # the feature extractor would take its rows as a batch
+        axis = 1 if inputs.ndim == 2 and inputs.shape[1] < inputs.shape[0] else 0  # channels: the shorter axis
+        raise ValueError(
+            f"Each input is one mono clip, got an array of shape {inputs.shape}: down-mix the channels with "
+            f"`audio.mean(axis={axis})`, or pass a list of 1-D clips."
+        )
+    if sampling_rate is not None and sampling_rate != target_rate:
+        inputs = resample(inputs.reshape(-1), sampling_rate, target_rate)
+    return inputs
+
+
+class MatpacAudioClassificationPipeline(AudioClassificationPipeline):
+    """transformers' `"audio-classification"` pipeline with this package's audio input handling (registered for the
+    task by `import matpac_hf`; the scores, `top_k` and `function_to_apply` are transformers'):
+
+    - `sampling_rate=` of a call gives the rate of array inputs, resampled with soxr (transformers' own pipeline
+      ignores the argument and takes the array to be at the model's rate);
+    - `{"raw" / "array": array, "sampling_rate": sr}` is resampled with soxr (no torchaudio needed);
+    - a file path or file bytes are decoded by `matpac_hf.audio_io.decode_audio` (soundfile; FFmpeg through
+      torchcodec for .m4a / .aac / .mp4 / .webm), so no `ffmpeg` binary is needed. URLs are fetched as transformers
+      does.
+    """
+
+    def _sanitize_parameters(self, top_k=None, function_to_apply=None, sampling_rate=None, **kwargs):
+        preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(
+            top_k=top_k, function_to_apply=function_to_apply, **kwargs
+        )
+        if sampling_rate is not None:
+            preprocess_params["sampling_rate"] = sampling_rate
+        return preprocess_params, forward_params, postprocess_params
+
+    def preprocess(self, inputs, sampling_rate: int | None = None):
+        if isinstance(inputs, str) and inputs.startswith(("http://", "https://")):
+            return super().preprocess(inputs)
+        return super().preprocess(audio_input_to_waveform(inputs, sampling_rate, self.feature_extractor.sampling_rate))
+
+
 def register_pipelines() -> None:
-    """Registers `"audio-feature-extraction"` with transformers' `pipeline()`. Done when this module is imported (by
+    """Registers `"audio-feature-extraction"` with transformers' `pipeline()`, and
+    `MatpacAudioClassificationPipeline` for `"audio-classification"`. Done when this module is imported (by
     `import matpac_hf`, and where it runs as a folder's remote code)."""
     PIPELINE_REGISTRY.register_pipeline(
         TASK_NAME, pipeline_class=AudioFeatureExtractionPipeline, pt_model=AutoModel, type="audio"
     )
+    registry_logger = transformers_logging.get_logger("transformers.pipelines.base")
+    level = registry_logger.level
+    registry_logger.setLevel(transformers_logging.ERROR)  # "already registered. Overwriting ...": intended here
+    try:
+        PIPELINE_REGISTRY.register_pipeline(
+            "audio-classification",
+            pipeline_class=MatpacAudioClassificationPipeline,
+            pt_model=AutoModelForAudioClassification,
+            default=PIPELINE_REGISTRY.supported_tasks["audio-classification"].get("default"),
+            type="audio",
+        )
+    finally:
+        registry_logger.setLevel(level)
 
 
 # Registered on import, also as remote code: the pipeline's `save_pretrained` / `push_to_hub` then write
@@ -192,4 +241,10 @@ def register_pipelines() -> None:
 register_pipelines()
 
 
-__all__ = ["AudioFeatureExtractionPipeline", "register_pipelines", "TASK_NAME"]
+__all__ = [
+    "AudioFeatureExtractionPipeline",
+    "MatpacAudioClassificationPipeline",
+    "audio_input_to_waveform",
+    "register_pipelines",
+    "TASK_NAME",
+]
