@@ -177,3 +177,14 @@ def test_missing_dependency_names_the_extra(exported, monkeypatch, missing):
     if missing == "onnxruntime":
         with pytest.raises(ImportError, match="matpac-hf.onnx."):
             create_session(fp32_runner.onnx_path)
+
+
+def test_sessions_do_not_spin_between_runs(exported):
+    """onnxruntime's worker threads busy-wait for the next run by default, taking CPU from torch in the same process
+    (benchmarks/bench_onnx_coexistence.py); the runner's sessions block instead."""
+    runner = exported[3]  # the int8 runner
+    options = runner.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    spinning = create_session(runner.onnx_path, allow_spinning=True).get_session_options()
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"

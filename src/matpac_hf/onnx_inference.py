@@ -348,10 +348,14 @@ def ensure_onnx_export(model: MatpacModel, onnx_dir: str | os.PathLike, int8: bo
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def create_session(path: str | os.PathLike, num_threads: int | None = None):
+def create_session(path: str | os.PathLike, num_threads: int | None = None, allow_spinning: bool = False):
     """An onnxruntime CPU `InferenceSession` on `path`: `intra_op_num_threads = num_threads` (default
     `torch.get_num_threads()`, so the ONNX path uses the threads torch would), one inter-op thread, sequential
-    execution, all graph optimisations."""
+    execution, all graph optimisations.
+
+    `allow_spinning=False` (`session.intra_op.allow_spinning = 0`): onnxruntime's worker threads block as soon as a
+    run ends instead of busy-waiting for the next one (its default), so they take no CPU from torch (or anything else
+    in the process) between runs; see benchmarks/bench_onnx_coexistence.py."""
     ort = _require("onnxruntime", "The ONNX runner")
     num_threads = torch.get_num_threads() if num_threads is None else int(num_threads)
     if num_threads < 1:
@@ -359,6 +363,8 @@ def create_session(path: str | os.PathLike, num_threads: int | None = None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if allow_spinning else "0")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
