@@ -8,7 +8,8 @@
 Exports a randomly initialised MATPAC encoder (ViT-B by default) to ONNX and int8 (printing both times), then times
 one torch `model(...)` call on 8 clips of 6 s in alternating rounds: torch alone; after an onnxruntime session with
 spinning worker threads (onnxruntime's default) ran once; after one with `session.intra_op.allow_spinning=0` (what
-`matpac_hf.onnx_inference.create_session` sets) ran once. Wall-clock seconds, median per variant.
+`matpac_hf.onnx_inference.create_session` sets) ran once. Wall-clock seconds, median per variant. First it prints the
+process CPU time burnt while the process sleeps for 2 s right after one onnxruntime run (worker threads spinning).
 """
 
 import argparse
@@ -60,6 +61,11 @@ def main():
                 model(inputs)
             return time.perf_counter() - start
 
+        for session, name in ((spinning, "spinning session"), (quiet, "allow_spinning=0 session")):
+            session.run(None, feed)
+            cpu = time.process_time()
+            time.sleep(2.0)
+            print(f"{name}: {time.process_time() - cpu:.2f} s of process CPU in the 2 s of sleep after one run")
         torch_call(None)  # warm-up
         times = {"torch alone": [], "spinning session": [], "allow_spinning=0 session": []}
         for _ in range(args.rounds):
