@@ -744,8 +744,22 @@ class MatpacModel(MatpacPreTrainedModel):
                 # no min(): under torch.compile a dynamic length stays an expression the compiler can bound
                 valid_frames = max_frames if position < num_chunks - 1 else length - position * max_frames
                 chunks.append((clip, position, ceil_div(valid_frames, patch_size)))
+        # The distinct chunk lengths, longest first, found by comparisons only: under torch.compile a set (hashing)
+        # or sorted() of dynamic lengths would specialise on each value or break the graph.
+        lengths = []
+        for chunk in chunks:
+            place = len(lengths)
+            for index, length in enumerate(lengths):
+                if chunk[2] == length:
+                    place = None
+                    break
+                if chunk[2] > length:
+                    place = index
+                    break
+            if place is not None:
+                lengths.insert(place, chunk[2])
         micro_batches = []
-        for time_patches in sorted({chunk[2] for chunk in chunks}, reverse=True):
+        for time_patches in lengths:
             same_length = [chunk for chunk in chunks if chunk[2] == time_patches]
             size = chunk_batch_size or self.default_chunk_batch_size(time_patches)
             if size < 1:  # a negative size would plan no micro-batch at all
