@@ -697,7 +697,7 @@ def test_declared_attention_implementations_train_on_cpu(attn_implementation):
 @pytest.mark.parametrize("attn_implementation", ["flex_attention", "flash_attention_2", "flash_attention_3"])
 def test_undeclared_attention_implementations_are_refused_naming_what_works(attn_implementation):
     assert MatpacModel._supports_sdpa and not MatpacModel._supports_flex_attn and not MatpacModel._supports_flash_attn
-    with pytest.raises(ValueError, match=r"do not support attn_implementation=.*'sdpa'.*'eager'"):
+    with pytest.raises(ValueError, match=r"attn_implementation=.*not supported by MATPAC models.*'sdpa'.*'eager'"):
         MatpacModel._from_config(tiny_config(), attn_implementation=attn_implementation)
     model = MatpacModel(tiny_config())
     with pytest.raises(ValueError, match=r"'sdpa'.*'eager'"):

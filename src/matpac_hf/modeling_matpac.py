@@ -512,8 +512,8 @@ class MatpacPreTrainedModel(PreTrainedModel):
             *self.supported_attn_implementations,
             "paged|eager",
         ):
-            raise ValueError(
-                f"MATPAC models do not support attn_implementation={requested_attention!r}. Use "
+            raise ValueError(  # begins with transformers' own wording for an unsupported implementation
+                f'Specified `attn_implementation="{requested_attention}"` is not supported by MATPAC models. Use '
                 "attn_implementation='sdpa' (the default: torch's scaled_dot_product_attention, which runs flash / "
                 "memory-efficient kernels on GPUs by itself) or 'eager' (needed for output_attentions=True), the two "
                 "tested forward and backward."
