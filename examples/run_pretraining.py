@@ -702,7 +702,7 @@ def train(args, accelerator, model, optimizer, lr_scheduler, feature_extractor, 
                 last_logged = log_metrics(accelerator, sums, micro_step, extra, global_step, max_steps)
                 progress.set_postfix(loss=f"{last_logged['loss']:.4f}")
             sums, micro_step = {}, 0
-            stopping = stop.requested(accelerator)
+            stopping = stop.requested(accelerator, global_step)
             if (global_step % args.checkpointing_steps == 0 and global_step < max_steps) or stopping:
                 write_models = None
                 if args.save_models_at_checkpoints:

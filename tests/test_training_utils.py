@@ -7,6 +7,7 @@ the pretraining script (crash during a save, signals, a 2-process launch)."""
 import json
 import os
 import signal
+import types
 
 import pytest
 import torch
@@ -97,13 +98,30 @@ def test_stop_request_sets_a_flag_and_restores_the_handlers(accelerated):
     accelerator, model = accelerated
     before = signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:
-        assert not stop.requested(accelerator)
+        assert not stop.requested(accelerator, 1)
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested(accelerator) and stop.signal_number == signal.SIGTERM
+        assert stop.requested(accelerator, 1) and stop.signal_number == signal.SIGTERM
         with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is before
     assert check_replicas_in_sync(accelerator, model, os.devnull)  # one process: trivially in sync
+
+
+def test_several_processes_agree_on_a_stop_every_check_every_steps_only():
+    """The cross-process agreement (an all-reduce read on the host) runs at steps divisible by `check_every`; the
+    steps in between keep no host synchronisation for it."""
+    reduced = []
+
+    def reduce(tensor, reduction):
+        reduced.append(float(tensor))
+        return tensor * 2  # two processes: this one's flag and an identical one
+
+    accelerator = types.SimpleNamespace(num_processes=2, device="cpu", reduce=reduce)
+    with StopRequest(check_every=4) as stop:
+        assert not any(stop.requested(accelerator, step) for step in (1, 2, 3, 4))
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert [stop.requested(accelerator, step) for step in (5, 6, 7, 8)] == [False, False, False, True]
+    assert reduced == [0.0, 1.0]  # at steps 4 and 8 only
 
 
 def test_jsonl_tracker_truncates_the_steps_after_a_resume(tmp_path):

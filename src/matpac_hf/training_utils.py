@@ -125,10 +125,12 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str) -> dict:
 class StopRequest:
     """SIGINT (Ctrl-C) and SIGTERM (what preemptible clusters send) set a flag that the training loop checks after
     every optimiser step, to write a checkpoint and stop; a second Ctrl-C raises KeyboardInterrupt at once. The
-    previous handlers come back on exit. `requested()` agrees over all processes (a signal seen by one of them stops
-    them all at the same step)."""
+    previous handlers come back on exit. With several processes, `requested()` agrees over all of them (a signal seen
+    by one of them stops them all at the same step) every `check_every` optimiser steps only: the agreement is an
+    all-reduce read on the host, a synchronisation that steps in between do without."""
 
-    def __init__(self):
+    def __init__(self, check_every: int = 10):
+        self.check_every = check_every
         self.signal_number = None
         self._previous = {}
 
@@ -146,9 +148,12 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal_number = number
 
-    def requested(self, accelerator: Accelerator) -> bool:
+    def requested(self, accelerator: Accelerator, step: int) -> bool:
+        """Whether to stop after optimiser step `step` (1-based count of steps done)."""
         if accelerator.num_processes == 1:
             return self.signal_number is not None
+        if step % self.check_every:
+            return False
         flag = torch.tensor(float(self.signal_number is not None), device=accelerator.device)
         return accelerator.reduce(flag, reduction="sum").item() > 0
 
