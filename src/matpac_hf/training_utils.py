@@ -3,7 +3,8 @@
 """Run plumbing for training scripts built on 🤗 Accelerate (`examples/run_pretraining.py`): checkpoints written
 atomically and rotated, resume from the newest complete one, a stop on SIGINT / SIGTERM that agrees over the
 processes, a JSON-lines tracker that a resumed run continues (and its curves, with matplotlib), the thread count of
-a training process and a check that the replicas of a distributed run ended identical.
+a training process, a check that the replicas of a distributed run ended identical, and `--config_overrides`
+(parsed, and applied over a loaded `MatpacForPreTraining`).
 
 A checkpoint is a folder `checkpoint-<step>` holding `accelerator.save_state` (model, optimizer, registered objects,
 every process's random state), one `training_state_rank<i>.pt` per process (what the script passes: step counters,
@@ -17,6 +18,7 @@ then picks the newest folder even when it is incomplete, so a kill during a save
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -30,6 +32,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import gather_object
+
+from .configuration_matpac import MatpacConfig
+from .modeling_matpac import MatpacForPreTraining
 
 
 logger = logging.getLogger(__name__)
@@ -286,3 +291,68 @@ def check_replicas_in_sync(accelerator: Accelerator, model: torch.nn.Module, pat
             f"Model replicas identical across the {accelerator.num_processes} processes: {in_sync}"
         )
     return in_sync
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """'a=1,b=x' -> {'a': 1, 'b': 'x'} with values typed after MatpacConfig's defaults."""
+    if not text:
+        return {}
+    defaults = MatpacConfig()
+    overrides = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not hasattr(defaults, key):
+            raise ValueError(f"--config_overrides item {item!r} is not 'field=value' with a MatpacConfig field.")
+        default = getattr(defaults, key)
+        if isinstance(default, bool):
+            overrides[key] = value.strip().lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            overrides[key] = int(value)
+        elif isinstance(default, float):
+            overrides[key] = float(value)
+        else:
+            overrides[key] = value.strip()
+    return overrides
+
+
+def apply_config_overrides(
+    model: MatpacForPreTraining, overrides: dict, missing_keys, source: str
+) -> MatpacForPreTraining:
+    """`--config_overrides` (and `--use_mcl`) over a loaded model: the model rebuilt from the overridden config with
+    the loaded weights. A field may change the shapes of parts the folder did not hold (e.g. the predictor's sizes or
+    `use_mcl` over an encoder-only folder: those parts are new), never of loaded weights (found by building the model
+    on the meta device); `teacher_init` cannot apply to trained teachers the folder holds (they are loaded, not
+    initialised). What cannot apply is refused with a ValueError naming each field."""
+    missing_keys = set(missing_keys)
+    loaded = {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in missing_keys}
+    has_teachers = not any(name.startswith("teacher_") for name in missing_keys)
+    refused = []
+    for key, value in overrides.items():
+        if getattr(model.config, key) == value:
+            continue
+        trial = copy.deepcopy(model.config)
+        setattr(trial, key, value)
+        with torch.device("meta"):
+            trial_shapes = {name: tuple(t.shape) for name, t in MatpacForPreTraining(trial).state_dict().items()}
+        changed = sorted(name for name in loaded if trial_shapes.get(name) != loaded[name])
+        if changed:
+            refused.append(f"{key}={value!r} changes loaded weights ({', '.join(changed[:3])}, ...)")
+        elif key == "teacher_init" and has_teachers:
+            refused.append(
+                f"teacher_init={value!r}: {source} holds trained teachers, which are loaded, not initialised"
+            )
+    if refused:
+        raise ValueError(
+            f"--config_overrides / --use_mcl cannot apply to the model loaded from {source}: "
+            + "; ".join(refused)
+            + ". Start from scratch (no --model_name_or_path) to change them."
+        )
+    config = MatpacConfig.from_dict({**model.config.to_dict(), **overrides})  # validates the values
+    rebuilt = MatpacForPreTraining(config)
+    state = model.state_dict()
+    rebuilt.load_state_dict({name: state[name] for name in loaded}, strict=False)
+    if not has_teachers:
+        rebuilt.copy_student_to_teachers()
+    logger.info(f"Applied --config_overrides over {source}: {overrides}")
+    return rebuilt
