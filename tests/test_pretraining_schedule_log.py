@@ -2,12 +2,7 @@
 # Licensed under the MIT License.
 """examples/run_pretraining.py's schedule line: the epoch length, or why it is unknown (never "None")."""
 
-import sys
-from pathlib import Path
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import run_pretraining  # noqa: E402
+import run_pretraining  # examples/ is on pytest's pythonpath (setup.cfg)
 
 
 def test_schedule_log_names_the_epoch_length_or_why_it_is_unknown():
