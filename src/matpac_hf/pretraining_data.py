@@ -106,6 +106,7 @@ def load_audio_stream(
         `(dataset, audio_column)`: the `IterableDataset` and the resolved audio column name.
     """
     from datasets import Audio, load_dataset
+    from pyarrow.dataset import ParquetFragmentScanOptions
 
     given = [
         name
@@ -117,6 +118,8 @@ def load_audio_stream(
             f"Give exactly one corpus source among dataset_name, dataset_dir and data_files (got {given or 'none'})."
         )
     if dataset_dir is not None and read_provenance(dataset_dir) is not None:  # a prepared corpus: its parquet shards
+        # Local shards read column chunk by column chunk: pre-buffering whole row groups costs a copy per clip.
+        load_kwargs.setdefault("fragment_scan_options", ParquetFragmentScanOptions(pre_buffer=False))
         dataset = load_dataset(
             "parquet", data_files={split: shard_files(dataset_dir)}, split=split, streaming=True, **load_kwargs
         )
@@ -218,6 +221,20 @@ class DecodedClipCache:
         self.num_bytes += waveform.nbytes
 
 
+def _row_bytes(table, audio_column: str) -> memoryview:
+    """The audio bytes of a one-row Arrow table (an `Audio` column stored undecoded), as a view of Arrow's buffer (no
+    copy; empty for a null row)."""
+    import pyarrow as pa
+
+    binary = table.column(audio_column).chunk(0).flatten()[0]  # the struct's `bytes` field, the row's offset kept
+    if binary.null_count:
+        return memoryview(b"")
+    _, offsets, data = binary.buffers()
+    offset_type = np.int64 if pa.types.is_large_binary(binary.type) else np.int32
+    start, end = np.frombuffer(offsets, offset_type, 2, binary.offset * np.dtype(offset_type).itemsize)
+    return memoryview(data)[start:end]
+
+
 class MatpacCropStream(torch.utils.data.IterableDataset):
     """Turns a streaming corpus (undecoded audio column) into random fixed-length waveform crops.
 
@@ -257,7 +274,10 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         super().__init__()
         if crop_frames < 1:
             raise ValueError(f"crop_frames must be >= 1, got {crop_frames}.")
-        self.dataset = dataset
+        self.prepared = is_prepared(getattr(dataset, "features", None))  # crops by slicing the stored samples
+        # A prepared corpus is read as one-row Arrow tables: each clip's samples stay in Arrow's buffers (sliced in
+        # place) instead of being copied into a Python bytes object per row.
+        self.dataset = dataset.with_format("arrow") if self.prepared else dataset
         self.audio_column = audio_column
         self.crop_frames = crop_frames
         self.crop_samples = num_samples_for_frames(crop_frames)
@@ -268,7 +288,6 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         self.cache = DecodedClipCache(cache_bytes) if cache_bytes > 0 else None
         self.counters = StreamCounters()
         self.shared_counters: torch.Tensor | None = None  # (num_streams, len(COUNTER_FIELDS)), set by the loop
-        self.prepared = is_prepared(getattr(dataset, "features", None))  # crops by slicing the stored samples
         self.first_epoch: int | None = None  # unreadable clips are logged in this epoch only, counted in every one
 
     @property
@@ -329,21 +348,24 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
             if item is not None:
                 yield item
 
-    def _crop(self, example: dict, epoch: int, policy: BadAudioPolicy) -> dict | None:
-        """The item of one clip, or None (dropped as too short, or unreadable and skipped); updates the counters."""
+    def _crop(self, example, epoch: int, policy: BadAudioPolicy) -> dict | None:
+        """The item of one clip (a dict, or a one-row Arrow table from a prepared corpus), or None (dropped as too
+        short, or unreadable and skipped); updates the counters."""
         counters = self.counters
-        audio = example[self.audio_column]
         try:
-            key = example[PREPARED_KEY_COLUMN] if self.prepared else clip_key(audio)
+            if self.prepared:  # a one-row Arrow table: the stored samples of the clip, a view of Arrow's buffer
+                key = example.column(PREPARED_KEY_COLUMN)[0].as_py()
+                waveform = pcm_samples(_row_bytes(example, self.audio_column), key, self.sampling_rate)
+            else:
+                audio = example[self.audio_column]
+                key = clip_key(audio)
+                waveform = None  # the whole decoded clip, when the cache has it or room for it
+                if self.cache is not None:
+                    waveform = self.cache.get(key)
+                    if waveform is None and not self.cache.full:
+                        waveform = decode_audio(audio, self.sampling_rate)
+                        self.cache.put(key, waveform)
             crop_kwargs = {"seed": self.seed, "epoch": epoch, "key": key, "min_clip_policy": self.min_clip_policy}
-            waveform = None  # the whole decoded clip, when the cache has it or room for it
-            if self.prepared:  # the stored samples of the clip, a view of its bytes
-                waveform = pcm_samples(audio["bytes"], audio.get("path") or key, self.sampling_rate)
-            elif self.cache is not None:
-                waveform = self.cache.get(key)
-                if waveform is None and not self.cache.full:
-                    waveform = decode_audio(audio, self.sampling_rate)
-                    self.cache.put(key, waveform)
             if waveform is not None:  # a prepared int16 clip stays int16 to the training device (half the bytes)
                 crop, num_valid = crop_decoded(waveform, self.crop_samples, keep_int16=self.prepared, **crop_kwargs)
             else:
