@@ -181,11 +181,12 @@ def test_stored_clip_round_trip_and_damaged_rows():
         prep.pcm_samples(bytes(stereo), "x.wav")
 
 
-def test_resume_of_the_prepared_stream_is_exact(prepared):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_of_the_prepared_stream_is_exact(prepared, num_workers):
     def loop():
         dataset, column = load_audio_stream(dataset_dir=str(prepared))
         stream = build_crop_stream(dataset, column, seed=1, crop_frames=CROP_FRAMES, min_clip_policy="pad")
-        return PretrainingDataLoop(stream, batch_size=2, num_workers=0)
+        return PretrainingDataLoop(stream, batch_size=2, num_workers=num_workers)
 
     uninterrupted = iter(loop())
     expected = [next(uninterrupted) for _ in range(9)]  # 5 batches per epoch: crosses into epoch 1
@@ -205,6 +206,53 @@ def test_resume_of_the_prepared_stream_is_exact(prepared):
         got = next(iterator)
         assert got["example_ids"] == batch["example_ids"]
         assert np.array_equal(got["input_values"].numpy(), batch["input_values"].numpy())
+
+
+def test_worker_batch_buffers_are_reused_only_once_released(prepared):
+    def loop(num_workers):
+        dataset, column = load_audio_stream(dataset_dir=str(prepared))
+        stream = build_crop_stream(dataset, column, seed=3, crop_frames=CROP_FRAMES, min_clip_policy="pad")
+        return PretrainingDataLoop(stream, batch_size=2, num_workers=num_workers)
+
+    in_process = iter(loop(0))
+    expected = [next(in_process) for _ in range(12)]  # 5 batches per epoch: a new loader (and buffers) each epoch
+    worker_loop = loop(1)
+    iterator = iter(worker_loop)
+    held = next(iterator)  # kept: its buffer must not be written again
+    held_values = held["input_values"].clone()
+    reused = 0
+    for want in expected[1:]:
+        got = next(iterator)  # dropped at the next step: its buffer is then reused
+        assert "worker_buffer" not in got and got["example_ids"] == want["example_ids"]
+        assert np.array_equal(got["input_values"].numpy(), want["input_values"].numpy())
+        reused += len(worker_loop._loader.collate_fn._handed_out)
+    assert reused > 0
+    assert held["example_ids"] == expected[0]["example_ids"] and torch.equal(held["input_values"], held_values)
+
+
+def test_damaged_rows_of_a_prepared_shard_are_skipped_and_counted(tmp_path, prepared):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(prepared, damaged)
+    shard = prep.shard_files(str(damaged))[0]
+    table = pq.read_table(shard)
+    audio = table.column("audio").combine_chunks()
+    data = audio.field("bytes").to_pylist()
+    data[0], data[1] = data[0][:40], None  # a truncated header and a missing clip
+    audio = pa.StructArray.from_arrays([pa.array(data, pa.binary()), audio.field("path")], fields=list(audio.type))
+    pq.write_table(table.set_column(0, "audio", audio), shard)
+    keys = table.column("clip_key").to_pylist()
+    expected = crops(0, dataset_dir=str(prepared))
+    got = crops(0, dataset_dir=str(damaged))
+    assert sorted(got) == sorted(set(expected) - set(keys[:2]))
+    for key, (crop, num_valid) in got.items():
+        assert num_valid == expected[key][1] and np.array_equal(crop, expected[key][0])
+    dataset, column = load_audio_stream(dataset_dir=str(damaged))
+    stream = build_crop_stream(dataset, column, crop_frames=CROP_FRAMES, bad_audio="error")
+    with pytest.raises(AudioDecodeError, match=keys[0]):
+        list(stream)
 
 
 def test_run_pretraining_on_the_prepared_corpus_gives_the_losses_of_the_source(tmp_path):

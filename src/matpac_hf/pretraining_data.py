@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from .audio_io import (
     AUDIO_FILE_EXTENSIONS,
@@ -55,6 +56,9 @@ from .prepare_corpus import is_prepared, pcm_samples, read_provenance, shard_fil
 logger = logging.getLogger(__name__)
 
 CROP_FRAMES = 608  # the official pretraining crop: 608 frames = 97 520 samples = 6.1 s at 16 kHz
+# Shared-memory batch buffers of each DataLoader worker (`WorkerBatchBuffers`): the batches a worker may have sent and
+# the training process not yet dropped (the DataLoader's prefetch_factor 2, the batch in hand, the one being made).
+BATCH_BUFFERS_PER_WORKER = 6
 # After this many clips read by one stream, warn once if most of them were dropped or unreadable.
 EARLY_DROP_WARNING_CLIPS = 100
 
@@ -384,23 +388,74 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         return {"input_values": crop, "num_valid_samples": num_valid, "example_id": key}
 
 
-def collate_crops(examples: list[dict]) -> dict:
+def collate_crops(examples: list[dict], out: torch.Tensor | None = None) -> dict:
     """Stacks crops into `input_values` (batch, crop_samples) (float32, or int16 from an int16 prepared corpus),
-    `num_valid_samples` (batch,) int64, and keeps the ids. In a DataLoader worker the batch is written straight into
-    shared memory (as torch's `default_collate` does), instead of being stacked and then copied there to be sent."""
+    `num_valid_samples` (batch,) int64, and keeps the ids. `input_values` is `out` when given (of that shape and
+    dtype), else a new tensor: in a DataLoader worker in shared memory (as torch's `default_collate` does), so that the
+    batch is written there once instead of being stacked and then copied there to be sent."""
     crops = [example["input_values"] for example in examples]
-    empty = torch.from_numpy(np.empty(0, dtype=crops[0].dtype))
-    if torch.utils.data.get_worker_info() is not None:
-        out = empty.new(empty._typed_storage()._new_shared(len(crops) * crops[0].shape[0], device="cpu"))
-    else:
-        out = empty.new_empty(len(crops) * crops[0].shape[0])
-    out = out.view(len(crops), crops[0].shape[0])
+    if out is None:
+        empty = torch.from_numpy(np.empty(0, dtype=crops[0].dtype))
+        if torch.utils.data.get_worker_info() is not None:
+            out = empty.new(empty._typed_storage()._new_shared(len(crops) * crops[0].shape[0], device="cpu"))
+        else:
+            out = empty.new_empty(len(crops) * crops[0].shape[0])
+        out = out.view(len(crops), crops[0].shape[0])
     np.stack(crops, out=out.numpy())  # numpy reads the (read-only) views of a prepared corpus's bytes
     return {
         "input_values": out,
         "num_valid_samples": torch.tensor([example["num_valid_samples"] for example in examples], dtype=torch.int64),
         "example_ids": [example["example_id"] for example in examples],
     }
+
+
+class WorkerBatchBuffers:
+    """The `collate_fn` of one DataLoader with workers: each worker collates its batches into shared-memory buffers
+    that it makes once and reuses (up to `buffers_per_worker`), instead of a fresh shared-memory segment per batch
+    (whose first writes, page faults of a new segment, cost several times the copy of the crops).
+
+    A buffer is reused only once the training process holds no tensor on it any more: `hand_out`, called there on
+    every batch, keeps a weak reference to each batch's storage and marks the buffers of the expired ones free (in
+    shared memory, where the workers read it). When none of its buffers is free, a worker collates into a fresh
+    segment as before. In the training process (`num_workers=0`) it is `collate_crops`."""
+
+    def __init__(self, num_workers: int, buffers_per_worker: int):
+        self.free = torch.ones(num_workers, buffers_per_worker, dtype=torch.bool).share_memory_()
+        self._buffers: list[torch.Tensor | None] = [None] * buffers_per_worker  # a worker's own, made on first use
+        self._handed_out: dict[tuple[int, int], StorageWeakRef] = {}  # training process: (worker, buffer) -> batch
+
+    def __call__(self, examples: list[dict]) -> dict:
+        worker = torch.utils.data.get_worker_info()
+        if worker is None:
+            return collate_crops(examples)
+        free = self.free.numpy()[worker.id]
+        free_buffers = np.flatnonzero(free)
+        if free_buffers.size == 0:  # the training process still holds a tensor on every buffer
+            return collate_crops(examples)
+        index = int(free_buffers[0])
+        shape, dtype = (len(examples), examples[0]["input_values"].shape[0]), examples[0]["input_values"].dtype
+        buffer = self._buffers[index]
+        if buffer is None or tuple(buffer.shape) != shape or buffer.numpy().dtype != dtype:
+            buffer = self._buffers[index] = torch.from_numpy(np.empty(shape, dtype=dtype)).share_memory_()
+        free[index] = False
+        batch = collate_crops(examples, out=buffer)
+        batch["worker_buffer"] = (worker.id, index)
+        return batch
+
+    def hand_out(self, batch: dict, copied: bool = False) -> dict:
+        """In the training process, for each batch of the DataLoader: frees the buffers of the batches handed out
+        before and no longer referenced, and tracks this one's (freed at once when `copied`, e.g. by `pin_memory`)."""
+        for where, storage in list(self._handed_out.items()):
+            if storage.expired():
+                del self._handed_out[where]
+                self.free[where] = True
+        where = batch.pop("worker_buffer", None)
+        if where is not None:
+            if copied:
+                self.free[where] = True
+            else:
+                self._handed_out[where] = StorageWeakRef(batch["input_values"].untyped_storage())
+        return batch
 
 
 def waveforms_on_device(batch: dict, device) -> torch.Tensor:
@@ -528,7 +583,9 @@ class PretrainingDataLoop:
         loader_class = self.loader_class or torch.utils.data.DataLoader
         kwargs = {
             "num_workers": self.num_workers,
-            "collate_fn": collate_crops,
+            "collate_fn": WorkerBatchBuffers(self.num_workers, BATCH_BUFFERS_PER_WORKER)
+            if self.num_workers
+            else collate_crops,
             "pin_memory": self.pin_memory,
             "drop_last": True,
             "batch_size": self.batch_size,
@@ -552,7 +609,10 @@ class PretrainingDataLoop:
                 self._pending_position = None
             self._loader = loader
             produced = False
+            collate = loader.collate_fn
             for batch in loader:
+                if isinstance(collate, WorkerBatchBuffers):
+                    batch = collate.hand_out(batch, copied=self.pin_memory)
                 produced = True
                 self.batches_in_epoch += 1
                 self.stats.update(self.epoch, self.stream.shared_counters)
@@ -659,6 +719,7 @@ __all__ = [
     "PretrainingDataLoop",
     "StreamCounters",
     "StreamStats",
+    "WorkerBatchBuffers",
     "build_crop_stream",
     "collate_crops",
     "frame_attention_mask",
