@@ -431,15 +431,18 @@ class WorkerBatchBuffers:
         free = self.free.numpy()[worker.id]
         free_buffers = np.flatnonzero(free)
         if free_buffers.size == 0:  # the training process still holds a tensor on every buffer
-            return collate_crops(examples)
-        index = int(free_buffers[0])
-        shape, dtype = (len(examples), examples[0]["input_values"].shape[0]), examples[0]["input_values"].dtype
-        buffer = self._buffers[index]
-        if buffer is None or tuple(buffer.shape) != shape or buffer.numpy().dtype != dtype:
-            buffer = self._buffers[index] = torch.from_numpy(np.empty(shape, dtype=dtype)).share_memory_()
-        free[index] = False
-        batch = collate_crops(examples, out=buffer)
-        batch["worker_buffer"] = (worker.id, index)
+            batch = collate_crops(examples)
+        else:
+            index = int(free_buffers[0])
+            shape, dtype = (len(examples), examples[0]["input_values"].shape[0]), examples[0]["input_values"].dtype
+            buffer = self._buffers[index]
+            if buffer is None or tuple(buffer.shape) != shape or buffer.numpy().dtype != dtype:
+                buffer = self._buffers[index] = torch.from_numpy(np.empty(shape, dtype=dtype)).share_memory_()
+            free[index] = False
+            batch = collate_crops(examples, out=buffer)
+            batch["worker_buffer"] = (worker.id, index)
+        # a few bytes, sent by value: a tensor would travel as one more shared-memory segment and file descriptor
+        batch["num_valid_samples"] = batch["num_valid_samples"].numpy()
         return batch
 
     def hand_out(self, batch: dict, copied: bool = False) -> dict:
@@ -449,6 +452,7 @@ class WorkerBatchBuffers:
             if storage.expired():
                 del self._handed_out[where]
                 self.free[where] = True
+        batch["num_valid_samples"] = torch.from_numpy(batch["num_valid_samples"])
         where = batch.pop("worker_buffer", None)
         if where is not None:
             if copied:
