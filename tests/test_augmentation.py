@@ -179,8 +179,8 @@ def test_teacher_view_differs_in_colour_only_and_feeds_the_teacher():
 
 def test_run_pretraining_with_augmentation_resumes_exactly(tmp_path, monkeypatch):
     """examples/run_pretraining.py with --augment all and the teacher's own view, in one DataLoader worker: killed
-    while checkpoint-6 is written, the run resumed from checkpoint-3 reproduces the uninterrupted run's losses."""
-    from test_run_pretraining import RESUME_ARGS, SimulatedCrash, assert_same_losses, metrics, run, script
+    after step 5, the run resumed from checkpoint-3 reproduces the uninterrupted run's losses."""
+    from test_run_pretraining import RESUME_ARGS, SimulatedCrash, assert_same_losses, metrics, run, stop_at
 
     corpus = _write_folder(
         tmp_path / "corpus",
@@ -192,16 +192,12 @@ def test_run_pretraining_with_augmentation_resumes_exactly(tmp_path, monkeypatch
     assert run(*args[:-3], "--output_dir", tmp_path / "plain") == 0  # without augmentation the losses differ
     assert metrics(tmp_path / "plain")[1]["loss"] != pytest.approx(reference[1]["loss"], rel=1e-4)
 
-    mark_complete = script.mark_checkpoint_complete
+    def crash():
+        raise SimulatedCrash
 
-    def crash_at_6(folder, step, num_processes):
-        if step == 6:
-            raise SimulatedCrash
-        mark_complete(folder, step, num_processes)
-
-    monkeypatch.setattr(script, "mark_checkpoint_complete", crash_at_6)
+    stop_at(monkeypatch, 5, crash)  # after step 5: checkpoint-3 is the latest
     with pytest.raises(SimulatedCrash):
         run(*args, "--output_dir", tmp_path / "crashed")
-    monkeypatch.setattr(script, "mark_checkpoint_complete", mark_complete)
+    monkeypatch.undo()
     assert run(*args, "--output_dir", tmp_path / "crashed", "--resume_from_checkpoint", "latest") == 0
     assert_same_losses(metrics(tmp_path / "crashed"), reference, range(1, 9))
