@@ -15,6 +15,10 @@
    condition folds, each fold's test accuracy a mean over `--probe_seeds`; a task's figure is the mean over folds
    with its 95 % t confidence interval. The random-init baseline is the same run's encoder at step 0 (same config,
    same seed, never trained). The gain's CI is the paired CI over folds.
+4. `--augment pitch,gain,...` (or `all`; `matpac_hf.augmentation`): the crops are then cut from the waveforms at the
+   same draws of clip and frame position, augmented (`PretrainingAugmentation`, epoch = step, key = clip index) and
+   their log-mel computed per step; `--teacher_view` gives the teacher its own draw (not MATPAC). The results file
+   then also holds the CPU seconds of the cropping + augmentation + log-mel. Runs: benchmarks/RESULTS.md.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_pretraining_real_audio.py --steps 3000 --eval_steps 1000 2000
 
@@ -153,6 +157,46 @@ def augmented_crops(waveforms, batch_size, crop_frames, generator, augmentation,
     return values, frame_mask, teacher_values
 
 
+def augmentation_cost(waveforms, crop_frames: int, seed: int, num_crops: int = 256, rounds: int = 3) -> list[dict]:
+    """CPU milliseconds (this process, `time.process_time`) per crop of each family at probability 1, of all of them
+    at 1 and at 0.5, and of all at 0.5 with the teacher's own view, on `num_crops` random crops of the corpus; the
+    median of `rounds` rounds, the variants alternating within a round."""
+    generator = torch.Generator().manual_seed(seed)
+    crop_samples = num_samples_for_frames(crop_frames)
+    crops = np.zeros((num_crops, crop_samples), dtype=np.float32)
+    num_valid = []
+    for row, index in enumerate(torch.randint(len(waveforms), (num_crops,), generator=generator).tolist()):
+        wave = waveforms[index][:crop_samples]
+        crops[row, : len(wave)] = wave
+        num_valid.append(len(wave))
+    keys = [str(row) for row in range(num_crops)]
+    variants = [((family,), 1.0, False) for family in AUGMENTATION_FAMILIES]
+    variants += [
+        (AUGMENTATION_FAMILIES, 1.0, False),
+        (AUGMENTATION_FAMILIES, 0.5, False),
+        (AUGMENTATION_FAMILIES, 0.5, True),
+    ]
+    times = {variant: [] for variant in variants}
+    for round_index in range(rounds):
+        for variant in variants:
+            families, probability, teacher_view = variant
+            augmentation = PretrainingAugmentation(
+                AugmentationConfig(families=families, probability=probability, teacher_view=teacher_view), seed=seed
+            )
+            tic = time.process_time()
+            augmentation.augment_batch(crops, num_valid, keys, round_index)
+            times[variant].append(1000 * (time.process_time() - tic) / num_crops)
+    return [
+        {
+            "families": ",".join(families) if len(families) < len(AUGMENTATION_FAMILIES) else "all",
+            "probability": probability,
+            "teacher_view": teacher_view,
+            "cpu_ms_per_crop": float(np.median(times[(families, probability, teacher_view)])),
+        }
+        for families, probability, teacher_view in variants
+    ]
+
+
 def load_task(corpus_dir: str, task: str) -> dict:
     folder = os.path.join(corpus_dir, "tasks", task)
     with open(os.path.join(folder, "metadata.csv")) as handle:
@@ -268,6 +312,11 @@ def main(argv=None):
     parser.add_argument(
         "--teacher_view", action="store_true", help="the teacher's own draw of mix/filter/gain/noise (not MATPAC)"
     )
+    parser.add_argument(
+        "--augmentation_cost",
+        action="store_true",
+        help="only measure the augmentation's CPU ms per crop (each family, all, the teacher's view) and exit",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--probe_seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -312,6 +361,14 @@ def main(argv=None):
         waveforms = pretraining_waveforms(args.corpus_dir)
     short = sum(m.shape[0] < args.crop_frames for m in mels)
     print(f"{len(mels)} clips; {short} shorter than the {args.crop_frames}-frame crop (padded, masked)")
+    if args.augmentation_cost:
+        print(f"augmentation cost, {args.crop_frames}-frame crops, {threads} thread(s), CPU time of this process:")
+        for row in augmentation_cost(pretraining_waveforms(args.corpus_dir), args.crop_frames, args.seed):
+            print(
+                f"  {row['families']:<8} p={row['probability']:.1f}{' teacher view' if row['teacher_view'] else '':<13}"
+                f" {row['cpu_ms_per_crop']:6.2f} ms/crop"
+            )
+        return
     tasks = {name: load_task(args.corpus_dir, name) for name in args.tasks}
 
     torch.manual_seed(args.seed)
