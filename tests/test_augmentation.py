@@ -201,3 +201,17 @@ def test_run_pretraining_with_augmentation_resumes_exactly(tmp_path, monkeypatch
     monkeypatch.undo()
     assert run(*args, "--output_dir", tmp_path / "crashed", "--resume_from_checkpoint", "latest") == 0
     assert_same_losses(metrics(tmp_path / "crashed"), reference, range(1, 9))
+
+
+def test_collate_augments_int16_crops_of_a_prepared_corpus_as_float():
+    crops = _crops()
+    pcm = np.round(crops * 2**15).clip(-(2**15), 2**15 - 1).astype(np.int16)
+    examples = [
+        {"input_values": pcm[row], "num_valid_samples": SAMPLES, "example_id": f"clip{row}", "epoch": 2}
+        for row in range(len(pcm))
+    ]
+    augmentation = PretrainingAugmentation("gain,filter", seed=0)
+    batch = augmentation.collate(examples)
+    expected = augmentation.augment_batch(pcm.astype(np.float32) / 2**15, [SAMPLES] * 4, batch["example_ids"], 2)
+    assert batch["input_values"].dtype == torch.float32
+    assert np.array_equal(batch["input_values"].numpy(), expected)
