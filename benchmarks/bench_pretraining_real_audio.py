@@ -15,6 +15,10 @@
    condition folds, each fold's test accuracy a mean over `--probe_seeds`; a task's figure is the mean over folds
    with its 95 % t confidence interval. The random-init baseline is the same run's encoder at step 0 (same config,
    same seed, never trained). The gain's CI is the paired CI over folds.
+4. `--augment pitch,gain,...` (or `all`; `matpac_hf.augmentation`): the crops are then cut from the waveforms at the
+   same draws of clip and frame position, augmented (`PretrainingAugmentation`, epoch = step, key = clip index) and
+   their log-mel computed per step; `--teacher_view` gives the teacher its own draw (not MATPAC). The results file
+   then also holds the CPU seconds of the cropping + augmentation + log-mel. Runs: benchmarks/RESULTS.md.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_pretraining_real_audio.py --steps 3000 --eval_steps 1000 2000
 
@@ -45,6 +49,9 @@ import run_linear_probe  # noqa: E402
 import run_pretraining  # noqa: E402
 
 from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForPreTraining  # noqa: E402
+from matpac_hf.augmentation import AUGMENTATION_FAMILIES, AugmentationConfig, PretrainingAugmentation  # noqa: E402
+from matpac_hf.configuration_matpac import num_frames_for_samples, num_samples_for_frames  # noqa: E402
+from matpac_hf.pretraining_data import frame_attention_mask  # noqa: E402
 
 
 TASKS = ("digits", "instruments", "drums")
@@ -113,6 +120,81 @@ def random_crops(mels, batch_size: int, crop_frames: int, generator: torch.Gener
         batch[row, : mel.shape[0]] = mel.float()
         mask[row, : mel.shape[0]] = 1
     return batch, mask
+
+
+def pretraining_waveforms(corpus_dir: str) -> list[np.ndarray]:
+    """The pretraining clips as float32 16 kHz waveforms, in the order of `pretraining_log_mels`."""
+    paths = sorted(
+        os.path.join(root, name)
+        for root, _, files in os.walk(os.path.join(corpus_dir, "pretrain"))
+        for name in files
+        if name.endswith(".wav")
+    )
+    return [real_audio_corpus.load_16k(path) for path in paths]
+
+
+def augmented_crops(waveforms, batch_size, crop_frames, generator, augmentation, step, feature_extractor):
+    """`random_crops` cut from the waveforms (same draws of clips and frame positions), augmented
+    (`PretrainingAugmentation`, epoch = step, key = clip index), then log-mel: `(values, frame_mask, teacher_values)`
+    (`teacher_values` None without the teacher's own view)."""
+    crop_samples = num_samples_for_frames(crop_frames)
+    picks = torch.randint(len(waveforms), (batch_size,), generator=generator).tolist()
+    crops = np.zeros((batch_size, crop_samples), dtype=np.float32)
+    num_valid = []
+    for row, index in enumerate(picks):
+        wave = waveforms[index]
+        frames = num_frames_for_samples(len(wave))
+        if frames > crop_frames:
+            start = 160 * int(torch.randint(frames - crop_frames + 1, (1,), generator=generator))
+            wave = wave[start : start + crop_samples]
+        crops[row, : len(wave)] = wave
+        num_valid.append(len(wave))
+    views = augmentation.augment_batch(crops, num_valid, [str(index) for index in picks], step)
+    student, teacher = views if augmentation.config.teacher_view else (views, None)
+    values = feature_extractor.extract_log_mel(torch.from_numpy(student))
+    frame_mask = frame_attention_mask(torch.tensor(num_valid), values.shape[1]).long()
+    teacher_values = None if teacher is None else feature_extractor.extract_log_mel(torch.from_numpy(teacher))
+    return values, frame_mask, teacher_values
+
+
+def augmentation_cost(waveforms, crop_frames: int, seed: int, num_crops: int = 256, rounds: int = 3) -> list[dict]:
+    """CPU milliseconds (this process, `time.process_time`) per crop of each family at probability 1, of all of them
+    at 1 and at 0.5, and of all at 0.5 with the teacher's own view, on `num_crops` random crops of the corpus; the
+    median of `rounds` rounds, the variants alternating within a round."""
+    generator = torch.Generator().manual_seed(seed)
+    crop_samples = num_samples_for_frames(crop_frames)
+    crops = np.zeros((num_crops, crop_samples), dtype=np.float32)
+    num_valid = []
+    for row, index in enumerate(torch.randint(len(waveforms), (num_crops,), generator=generator).tolist()):
+        wave = waveforms[index][:crop_samples]
+        crops[row, : len(wave)] = wave
+        num_valid.append(len(wave))
+    keys = [str(row) for row in range(num_crops)]
+    variants = [((family,), 1.0, False) for family in AUGMENTATION_FAMILIES]
+    variants += [
+        (AUGMENTATION_FAMILIES, 1.0, False),
+        (AUGMENTATION_FAMILIES, 0.5, False),
+        (AUGMENTATION_FAMILIES, 0.5, True),
+    ]
+    times = {variant: [] for variant in variants}
+    for round_index in range(rounds):
+        for variant in variants:
+            families, probability, teacher_view = variant
+            augmentation = PretrainingAugmentation(
+                AugmentationConfig(families=families, probability=probability, teacher_view=teacher_view), seed=seed
+            )
+            tic = time.process_time()
+            augmentation.augment_batch(crops, num_valid, keys, round_index)
+            times[variant].append(1000 * (time.process_time() - tic) / num_crops)
+    return [
+        {
+            "families": ",".join(families) if len(families) < len(AUGMENTATION_FAMILIES) else "all",
+            "probability": probability,
+            "teacher_view": teacher_view,
+            "cpu_ms_per_crop": float(np.median(times[(families, probability, teacher_view)])),
+        }
+        for families, probability, teacher_view in variants
+    ]
 
 
 def load_task(corpus_dir: str, task: str) -> dict:
@@ -221,6 +303,20 @@ def main(argv=None):
     parser.add_argument("--no_preset", action="store_true", help="start from MatpacConfig defaults, not tiny")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
     parser.add_argument("--masking", choices=("random", "time_columns"), default="random")
+    parser.add_argument(
+        "--augment",
+        help=f"waveform augmentation families, comma-separated, or 'all' ({', '.join(AUGMENTATION_FAMILIES)}); "
+        "crops are then cut from the waveforms, augmented, and their log-mel computed per step",
+    )
+    parser.add_argument("--augment_probability", type=float, default=0.5, help="probability of each family")
+    parser.add_argument(
+        "--teacher_view", action="store_true", help="the teacher's own draw of mix/filter/gain/noise (not MATPAC)"
+    )
+    parser.add_argument(
+        "--augmentation_cost",
+        action="store_true",
+        help="only measure the augmentation's CPU ms per crop (each family, all, the teacher's view) and exit",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--probe_seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -252,8 +348,27 @@ def main(argv=None):
     config = MatpacConfig(total_steps=args.steps, teacher_temperature_warmup_steps=teacher_warmup, **config_kwargs)
     feature_extractor = MatpacFeatureExtractor.from_model_config(config)
     mels = pretraining_log_mels(args.corpus_dir, feature_extractor)
+    augmentation = None
+    if args.augment:
+        augmentation = PretrainingAugmentation(
+            AugmentationConfig(
+                families=tuple(AUGMENTATION_FAMILIES if args.augment == "all" else args.augment.split(",")),
+                probability=args.augment_probability,
+                teacher_view=args.teacher_view,
+            ),
+            seed=args.seed,
+        )
+        waveforms = pretraining_waveforms(args.corpus_dir)
     short = sum(m.shape[0] < args.crop_frames for m in mels)
     print(f"{len(mels)} clips; {short} shorter than the {args.crop_frames}-frame crop (padded, masked)")
+    if args.augmentation_cost:
+        print(f"augmentation cost, {args.crop_frames}-frame crops, {threads} thread(s), CPU time of this process:")
+        for row in augmentation_cost(pretraining_waveforms(args.corpus_dir), args.crop_frames, args.seed):
+            print(
+                f"  {row['families']:<8} p={row['probability']:.1f}{' teacher view' if row['teacher_view'] else '':<13}"
+                f" {row['cpu_ms_per_crop']:6.2f} ms/crop"
+            )
+        return
     tasks = {name: load_task(args.corpus_dir, name) for name in args.tasks}
 
     torch.manual_seed(args.seed)
@@ -284,6 +399,7 @@ def main(argv=None):
         "seed": args.seed,
         "probe_seeds": args.probe_seeds,
         "parameters_M": round(sum(p.numel() for p in trainable) / 1e6, 3),
+        "augmentation": augmentation.config.to_dict() if augmentation else None,
     }
     print("settings:", json.dumps(settings))
 
@@ -294,11 +410,18 @@ def main(argv=None):
     mask_generator = torch.Generator().manual_seed(args.seed + 2)
     eval_steps = sorted(set(args.eval_steps) | {args.steps})
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
-    window, monitors, train_seconds = [], {}, 0.0
+    window, monitors, train_seconds, train_cpu_seconds, augment_cpu_seconds = [], {}, 0.0, 0.0, 0.0
     os.makedirs(os.path.dirname(os.path.abspath(args.results_file)), exist_ok=True)
     for step in range(args.steps):
-        tic = time.perf_counter()
-        values, frame_mask = random_crops(mels, args.batch_size, args.crop_frames, data_generator)
+        tic, cpu_tic = time.perf_counter(), time.process_time()
+        teacher_values = None
+        if augmentation is None:
+            values, frame_mask = random_crops(mels, args.batch_size, args.crop_frames, data_generator)
+        else:
+            values, frame_mask, teacher_values = augmented_crops(
+                waveforms, args.batch_size, args.crop_frames, data_generator, augmentation, step, feature_extractor
+            )
+            augment_cpu_seconds += time.process_time() - cpu_tic
         padded = bool((frame_mask == 0).any())
         noise = None
         if args.masking == "time_columns":
@@ -311,7 +434,12 @@ def main(argv=None):
             noise = noise + 1e-3 * torch.rand(noise.shape, generator=mask_generator)
         with autocast:
             outputs = model(
-                values, attention_mask=frame_mask if padded else None, step=step, generator=mask_generator, noise=noise
+                values,
+                attention_mask=frame_mask if padded else None,
+                step=step,
+                generator=mask_generator,
+                noise=noise,
+                teacher_input_values=teacher_values,
             )
         outputs.loss.backward()
         model.update_teachers(step)
@@ -320,6 +448,7 @@ def main(argv=None):
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         train_seconds += time.perf_counter() - tic
+        train_cpu_seconds += time.process_time() - cpu_tic
         window.append({k: float(getattr(outputs, k).detach()) for k in MONITOR_KEYS})
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             monitors = {k: sum(r[k] for r in window) / len(window) for k in MONITOR_KEYS}
@@ -347,13 +476,17 @@ def main(argv=None):
                 "at_step": step + 1,
                 "train_seconds": round(train_seconds, 1),
                 "seconds_per_step": round(train_seconds / (step + 1), 4),
+                "train_cpu_seconds": round(train_cpu_seconds, 1),
+                "augment_cpu_seconds": round(augment_cpu_seconds, 1),
                 "monitors": monitors,
                 **summary,
             }
             with open(args.results_file, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
     print(
-        f"total wall time {time.perf_counter() - start:.0f} s (pretraining {train_seconds:.0f} s, {threads} threads)"
+        f"total wall time {time.perf_counter() - start:.0f} s (pretraining {train_seconds:.0f} s wall, "
+        f"{train_cpu_seconds:.0f} s CPU of which {augment_cpu_seconds:.0f} s cropping + augmenting + log-mel, "
+        f"{threads} threads)"
     )
 
 

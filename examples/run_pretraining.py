@@ -56,6 +56,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from matpac_hf import MatpacConfig, MatpacFeatureExtractor, MatpacForPreTraining
 from matpac_hf.audio_io import BAD_AUDIO_POLICIES, MIN_CLIP_POLICIES
+from matpac_hf.augmentation import AUGMENTATION_FAMILIES, AugmentationConfig, PretrainingAugmentation, parse_families
 from matpac_hf.convert_original_checkpoint import read_training_progress
 from matpac_hf.model_card import pretrained_encoder_fields, render_model_card
 from matpac_hf.optimization import FairseqAdam
@@ -181,6 +182,18 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
         type=int,
         help="torch threads per training process (default: OMP_NUM_THREADS, else this process's share of the "
         "cores minus one per decoding worker)",
+    )
+    data.add_argument(
+        "--augment",
+        help="waveform augmentation of each crop before the log-mel (docs/pretraining.md): comma-separated families "
+        f"among {', '.join(AUGMENTATION_FAMILIES)}, or 'all' (default: none, as the official run)",
+    )
+    data.add_argument("--augment_probability", type=float, default=0.5, help="probability of each --augment family")
+    data.add_argument(
+        "--augment_teacher_view",
+        action="store_true",
+        help="not MATPAC: the teacher encodes its own draw of the --augment families that keep the time-frequency "
+        "layout (mix, filter, gain, noise), the student predicts it from its view",
     )
 
     model = parser.add_argument_group("model")
@@ -466,7 +479,23 @@ def run_hyperparameters(args, config: MatpacConfig, schedule: dict, accelerator:
         "shuffle_buffer_size": args.shuffle_buffer_size,
         "min_clip_policy": args.min_clip_policy,
         "crop": f"{args.crop_frames} frames ({args.crop_frames * config.hop_length / config.sampling_rate:.2f} s)",
+        "augmentation": ",".join(parse_families(args.augment)) or "none",
+        "augmentation_teacher_view": args.augment_teacher_view,
     }
+
+
+def build_augmentation(args) -> PretrainingAugmentation | None:
+    """The `--augment*` flags' augmentation, or None when off."""
+    families = parse_families(args.augment)
+    if not families:
+        if args.augment_teacher_view:
+            raise ValueError("--augment_teacher_view needs --augment families (e.g. --augment all).")
+        return None
+    config = AugmentationConfig(
+        families=families, probability=args.augment_probability, teacher_view=args.augment_teacher_view
+    )
+    logger.info(f"Pretraining augmentation: {config.to_dict()}")
+    return PretrainingAugmentation(config, seed=args.seed)
 
 
 def build_data_loop(args, accelerator: Accelerator) -> tuple[PretrainingDataLoop, int | None]:
@@ -506,6 +535,7 @@ def build_data_loop(args, accelerator: Accelerator) -> tuple[PretrainingDataLoop
         min_clip_policy=args.min_clip_policy,
         bad_audio=args.bad_audio,
         cache_bytes=int(args.audio_cache_mb * 2**20),
+        augmentation=build_augmentation(args),
     )
     data_loop = PretrainingDataLoop(
         stream,
@@ -599,6 +629,9 @@ def train(args, accelerator, model, optimizer, lr_scheduler, feature_extractor, 
                 if bool((batch["num_valid_samples"] < waveforms.shape[1]).any()):  # zero-padded short clips
                     mask = frame_attention_mask(batch["num_valid_samples"], input_values.shape[1])
                     inputs["attention_mask"] = mask.to(accelerator.device)
+                if "teacher_input_values" in batch:  # --augment_teacher_view
+                    teacher_waveforms = batch["teacher_input_values"].to(accelerator.device, non_blocking=True)
+                    inputs["teacher_input_values"] = feature_extractor.extract_log_mel(teacher_waveforms)
                 outputs = model(input_values, **inputs)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients:

@@ -1675,6 +1675,7 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        teacher_input_values: torch.Tensor | None = None,
     ) -> MatpacForPreTrainingOutput | tuple:
         r"""
         input_values (`torch.FloatTensor` of shape `(batch_size, max_frames, num_mel_bins)`):
@@ -1697,6 +1698,10 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
             Explicit masking scores instead of random ones: per sample, the `int(num_patches * (1 - mask_ratio))`
             patches with the lowest scores are visible, the others masked (of the valid patches, with padding).
+        teacher_input_values (`torch.FloatTensor` of the shape of `input_values`, *optional*):
+            Two views, a departure from MATPAC (where the teacher encodes the masked patches of the student's crop): the
+            teacher encodes the masked patches of this crop instead, e.g. a differently augmented copy of the same
+            audio with the same time-frequency layout (`augmentation.PretrainingAugmentation` with `teacher_view`).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
@@ -1707,7 +1712,14 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
             batch_size, config.num_frequency_patches * num_time_patches, device, generator, noise
         )  # (B, L)
         valid_patches = None  # (B, L) bool with padded clips, else None: every patch counts
+        if teacher_input_values is not None and teacher_input_values.shape != input_values.shape:
+            raise ValueError(
+                f"teacher_input_values has shape {tuple(teacher_input_values.shape)}, but it must be another view of "
+                f"input_values, of shape {tuple(input_values.shape)}."
+            )
         if attention_mask is not None:
+            if teacher_input_values is not None:
+                teacher_input_values = self._drop_padding(teacher_input_values, attention_mask, noise)[0]
             input_values, noise, valid_patches = self._drop_padding(input_values, attention_mask, noise)
 
         # 1. Embed the crops into patch tokens with positions (shared by student and teacher).
@@ -1731,7 +1743,10 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
 
         # 5. Teacher encoder on CLS + masked tokens (the shared embedding, no gradient).
         with torch.no_grad():
-            masked_tokens = _gather_tokens(patch_tokens, masking.ids_masked)  # (B, M, hidden)
+            teacher_tokens = (
+                patch_tokens if teacher_input_values is None else embeddings.embed_patches(teacher_input_values)
+            )
+            masked_tokens = _gather_tokens(teacher_tokens, masking.ids_masked)  # (B, M, hidden)
             targets = self.teacher_encoder(
                 embeddings.prepend_cls(masked_tokens), attention_mask=_with_cls(masked_token_mask)
             ).last_hidden_state[:, 1:]

@@ -262,6 +262,9 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         cache_bytes: when > 0, keep up to this many bytes of decoded clips in memory (`DecodedClipCache`; for
             corpora read for many epochs with `num_workers=0`). A cached clip is checked for non-finite samples as a
             whole, an uncached crop only under the crop.
+        augmentation: an `augmentation.PretrainingAugmentation` (off when None, the official run): `PretrainingDataLoop`
+            then collates with its `collate`, which augments each batch in the DataLoader workers; the items carry
+            their `epoch` for it.
     """
 
     def __init__(
@@ -274,6 +277,7 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         bad_audio: str = "skip",
         sampling_rate: int = SAMPLING_RATE,
         cache_bytes: int = 0,
+        augmentation=None,
     ):
         super().__init__()
         if crop_frames < 1:
@@ -290,6 +294,7 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
         self.bad_audio = check_bad_audio_policy(bad_audio)
         self.sampling_rate = sampling_rate
         self.cache = DecodedClipCache(cache_bytes) if cache_bytes > 0 else None
+        self.augmentation = augmentation
         self.counters = StreamCounters()
         self.shared_counters: torch.Tensor | None = None  # (num_streams, len(COUNTER_FIELDS)), set by the loop
         self.first_epoch: int | None = None  # unreadable clips are logged in this epoch only, counted in every one
@@ -385,7 +390,10 @@ class MatpacCropStream(torch.utils.data.IterableDataset):
             return None
         counters.num_padded += int(num_valid < self.crop_samples)
         counters.num_yielded += 1
-        return {"input_values": crop, "num_valid_samples": num_valid, "example_id": key}
+        item = {"input_values": crop, "num_valid_samples": num_valid, "example_id": key}
+        if self.augmentation is not None:
+            item["epoch"] = epoch
+        return item
 
 
 def collate_crops(examples: list[dict], out: torch.Tensor | None = None) -> dict:
@@ -583,13 +591,18 @@ class PretrainingDataLoop:
         """Whether `state_dict` captures the stream position exactly (see the class docstring)."""
         return self.loader_class is not None or self.num_workers == 0
 
+    def _collate_fn(self):
+        """Augmentation's collate (it augments the batch in the workers) when on; else workers collate into their
+        reused shared-memory buffers, and the training process collates itself."""
+        if self.stream.augmentation is not None:
+            return self.stream.augmentation.collate
+        return WorkerBatchBuffers(self.num_workers, BATCH_BUFFERS_PER_WORKER) if self.num_workers else collate_crops
+
     def _build_loader(self):
         loader_class = self.loader_class or torch.utils.data.DataLoader
         kwargs = {
             "num_workers": self.num_workers,
-            "collate_fn": WorkerBatchBuffers(self.num_workers, BATCH_BUFFERS_PER_WORKER)
-            if self.num_workers
-            else collate_crops,
+            "collate_fn": self._collate_fn(),
             "pin_memory": self.pin_memory,
             "drop_last": True,
             "batch_size": self.batch_size,
@@ -690,6 +703,7 @@ def build_crop_stream(
     min_clip_policy: str = "drop",
     bad_audio: str = "skip",
     cache_bytes: int = 0,
+    augmentation=None,
 ) -> MatpacCropStream:
     """Shuffles (seeded, same seed on every process), splits by process and wraps the corpus into crops.
 
@@ -712,6 +726,7 @@ def build_crop_stream(
         seed=seed,
         bad_audio=bad_audio,
         cache_bytes=cache_bytes,
+        augmentation=augmentation,
     )
 
 
