@@ -767,12 +767,16 @@ def test_training_under_torch_compile_with_changing_clip_lengths():
 
 
 @pytest.mark.slow
-def test_trainer_torch_compile_with_changing_clip_lengths(tmp_path):
+def test_trainer_torch_compile_with_changing_clip_lengths(tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
     from matpac_hf import MatpacFeatureExtractor
 
+    # TrainingArguments(torch_compile=True) exports ACCELERATE_DYNAMO_BACKEND=inductor to the process: every later
+    # Accelerator would compile its model. monkeypatch restores the variable (absent) after the test.
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "no")
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = MatpacForAudioClassification(tiny_config(num_labels=2))
@@ -786,5 +790,8 @@ def test_trainer_torch_compile_with_changing_clip_lengths(tmp_path):
         report_to="none", save_strategy="no", learning_rate=1e-3, dataloader_pin_memory=False,
     )  # fmt: skip
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=feature_extractor)
-    history = trainer.train()
+    try:
+        history = trainer.train()
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # its state would outlive the test too
     assert history.global_step == 4 and math.isfinite(history.training_loss)

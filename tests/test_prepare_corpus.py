@@ -265,7 +265,6 @@ def test_run_pretraining_on_the_prepared_corpus_gives_the_losses_of_the_source(t
     prep.prepare_corpus(str(prepared), dataset_dir=str(source), num_shards=1)  # the source order
     args = ["--per_device_batch_size", 2, "--max_steps", 4, "--shuffle_buffer_size", 0, "--num_workers", 0]
     args += ["--crop_frames", CROP_FRAMES, "--min_clip_policy", "pad", "--log_example_ids"]
-    args += ["--num_threads", 1]  # the losses are compared bitwise: one reduction order in every kernel
     runs = {}
     for name, folder in (("source", source), ("prepared", prepared)):
         out = tmp_path / f"run_{name}"
