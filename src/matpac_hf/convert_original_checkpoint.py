@@ -68,6 +68,7 @@ from .official_checkpoints import (
     map_blocks,
     map_encoder,
     raw_config,
+    require,
     sizes_from_shapes,
     weight_files,
 )
@@ -206,12 +207,6 @@ def load_probe(path: str | Path) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Sizes from shapes
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _require(state: dict, key: str, what: str) -> torch.Tensor:
-    if key not in state:
-        raise CheckpointError(f"The checkpoint has no '{key}' ({what}); it cannot be converted without it.")
-    return state[key]
 
 
 def infer_config(
@@ -375,7 +370,7 @@ def config_from_fairseq_cfg(cfg) -> dict:
 def infer_pretraining_sizes(state: dict, hidden_size: int, decoder_num_attention_heads: int | None = None) -> dict:
     """Predictor, classification-head and MATPAC++ sizes from the tensor shapes of a training checkpoint. The
     predictor's head count is `decoder_num_attention_heads`, else 16 for the official width 512, else an error."""
-    decoder_embed = _require(state, "decoder.decoder_embed.weight", "predictor input projection")
+    decoder_embed = require(state, "decoder.decoder_embed.weight", "predictor input projection")
     decoder_width = int(decoder_embed.shape[0])
     if decoder_num_attention_heads is None:
         if decoder_width != 512:
@@ -388,7 +383,7 @@ def infer_pretraining_sizes(state: dict, hidden_size: int, decoder_num_attention
     decoder_blocks = block_indices(state, "decoder.decoder_")
     if not decoder_blocks:
         raise CheckpointError("The checkpoint has no 'decoder.decoder_blocks.{i}.*' weights (predictor blocks).")
-    direction = _require(state, "cls_student_head.last_layer.weight_v", "student head prototype layer")
+    direction = require(state, "cls_student_head.last_layer.weight_v", "student head prototype layer")
     mlp_layers = sorted(
         int(match[1]) for key in state if (match := re.fullmatch(r"cls_student_head\.mlp\.(\d+)\.weight", key))
     )
@@ -402,7 +397,7 @@ def infer_pretraining_sizes(state: dict, hidden_size: int, decoder_num_attention
         decoder_num_hidden_layers=len(decoder_blocks),
         decoder_num_attention_heads=int(decoder_num_attention_heads),
         decoder_intermediate_size=int(
-            _require(state, "decoder.decoder_blocks.0.mlp.fc1.weight", "predictor MLP").shape[0]
+            require(state, "decoder.decoder_blocks.0.mlp.fc1.weight", "predictor MLP").shape[0]
         ),
         head_hidden_size=int(state["cls_student_head.mlp.0.weight"].shape[0]),
         head_num_layers=len(mlp_layers),
@@ -781,7 +776,7 @@ def convert_checkpoint(
         if probe is not None:
             classifier_weight, pooling = probe["probe.weight"], "concat"
         else:
-            classifier_weight, pooling = _require(state, "head.weight", "AudioSet classifier"), "mean"
+            classifier_weight, pooling = require(state, "head.weight", "AudioSet classifier"), "mean"
         num_labels = int(classifier_weight.shape[0])
         if labels is not None and len(labels) != num_labels:
             raise CheckpointError(
@@ -815,7 +810,7 @@ def convert_checkpoint(
                     "checkpoint; this file has none."
                 )
             state.update({f"{nested_key}.{k}": v for k, v in parts[_PARTS_KEY[nested_key]].items()})
-        hidden_size = int(_require(state, "patch_embed.proj.weight", "patch embedding").shape[0])
+        hidden_size = int(require(state, "patch_embed.proj.weight", "patch embedding").shape[0])
         extra = infer_pretraining_sizes(state, hidden_size, decoder_num_attention_heads)
         from_cfg = config_from_fairseq_cfg(parts["cfg"]) if parts["cfg"] is not None else {}
         extra.update(from_cfg)

@@ -130,18 +130,27 @@ def block_indices(state: dict, prefix: str) -> list[int]:
     return sorted(indices)
 
 
-def _shape(state: dict, key: str, what: str) -> tuple[int, ...]:
+def require(state: dict, key: str, what: str):
+    """`state[key]` (a tensor, or a shape where only shapes were read), or a `CheckpointError` naming what is
+    missing."""
     if key not in state:
         raise CheckpointError(f"The checkpoint has no '{key}' ({what}); it cannot be converted without it.")
-    value = state[key]
+    return state[key]
+
+
+def _shape_of(value) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+
+def _shape(state: dict, key: str, what: str) -> tuple[int, ...]:
+    return _shape_of(require(state, key, what))
 
 
 def front_end_mel_bins(state: dict) -> int | None:
     """Mel bands of the official front end's filter bank (a `(201, num_mel_bins)` buffer under `log_mel.`), if
     stored."""
     for key, value in state.items():
-        shape = tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+        shape = _shape_of(value)
         if key.startswith("log_mel.") and len(shape) == 2 and shape[0] == NUM_STFT_BINS:
             return int(shape[1])
     return None
