@@ -458,14 +458,21 @@ def clip_key(audio: Any) -> str:
     return str(path)
 
 
+def clip_hash(seed: int, epoch: int, key: str, purpose: str | None = None, num_bytes: int = 8) -> int:
+    """The random draws of one clip in one epoch: an integer of `num_bytes` bytes, a pure function of
+    `(seed, epoch, key, purpose)`, so that resuming, re-sharding or re-ordering never changes what a clip gets (its crop
+    position, `purpose=None`; its augmentation, see `augmentation.py`)."""
+    text = f"{seed}:{epoch}:{key}" if purpose is None else f"{seed}:{epoch}:{key}:{purpose}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=num_bytes).digest(), "little")
+
+
 def crop_offset(num_samples: int, crop_samples: int, seed: int, epoch: int, key: str) -> int:
     """Start of the random crop for one clip: uniform over `[0, num_samples - crop_samples]`, a pure function of
-    `(seed, epoch, key)` (so resuming, re-sharding or re-ordering never changes which crop a clip gets)."""
+    `(seed, epoch, key)` ([`clip_hash`])."""
     num_positions = num_samples - crop_samples + 1
     if num_positions <= 1:
         return 0
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % num_positions
+    return clip_hash(seed, epoch, key) % num_positions
 
 
 # Source samples decoded on each side of a crop before resampling, so that the resampling filter's edge effects fall
@@ -624,6 +631,7 @@ __all__ = [
     "audio_name",
     "audio_source",
     "check_bad_audio_policy",
+    "clip_hash",
     "check_min_clip_policy",
     "clip_key",
     "crop_decoded",

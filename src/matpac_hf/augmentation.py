@@ -29,13 +29,13 @@ and stretch, which move content between patches, are drawn once and shared by bo
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .audio_io import clip_hash
 from .configuration_matpac import SAMPLING_RATE
 
 
@@ -106,8 +106,7 @@ def parse_families(text: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 def _seed_of(seed: int, epoch: int, key: str, purpose: str) -> int:
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{key}:{purpose}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little")
+    return clip_hash(seed, epoch, key, purpose, num_bytes=4)  # a 32-bit seed (numpy's global generator takes no more)
 
 
 class _SeededGlobalRandom:
