@@ -361,3 +361,16 @@ def test_a_prepared_corpus_prepared_again_keeps_its_crops(tmp_path, prepared):
     before, after = crops(2, "pad", dataset_dir=str(prepared)), crops(2, "pad", dataset_dir=str(again))
     assert sorted(before) == sorted(after)
     assert all(np.array_equal(before[key][0], after[key][0]) for key in before)
+
+
+def test_command_line_prepares_the_corpus_the_function_prepares(tmp_path, capsys):
+    source = write_corpus(tmp_path / "source", num_clips=3, hifi_every=0)
+    assert prep.main(["--dataset_dir", str(source), "--output_dir", str(tmp_path / "cli"), "--num_shards", "1"]) == 0
+    printed = capsys.readouterr().out
+    by_function = prep.prepare_corpus(str(tmp_path / "function"), dataset_dir=str(source), num_shards=1)
+    by_command = prep.read_provenance(tmp_path / "cli")
+    assert by_command["settings"] == by_function["settings"] and by_command["source"] == by_function["source"]
+    assert by_command["clips_written"] == by_function["clips_written"] > 0
+    assert printed.startswith(f"{by_function['clips_written']} clips") and "1 skipped" in printed  # the corrupt file
+    cli_shards, function_shards = prep.shard_files(tmp_path / "cli"), prep.shard_files(tmp_path / "function")
+    assert [open(f, "rb").read() for f in cli_shards] == [open(f, "rb").read() for f in function_shards]

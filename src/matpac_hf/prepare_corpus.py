@@ -65,11 +65,16 @@ WAV_HEADER_BYTES = 44
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def check_sample_format(sample_format: str) -> str:
+    if sample_format not in SAMPLE_FORMATS:
+        raise ValueError(f"sample_format must be one of {sorted(SAMPLE_FORMATS)}, got {sample_format!r}.")
+    return sample_format
+
+
 def to_stored_samples(waveform: np.ndarray, sample_format: str = "int16") -> np.ndarray:
     """Float32 mono samples in [-1, 1] -> the stored samples: int16 `rint(x * 32768)` clipped to the int16 range
     (exact for audio decoded from a 16-bit file), or float32 unchanged."""
-    if sample_format not in SAMPLE_FORMATS:
-        raise ValueError(f"sample_format must be one of {sorted(SAMPLE_FORMATS)}, got {sample_format!r}.")
+    check_sample_format(sample_format)
     if sample_format == "float32":
         return np.ascontiguousarray(waveform, dtype="<f4")
     return np.clip(np.rint(np.asarray(waveform, dtype=np.float64) * 32768.0), -32768, 32767).astype("<i2")
@@ -297,8 +302,7 @@ def prepare_corpus(
     from .pretraining_data import load_audio_stream
 
     check_bad_audio_policy(bad_audio)
-    if sample_format not in SAMPLE_FORMATS:
-        raise ValueError(f"sample_format must be one of {sorted(SAMPLE_FORMATS)}, got {sample_format!r}.")
+    check_sample_format(sample_format)
     if num_proc < 1 or row_group_size < 1 or (num_shards is not None and num_shards < 1):
         raise ValueError(
             f"num_proc, row_group_size and num_shards must be >= 1, got {num_proc}, {row_group_size}, {num_shards}."
@@ -432,35 +436,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    provenance = prepare_corpus(
-        args.output_dir,
-        dataset_name=args.dataset_name,
-        dataset_dir=args.dataset_dir,
-        data_files=args.data_files,
-        dataset_config=args.dataset_config,
-        split=args.split,
-        audio_column=args.audio_column,
-        num_shards=args.num_shards,
-        num_proc=args.num_proc,
-        bad_audio=args.bad_audio,
-        sample_format=args.sample_format,
-        compression=args.compression,
-        row_group_size=args.row_group_size,
-    )
-    print(
-        f"{provenance['clips_written']} clips ({provenance['audio_hours']:.2f} h), {provenance['clips_skipped']} "
-        f"skipped, {provenance['bytes_on_disk'] / 1e6:.1f} MB in {args.output_dir}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 __all__ = [
     "PROVENANCE_FILE",
     "is_prepared",
@@ -472,3 +447,19 @@ __all__ = [
     "to_stored_samples",
     "wav_bytes",
 ]
+
+
+def main(argv=None) -> int:
+    args = vars(parse_args(argv))  # the options are prepare_corpus's arguments, by name
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    output_dir = args.pop("output_dir")
+    provenance = prepare_corpus(output_dir, **args)
+    print(
+        f"{provenance['clips_written']} clips ({provenance['audio_hours']:.2f} h), {provenance['clips_skipped']} "
+        f"skipped, {provenance['bytes_on_disk'] / 1e6:.1f} MB in {output_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
