@@ -1448,10 +1448,9 @@ class MatpacForPreTraining(MatpacPreTrainedModel):
         with torch.no_grad():
             for part in parts:
                 teacher, student = pairs[part]
-                for teacher_tensor, student_tensor in zip(
-                    teacher.state_dict().values(), student.state_dict().values()
-                ):
-                    teacher_tensor.copy_(student_tensor)
+                students = dict(student.named_parameters())  # matched by name, as the EMA and `_init_teachers` do
+                for name, teacher_parameter in teacher.named_parameters():
+                    teacher_parameter.copy_(students[name])
 
     def _init_teachers(self):
         student_encoder = dict(self.matpac.encoder.named_parameters())
