@@ -630,7 +630,7 @@ def train(args, accelerator, model, optimizer, lr_scheduler, feature_extractor, 
                     mask = frame_attention_mask(batch["num_valid_samples"], input_values.shape[1])
                     inputs["attention_mask"] = mask.to(accelerator.device)
                 if "teacher_input_values" in batch:  # --augment_teacher_view
-                    teacher_waveforms = batch["teacher_input_values"].to(accelerator.device, non_blocking=True)
+                    teacher_waveforms = waveforms_on_device(batch, accelerator.device, "teacher_input_values")
                     inputs["teacher_input_values"] = feature_extractor.extract_log_mel(teacher_waveforms)
                 outputs = model(input_values, **inputs)
                 accelerator.backward(outputs.loss)

@@ -470,10 +470,10 @@ class WorkerBatchBuffers:
         return batch
 
 
-def waveforms_on_device(batch: dict, device) -> torch.Tensor:
-    """`batch["input_values"]` on `device` (non-blocking) as float32 `(batch, samples)`; int16 PCM crops are converted
-    there, exactly (`audio_io.pcm_to_float32`)."""
-    return pcm_to_float32(batch["input_values"].to(device, non_blocking=True))
+def waveforms_on_device(batch: dict, device, key: str = "input_values") -> torch.Tensor:
+    """`batch[key]` (the crops, or the teacher's view of them, `"teacher_input_values"`) on `device` (non-blocking) as
+    float32 `(batch, samples)`; int16 PCM crops are converted there, exactly (`audio_io.pcm_to_float32`)."""
+    return pcm_to_float32(batch[key].to(device, non_blocking=True))
 
 
 def frame_attention_mask(
